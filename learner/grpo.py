@@ -1,0 +1,139 @@
+"""GRPO maths as pure tensor functions: advantages, token log-probs, the clipped policy loss.
+
+Imports only torch and takes plain numbers, so it can be read in one sitting and tested exactly.
+Shapes: ``B`` sequences (prompts x G completions, laid out group after group), ``T`` completion
+tokens, ``V`` vocabulary. The learner (``learner/learner.py``) is the only caller in the system.
+
+Data-parallel and micro-batched use: pass ``global_tokens`` / ``global_seqs`` (the counts over
+the whole optimizer batch, e.g. all-reduced across ranks) and every shard's loss becomes its
+share of the whole-batch loss, so the shard losses *sum* to the loss of the whole batch in every
+aggregation mode (``loss_denominators`` gives a shard's counts).
+"""
+from __future__ import annotations
+
+import torch
+
+AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool = True,
+                     eps: float = 1e-4) -> torch.Tensor:
+    """Group-relative advantages ``(r - mean_group) / (std_group + eps)``.
+
+    ``rewards`` is ``[B*G]``, group after group. The std is the *unbiased* one (Bessel's
+    correction, ``torch.std`` default), as TRL's GRPOTrainer computes it and VLM-R1 inherits;
+    with ``scale_by_std=False`` there is no division (Dr.GRPO). A group whose rewards are all
+    equal carries no signal: its advantages are exactly 0 (no NaN for any ``eps``, including 0,
+    and no ``1e-17 / eps`` round-off). A group of one sample has advantage 0 for the same reason.
+
+    >>> group_advantages(torch.tensor([1., 0., 1., 1.]), group_size=2)
+    tensor([ 0.7070, -0.7070,  0.0000,  0.0000])
+    """
+    if rewards.dim() != 1 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be [B*G] with G={group_size}, got {tuple(rewards.shape)}")
+    r = rewards.view(-1, group_size).to(torch.float64)  # [B, G]; float64: exact group means
+    centred = r - r.mean(dim=1, keepdim=True)
+    flat = (r.max(dim=1, keepdim=True).values == r.min(dim=1, keepdim=True).values)  # [B, 1]
+    if scale_by_std and group_size > 1:
+        centred = centred / (r.std(dim=1, keepdim=True) + eps)
+    centred = torch.where(flat, torch.zeros_like(centred), centred)
+    return centred.reshape(-1).to(rewards.dtype)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+    """``log softmax(logits)[..., token]`` for each position: ``[B, T, V], [B, T] -> [B, T]``.
+
+    ``logits[:, t]`` must be the logits that predict ``tokens[:, t]`` (the caller shifts). Works
+    ``chunk`` rows at a time in float32, so the temporary is ``[chunk, T, V]`` rather than a full
+    log-softmax copy of the batch; the result is differentiable.
+    """
+    out = []
+    for lg, tk in zip(logits.split(chunk), tokens.split(chunk)):
+        lg = lg.float()
+        picked = lg.gather(-1, tk.unsqueeze(-1)).squeeze(-1)  # [b, T]
+        out.append(picked - torch.logsumexp(lg, dim=-1))
+    return torch.cat(out) if out else logits.new_zeros(tokens.shape, dtype=torch.float32)
+
+
+def token_entropy(logits: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+    """Entropy of the next-token distribution at each position, ``[B, T, V] -> [B, T]``."""
+    out = []
+    for lg in logits.split(chunk):
+        logp = torch.log_softmax(lg.float(), dim=-1)
+        out.append(-(logp.exp() * logp).sum(-1))
+    return torch.cat(out)
+
+
+def loss_denominators(mask: torch.Tensor) -> tuple[float, int]:
+    """A shard's ``(tokens, sequences)``; sum them over shards for ``global_*`` arguments."""
+    return float(mask.sum().item()), int(mask.shape[0])
+
+
+def _aggregate(x: torch.Tensor, mask: torch.Tensor, agg: str, norm: float,
+               global_tokens: float | None, global_seqs: int | None) -> torch.Tensor:
+    """Reduce per-token values ``[B, T]`` to a scalar under ``agg``; see ``policy_loss``."""
+    seqs = global_seqs if global_seqs is not None else mask.shape[0]
+    if agg == "seq-mean-token-mean":
+        per_seq = (x * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)  # [B]
+        return per_seq.sum() / max(seqs, 1)
+    if agg == "token-mean":
+        tokens = global_tokens if global_tokens is not None else mask.sum()
+        return (x * mask).sum() / max(float(tokens), 1.0)
+    if agg == "seq-mean-token-sum-norm":
+        return (x * mask).sum() / (max(seqs, 1) * norm)
+    raise ValueError(f"unknown agg {agg!r}; use one of {AGG_MODES}")
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
+                advantages: torch.Tensor, mask: torch.Tensor, clip_low: float = 0.2,
+                clip_high: float = 0.2, beta: float = 0.04, agg: str = "seq-mean-token-mean",
+                norm: float | None = None, global_tokens: float | None = None,
+                global_seqs: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """GRPO's clipped surrogate plus ``beta`` times the k3 KL to the reference policy.
+
+    Per token: ``ratio = exp(logp - old_logp)``,
+    ``pg = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A)``,
+    ``kl = exp(ref - logp) - (ref - logp) - 1`` (k3, >= 0), ``loss_tok = pg + beta * kl``.
+    Inputs are ``[B, T]`` except ``advantages`` ``[B]``; ``mask`` is 1 on completion tokens.
+
+    ``agg`` (how tokens become one number):
+    - ``"seq-mean-token-mean"``: mean over each sequence's tokens, then over sequences (TRL/VLM-R1);
+    - ``"token-mean"``: mean over all tokens of the batch (DAPO);
+    - ``"seq-mean-token-sum-norm"``: token sum / (sequences * ``norm``), ``norm`` a constant such
+      as the maximum completion length (Dr.GRPO); defaults to ``T``.
+
+    Returns ``(loss, metrics)``; metrics are floats: ``kl`` (token mean), ``clip_low_frac`` /
+    ``clip_high_frac`` (tokens where the lower / upper clip binds: ratio below 1 - clip_low with
+    A < 0, above 1 + clip_high with A > 0), ``ratio_mean``, ``pg_loss`` and ``kl_loss`` (the two
+    parts, aggregated like the loss; ``loss = pg_loss + beta * kl_loss``).
+    """
+    if ref_logp is None and beta != 0:
+        raise ValueError("ref_logp is required when beta != 0")
+    mask = mask.to(logp.dtype)
+    adv = advantages.to(logp.dtype).unsqueeze(-1)  # [B, 1]
+    ratio = torch.exp(logp - old_logp)  # [B, T]
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    pg_tok = -torch.minimum(ratio * adv, clipped * adv)  # [B, T]
+    norm = float(norm if norm is not None else mask.shape[-1])
+    reduce = lambda x: _aggregate(x, mask, agg, norm, global_tokens, global_seqs)  # noqa: E731
+    pg = reduce(pg_tok)
+    if beta != 0:
+        delta = ref_logp - logp
+        kl_tok = torch.exp(delta) - delta - 1.0  # [B, T]
+        kl = reduce(kl_tok)
+        loss = pg + beta * kl
+    else:
+        kl_tok, kl, loss = None, torch.zeros((), dtype=logp.dtype), pg
+    with torch.no_grad():
+        n = mask.sum().clamp(min=1.0)
+        low = ((ratio < 1.0 - clip_low) & (adv < 0)).to(mask.dtype)
+        high = ((ratio > 1.0 + clip_high) & (adv > 0)).to(mask.dtype)
+        metrics = {
+            "kl": float((kl_tok * mask).sum() / n) if kl_tok is not None else 0.0,
+            "clip_low_frac": float((low * mask).sum() / n),
+            "clip_high_frac": float((high * mask).sum() / n),
+            "ratio_mean": float((ratio * mask).sum() / n),
+            "pg_loss": float(pg),
+            "kl_loss": float(kl),
+        }
+    return loss, metrics

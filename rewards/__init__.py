@@ -1,0 +1,141 @@
+"""Rule rewards of VLM-R1, exact, total and fast. Reward workers call exactly this.
+
+``REGISTRY`` maps a name to ``fn(completion: str, solution: str, **info) -> float``. ``info``
+may carry ``image_size=(w, h)`` (original image) and ``input_size=(w, h)`` (what the model saw;
+with both, predicted boxes are rescaled to original pixels first, as VLM-R1 does) and
+``box_convention`` (``"vlm_r1"`` default or ``"continuous"``, see ``rewards.boxes``). Unknown
+keyword arguments are ignored. Every function returns a finite float in its range for any
+string, never raises, and never evaluates model text.
+
+=====================  =========  ==========================================================
+name                   range      meaning
+=====================  =========  ==========================================================
+format                 {0, 1}     ``<think>...</think>`` then ``<answer>...</answer>``, whole text
+rec_format             {0, 1}     think, then an answer holding a JSON object with a 4-int box
+rec_iou                [0, 1]     IoU of the first answer box with the ground-truth box
+rec_acc                {0, 1}     ``rec_iou > 0.5`` (the evaluation criterion)
+ovd_map                [0, 1]     COCO mAP@[.5:.95] of the predicted list for this image
+ovd_map50              [0, 1]     COCO AP50 of the predicted list for this image
+ovd_odlength           [0, 1]     ``ovd_map * min(1, n_gt / n_pred)``
+ovd_weighted_sum       [0, 1]     0.7 * matched IoU + 0.3 * (1 - (miss + false-alarm) / 2)
+repetition             [-1, 0]    ``-(1 - unique / total)`` over (box, label) items
+=====================  =========  ==========================================================
+
+Worked example (a REC completion scored by the config ``{rec_format: 1.0, rec_iou: 1.0}``):
+
+>>> c = '<think>blue, left</think><answer>{"bbox_2d": [10, 10, 50, 50]}</answer>'
+>>> REGISTRY["rec_iou"](c, "[10, 10, 50, 60]")      # 40*40 / (40*40 + 40*50 - 40*40)
+0.8
+>>> score(c, "[10, 10, 50, 60]", {"rec_format": 1.0, "rec_iou": 1.0}).total
+1.8
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import ovd, rec
+
+
+class RewardFn:
+    """A named reward: calling it gives the value; ``detail`` gives ``(value, failure)``.
+
+    A class rather than a closure so that rewards pickle by reference (Ray ships them)."""
+
+    def __init__(self, name: str, detail: Callable, low: float, high: float, accuracy: bool):
+        self.name, self.detail, self.low, self.high, self.accuracy = name, detail, low, high, accuracy
+        self.__doc__ = detail.__doc__
+
+    def __call__(self, completion: str, solution: str, **info) -> float:
+        return self.evaluate(completion, solution, **info)[0]
+
+    def evaluate(self, completion, solution, **info) -> tuple[float, str | None]:
+        """``(value, failure)`` with the value clipped to the range and non-strings refused."""
+        if not isinstance(completion, str) or not isinstance(solution, str):
+            return self.low if self.low >= 0 else 0.0, "not_text"
+        value, failure = self.detail(completion, solution, **info)
+        if not math.isfinite(value):
+            return (self.low if self.low >= 0 else 0.0), "non_finite"
+        return min(self.high, max(self.low, float(value))), failure
+
+    def __reduce__(self):
+        return (_lookup, (self.name,))
+
+    def __repr__(self) -> str:
+        return f"<reward {self.name} [{self.low}, {self.high}]>"
+
+
+def _lookup(name: str) -> RewardFn:
+    return REGISTRY[name]
+
+
+REGISTRY: dict[str, RewardFn] = {
+    r.name: r for r in [
+        RewardFn("format", rec.format_detail, 0.0, 1.0, accuracy=False),
+        RewardFn("rec_format", rec.rec_format_detail, 0.0, 1.0, accuracy=False),
+        RewardFn("rec_iou", rec.rec_iou_detail, 0.0, 1.0, accuracy=True),
+        RewardFn("rec_acc", rec.rec_acc_detail, 0.0, 1.0, accuracy=True),
+        RewardFn("ovd_map", ovd.ovd_map_detail, 0.0, 1.0, accuracy=True),
+        RewardFn("ovd_map50", ovd.ovd_map50_detail, 0.0, 1.0, accuracy=True),
+        RewardFn("ovd_odlength", ovd.ovd_odlength_detail, 0.0, 1.0, accuracy=True),
+        RewardFn("ovd_weighted_sum", ovd.ovd_weighted_sum_detail, 0.0, 1.0, accuracy=True),
+        RewardFn("repetition", ovd.repetition_detail, -1.0, 0.0, accuracy=False),
+    ]
+}
+
+# Names VLM-R1 data files use in "accu_reward_method", mapped to ours.
+ALIASES = {"iou": "rec_iou", "map": "ovd_map", "map50": "ovd_map50", "odLength": "ovd_odlength",
+           "od": "ovd_map", "weighted_sum": "ovd_weighted_sum"}
+
+
+def resolve(name: str) -> str:
+    """A registry name from a name or VLM-R1 alias; a clear error for anything else."""
+    name = ALIASES.get(name, name)
+    if name not in REGISTRY:
+        raise KeyError(f"unknown reward {name!r}; known: {sorted(REGISTRY)} "
+                       f"(VLM-R1 aliases: {sorted(ALIASES)})")
+    return name
+
+
+def validate_funcs(funcs: dict[str, float]) -> dict[str, float]:
+    """Check a ``reward.funcs`` mapping (name -> weight); returns it with names resolved."""
+    if not funcs:
+        raise ValueError("reward.funcs is empty: name at least one reward, e.g. {rec_iou: 1.0}")
+    out = {}
+    for name, weight in funcs.items():
+        if not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise ValueError(f"reward.funcs.{name}: weight must be a finite number, got {weight!r}")
+        out[resolve(name)] = float(weight)
+    return out
+
+
+@dataclass
+class Scored:
+    """One completion's rewards: weighted ``total``, each reward's value, and parse failures."""
+    total: float
+    values: dict[str, float]
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def score(completion: str, solution: str, funcs: dict[str, float],
+          accu_method: str | None = None, **info) -> Scored:
+    """Weighted sum of the configured rewards. A row's ``accu_method`` (its
+    ``accu_reward_method``) replaces the configured accuracy reward(s), keeping their weight."""
+    plan = dict(funcs)
+    if accu_method:
+        override = resolve(accu_method)
+        acc = [n for n in plan if REGISTRY[n].accuracy]
+        weight = sum(plan.pop(n) for n in acc) if acc else 1.0
+        plan[override] = plan.get(override, 0.0) + weight
+    values, failures, total = {}, {}, 0.0
+    for name, weight in plan.items():
+        value, failure = REGISTRY[name].evaluate(completion, solution, **info)
+        values[name] = value
+        total += weight * value
+        if failure is not None:
+            failures[name] = failure
+    return Scored(total=total, values=values, failures=failures)
+
+
+__all__ = ["REGISTRY", "ALIASES", "RewardFn", "Scored", "score", "resolve", "validate_funcs"]
