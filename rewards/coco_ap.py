@@ -17,13 +17,17 @@ Protocol reproduced (pycocotools ``COCOeval(..., "bbox")`` defaults):
 """
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1)
 REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1)
 MAX_DETS = 100
 AREA_RANGE = (0.0, 1e5**2)
-_EPS = np.spacing(1)
+_EPS = float(np.spacing(1))
+IOU_THRS_LIST = IOU_THRS.tolist()  # the very same doubles, as Python floats
+REC_THRS_LIST = REC_THRS.tolist()
 
 
 def _xywh(box):
@@ -43,14 +47,16 @@ def _iou_xywh(d, g) -> float:
     return i / (d[2] * d[3] + g[2] * g[3] - i)
 
 
-def _match(dts, gts, g_ignore):
-    """Greedy matching at every threshold. Returns (dt_matched [T, D], dt_ignored [T, D])."""
-    T, D, G = len(IOU_THRS), len(dts), len(gts)
+def _match(dts, gts, g_ignore) -> list[list[int]]:
+    """Greedy matching at every threshold, pycocotools' loop. For each threshold, the outcome of
+    each detection in order: 1 true positive, 0 false positive, -1 ignored (matched to an
+    ignored ground truth; unmatched out-of-range detections are marked by the caller)."""
+    D, G = len(dts), len(gts)
     ious = [[_iou_xywh(d, g) for g in gts] for d in dts]  # [D, G]
-    matched = np.zeros((T, D), dtype=bool)
-    ignored = np.zeros((T, D), dtype=bool)
-    for t, thr in enumerate(IOU_THRS.tolist()):
+    outcomes = []
+    for thr in IOU_THRS_LIST:
         g_taken = [False] * G
+        row_out = [0] * D
         for di in range(D):
             best, m = min(thr, 1 - 1e-10), -1
             row = ious[di]
@@ -64,14 +70,46 @@ def _match(dts, gts, g_ignore):
                 best, m = row[gi], gi
             if m == -1:
                 continue
-            ignored[t, di] = g_ignore[m]
-            matched[t, di] = True
+            row_out[di] = -1 if g_ignore[m] else 1
             g_taken[m] = True
-    return matched, ignored
+        outcomes.append(row_out)
+    return outcomes
+
+
+def _precision_sum(outcome: list[int], npig: int) -> float:
+    """Sum over the 101 recall points of the interpolated precision for one threshold.
+
+    Equal to pycocotools' ``accumulate`` for equal scores: ignored detections add no tp/fp and
+    cannot change the suffix maximum, so they are dropped; recall points falling in
+    ``(previous recall, this recall]`` all take the precision envelope at the index where this
+    recall is first reached. Floats are formed exactly as pycocotools forms them."""
+    tp = fp = 0
+    rc, pr = [], []
+    for o in outcome:
+        if o < 0:
+            continue
+        if o:
+            tp += 1
+        else:
+            fp += 1
+        rc.append(tp / npig)
+        pr.append(tp / (fp + tp + _EPS))
+    if not rc:
+        return 0.0
+    for i in range(len(pr) - 1, 0, -1):  # precision envelope (suffix maximum)
+        if pr[i] > pr[i - 1]:
+            pr[i - 1] = pr[i]
+    total, covered = 0.0, 0  # recall points already assigned
+    for i, r in enumerate(rc):
+        upto = bisect.bisect_right(REC_THRS_LIST, r)  # recall points <= r are reached at i
+        if upto > covered:
+            total += (upto - covered) * pr[i]
+            covered = upto
+    return total
 
 
 def _category_precision(dts, d_areas, gts, g_areas):
-    """Precision at the 101 recall points for each threshold, [T, R]; None if not evaluable."""
+    """Per threshold, the summed precision over the 101 recall points; None if not evaluable."""
     lo, hi = AREA_RANGE
     g_ign = [not (lo <= a <= hi) for a in g_areas]  # `a < lo or a > hi`, NaN-free inputs
     order = sorted(range(len(gts)), key=lambda i: g_ign[i])  # stable: non-ignored first
@@ -81,26 +119,13 @@ def _category_precision(dts, d_areas, gts, g_areas):
     if npig == 0:
         return None
     dts, d_areas = dts[:MAX_DETS], d_areas[:MAX_DETS]
-    matched, ignored = _match(dts, gts, g_ign)
-    out_of_range = np.array([a < lo or a > hi for a in d_areas], dtype=bool)[None, :]
-    ignored = ignored | (~matched & out_of_range)
-    tps = matched & ~ignored
-    fps = ~matched & ~ignored
-    tp_sum = np.cumsum(tps, axis=1).astype(np.float64)
-    fp_sum = np.cumsum(fps, axis=1).astype(np.float64)
-    T, R = len(IOU_THRS), len(REC_THRS)
-    precision = np.zeros((T, R))
-    nd = tp_sum.shape[1]
-    if nd == 0:
-        return precision
-    rc = tp_sum / npig
-    pr = tp_sum / (fp_sum + tp_sum + _EPS)
-    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # precision envelope
-    for t in range(T):
-        inds = np.searchsorted(rc[t], REC_THRS, side="left")
-        valid = inds < nd
-        precision[t, valid] = pr[t, inds[valid]]
-    return precision
+    outcomes = _match(dts, gts, g_ign)
+    out_of_range = [a < lo or a > hi for a in d_areas]
+    sums = []
+    for row in outcomes:
+        row = [-1 if (o == 0 and out) else o for o, out in zip(row, out_of_range)]
+        sums.append(_precision_sum(row, npig))
+    return sums
 
 
 def coco_ap(gt_boxes, gt_labels, dt_boxes, dt_labels) -> tuple[float, float, float]:
@@ -129,8 +154,9 @@ def coco_ap(gt_boxes, gt_labels, dt_boxes, dt_labels) -> tuple[float, float, flo
         xywh = _xywh(box)
         d[0].append(xywh)
         d[1].append(xywh[2] * xywh[3])
-    precisions = [p for p in (_category_precision(*per_cat[c]) for c in per_cat) if p is not None]
-    if not precisions:
+    sums = [p for p in (_category_precision(*per_cat[c]) for c in per_cat) if p is not None]
+    if not sums:
         return -1.0, -1.0, -1.0
-    stack = np.stack(precisions)  # [K, T, R]
-    return float(stack.mean()), float(stack[:, 0].mean()), float(stack[:, 5].mean())
+    k, n_t, n_r = len(sums), len(IOU_THRS_LIST), len(REC_THRS_LIST)
+    return (sum(map(sum, sums)) / (k * n_t * n_r), sum(s[0] for s in sums) / (k * n_r),
+            sum(s[5] for s in sums) / (k * n_r))

@@ -175,8 +175,23 @@ def coords4(box) -> list[float] | None:
     """First four coordinates of a JSON box as finite floats, else None (too short, wrong types)."""
     if not isinstance(box, (list, tuple)) or len(box) < 4:
         return None
-    out = [as_number(v) for v in box[:4]]
-    return None if any(v is None for v in out) else out
+    out = []
+    for v in box[:4]:
+        t = type(v)
+        if t is float:
+            if not math.isfinite(v):
+                return None
+        elif t is int:
+            try:
+                v = float(v)
+            except OverflowError:
+                return None
+        else:
+            v = as_number(v)  # subclasses and everything else: the careful path
+            if v is None:
+                return None
+        out.append(v)
+    return out
 
 
 def parse_json_list_lenient(text: str) -> list | None:
