@@ -1,0 +1,1 @@
+"""Datasets, prompts, the synthetic shapes generator and the embedded tiny model builder."""

@@ -1,0 +1,44 @@
+"""VLM-R1's prompt templates and the conversion of a data row into chat messages.
+
+REC: the question is followed by VLM-R1's instruction to think, then answer in JSON. OVD: an
+R1-style system text (think, then answer) is prepended, and the question is used as written.
+"""
+from __future__ import annotations
+
+REC_TEMPLATE = ("{Question} First output the thinking process in <think> </think> tags and then output "
+                "the final answer in <answer> </answer> tags. Output the final answer in JSON format.")
+R1_SYSTEM = ("A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+             "The assistant first thinks about the reasoning process in the mind and then provides the user "
+             "with the answer. The reasoning process and answer are enclosed within <think> </think> and "
+             "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think>"
+             "<answer> answer here </answer>")
+TEMPLATES = {"rec": REC_TEMPLATE, "ovd": "{Question}"}
+SYSTEMS = {"rec": None, "ovd": R1_SYSTEM}
+
+
+def messages(question: str, n_images: int, task: str) -> list[dict]:
+    """Chat messages for a question with ``n_images`` images (``<image>`` markers removed)."""
+    if task not in TEMPLATES:
+        raise ValueError(f"unknown task {task!r}; use one of {sorted(TEMPLATES)}")
+    text = TEMPLATES[task].format(Question=question.replace("<image>", "").strip())
+    content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": text}]
+    out = [{"role": "system", "content": SYSTEMS[task]}] if SYSTEMS[task] else []
+    return out + [{"role": "user", "content": content}]
+
+
+# The chat template of the embedded tiny model: Qwen2-VL's layout (a default system message,
+# <|im_start|>role ... <|im_end|>, images as <|vision_start|><|image_pad|><|vision_end|>).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)

@@ -1,0 +1,141 @@
+"""The embedded default policy: a tiny random Qwen2.5-VL with a locally trained tokenizer.
+
+    python -m data.tiny_model --out DIR [--seed 0]
+
+Builds, deterministically from a seed and with no network, a Hugging Face model directory that
+``AutoModelForImageTextToText.from_pretrained``, ``AutoProcessor.from_pretrained`` and
+``vllm.LLM(model=dir)`` all load offline:
+- a byte-level BPE tokenizer trained on the synthetic task's text with Qwen's pre-tokenizer
+  (digits are single tokens), Qwen's special tokens and a Qwen2-VL style chat template;
+- a Qwen2.5-VL image processor (14 px patches, 2x2 merge: one token per 28x28 pixels);
+- ``Qwen2_5_VLForConditionalGeneration`` with ~1M parameters (text 128 x 2 layers, vision
+  64 x 2 layers), initialised from the seed.
+
+``resolve_model_path("builtin:tiny")`` builds it once into the cache and returns its path; any
+other value is returned as is (a local directory or a hub id, loaded by the normal HF code).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import time
+
+BUILTIN = "builtin:tiny"
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                  "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                  "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+BUILD_VERSION = 1  # bump when the recipe changes, so caches rebuild
+
+
+def cache_root() -> pathlib.Path:
+    """``$VLM_R1_RAY_CACHE`` or ``~/.cache/vlm-r1-ray``: built models and generated data."""
+    return pathlib.Path(os.environ.get("VLM_R1_RAY_CACHE", pathlib.Path.home() / ".cache" / "vlm-r1-ray"))
+
+
+def _corpus(seed: int) -> list[str]:
+    from data import prompts, synthetic
+    texts = [prompts.REC_TEMPLATE, prompts.R1_SYSTEM, "You are a helpful assistant.",
+             "<think> reasoning </think><answer> answer </answer>", "None", "0123456789"]
+    for row in synthetic.text_rows(400, seed):
+        q, a = row["conversations"][0]["value"], row["conversations"][1]["value"]
+        texts += [q, a, f"<think>I look for {q[-40:]}</think><answer>{{\"bbox_2d\": {a}}}</answer>",
+                  f"<think>checking the shapes</think><answer>{a}</answer>"]
+    return texts
+
+
+def build_tokenizer(seed: int = 0, vocab_size: int = 640):
+    """Train the BPE on the task text and wrap it as a Qwen2 tokenizer with the chat template."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    from transformers import AddedToken, Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    from data.prompts import CHAT_TEMPLATE
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(_corpus(seed), trainer)
+    state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
+    tok = Qwen2Tokenizer(vocab=state["vocab"], merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def build(out_dir: str | os.PathLike, seed: int = 0, rope_theta: float = 20.0) -> pathlib.Path:
+    """Build the tiny model directory at ``out_dir`` (written to a temp dir, then renamed)."""
+    import torch
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
+                              Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+    from data.prompts import CHAT_TEMPLATE
+
+    out = pathlib.Path(out_dir)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = build_tokenizer(seed)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    vocab = (len(tok) + 63) // 64 * 64
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=vocab, hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                         rms_norm_eps=1e-6, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False,
+                         rope_parameters={"rope_type": "default", "rope_theta": rope_theta,
+                                          "mrope_section": [8, 12, 12]}),
+        vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           fullatt_block_indexes=[1]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(tmp)
+    image_proc = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 64, patch_size=14,
+                                       temporal_patch_size=2, merge_size=2)
+    video_proc = Qwen2VLVideoProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
+    Qwen2_5_VLProcessor(image_processor=image_proc, tokenizer=tok, video_processor=video_proc,
+                        chat_template=CHAT_TEMPLATE).save_pretrained(tmp)
+    (tmp / "BUILD.json").write_text(json.dumps({"version": BUILD_VERSION, "seed": seed, "rope_theta": rope_theta,
+                                                "parameters": sum(p.numel() for p in model.parameters())}))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def resolve_model_path(path: str, seed: int = 0) -> str:
+    """``builtin:tiny`` -> the cached tiny model (built on first use); anything else unchanged."""
+    if path != BUILTIN:
+        return path
+    out = cache_root() / f"tiny-qwen2.5-vl-v{BUILD_VERSION}-s{seed}"
+    if not (out / "BUILD.json").exists():
+        t0 = time.perf_counter()
+        print(f"building the embedded tiny Qwen2.5-VL into {out} ...", flush=True)
+        build(out, seed)
+        print(f"built in {time.perf_counter() - t0:.1f} s", flush=True)
+    return str(out)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Build the embedded tiny Qwen2.5-VL model directory.")
+    ap.add_argument("--out", default=None, help="output dir (default: the cache)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    out = build(args.out, args.seed) if args.out else pathlib.Path(resolve_model_path(BUILTIN, args.seed))
+    info = json.loads((out / "BUILD.json").read_text())
+    print(f"tiny model: {info['parameters']:,} parameters at {out} ({time.perf_counter() - t0:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
