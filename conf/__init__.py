@@ -1,0 +1,122 @@
+"""Configuration: ``base.yaml`` < ``conf/<name>.yaml`` < command line, validated before anything heavy.
+
+    cfg = load(["conf=ovd", "learner.lr=1e-6"])
+
+Unknown keys fail fast and name the closest valid key; values are checked against the type of
+their default and against the allowed choices. ``reward.funcs`` is replaced, not merged, by a
+task file (a task's reward set is a whole), while ``reward.funcs.NAME=w`` on the command line
+adds or reweights one reward. Imports only OmegaConf and the rewards registry.
+"""
+from __future__ import annotations
+
+import difflib
+import pathlib
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+CONF_DIR = pathlib.Path(__file__).resolve().parent
+FREE_KEYS = {"reward.funcs"}  # mappings whose keys are user-chosen names
+CHOICES = {
+    "mode": ["train", "eval"],
+    "data.task": ["rec", "ovd"],
+    "learner.zero_stage": [0, 1, 2, 3],
+    "learner.dtype": ["fp32", "bf16"],
+    "learner.lr_schedule": ["constant", "linear", "cosine"],
+    "learner.loss_agg": ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"],
+    "reward.box_convention": ["vlm_r1", "continuous"],
+    "rollout.dtype": ["bfloat16", "float16", "float32", "auto"],
+    "wandb.mode": ["offline", "online", "disabled"],
+}
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, with what to do about it."""
+
+
+def _flatten(node, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=False)
+    out = {}
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, (dict, DictConfig)) and path not in FREE_KEYS:
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _check_keys(layer, known: dict[str, object], source: str) -> None:
+    for key in _flatten(layer):
+        if key in known or any(key.startswith(f + ".") for f in FREE_KEYS):
+            continue
+        close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else "; see conf/base.yaml for every key"
+        raise ConfigError(f"unknown config key '{key}' (from {source}){hint}")
+
+
+def _check_value(key: str, value, default) -> None:
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{key}={value!r} is not one of {CHOICES[key]}")
+    if default is None or value is None or isinstance(value, str) and "${" in value:
+        return
+    kind = type(default)
+    ok = (isinstance(value, bool) if kind is bool else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+          isinstance(value, int) and not isinstance(value, bool) if kind is int else
+          isinstance(value, (list, tuple, ListConfig)) if kind in (list, ListConfig) else
+          isinstance(value, (dict, DictConfig)) if kind in (dict, DictConfig) else
+          isinstance(value, str))
+    if not ok:
+        raise ConfigError(f"{key}={value!r} should be a {kind.__name__} like its default {default!r}")
+
+
+def _task_layer(name: str):
+    path = pathlib.Path(name)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CONF_DIR / f"{name}.yaml"
+    if not path.exists():
+        names = sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem != "base")
+        raise ConfigError(f"no config '{name}': use conf=<one of {names}> or conf=path/to/file.yaml")
+    return OmegaConf.load(path), str(path)
+
+
+def load(argv: list[str] | None = None) -> DictConfig:
+    """Merge base < conf=<name> < dotlist overrides, validate, and resolve interpolations."""
+    cli = OmegaConf.from_dotlist(list(argv or []))
+    base = OmegaConf.load(CONF_DIR / "base.yaml")
+    known = _flatten(base)
+    layers = []
+    if "conf" in cli:
+        layers.append(_task_layer(str(cli.pop("conf"))))
+    layers.append((cli, "the command line"))
+    funcs = base.reward.funcs
+    for layer, source in layers:
+        _check_keys(layer, known, source)
+        for key, value in _flatten(layer).items():
+            if key in known:
+                _check_value(key, value, known[key])
+        if OmegaConf.select(layer, "reward.funcs") is not None:
+            # a task file states its whole reward set; the command line adjusts single weights
+            funcs = layer.reward.funcs if layer is not cli else OmegaConf.merge(funcs, layer.reward.funcs)
+    cfg = OmegaConf.merge(base, *[layer for layer, _ in layers])
+    cfg.reward.funcs = funcs
+    _validate_funcs(cfg)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def _validate_funcs(cfg: DictConfig) -> None:
+    from rewards import validate_funcs
+    try:
+        validate_funcs(dict(cfg.reward.funcs))
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"reward.funcs: {e.args[0]}") from None
+
+
+def resolve(cfg: DictConfig, cache_root: pathlib.Path) -> DictConfig:
+    """Fill the run-time defaults (synthetic data dir) and resolve every interpolation."""
+    if cfg.data.synthetic.dir is None:
+        cfg.data.synthetic.dir = str(cache_root / f"synthetic-s{cfg.data.synthetic.seed}")
+    OmegaConf.resolve(cfg)
+    return cfg

@@ -1,0 +1,237 @@
+"""Load training/eval prompts from VLM-R1 JSONL files or COCO instances, refusing bad input.
+
+    prompts, report = load_prompts(files, image_folders, task="rec")
+
+``files`` and ``image_folders`` are ":"-separated like VLM-R1's ``data_file_paths`` and
+``image_folders`` (one folder per file, or one for all). A ``.jsonl`` file holds VLM-R1 rows;
+a ``.json`` file is read as COCO instances and turned into OVD rows (one per image, asking for
+the categories present). Every problem -- malformed JSON, a missing field, an image that is
+missing, unreadable, too large or outside its folder, a box outside its image -- is reported
+with file and line and the row is skipped (``strict=True`` raises ``DataError`` instead).
+Nothing else is dropped, and ``report.summary()`` says what was skipped and why.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+from PIL import Image, UnidentifiedImageError
+
+from rewards import ALIASES, REGISTRY
+
+
+class DataError(ValueError):
+    """Bad input data under ``data.strict=true``."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One training/eval example. Paths are absolute and confined to their image folder."""
+    id: str
+    images: tuple[str, ...]
+    image_sizes: tuple[tuple[int, int], ...]  # original (w, h) of each image
+    question: str                             # the human turn, "<image>" markers removed
+    solution: str                             # ground truth text, exactly as in the row
+    task: str                                 # rec | ovd
+    accu_method: str | None = None            # the row's accuracy reward, if it names one
+    source: str = ""                          # file:line
+
+
+@dataclass
+class SkipReport:
+    """Counts of skipped rows by reason, with the first examples of each."""
+    loaded: int = 0
+    skipped: collections.Counter = field(default_factory=collections.Counter)
+    examples: dict = field(default_factory=dict)
+
+    def add(self, reason: str, where: str, detail: str, strict: bool) -> None:
+        if strict:
+            raise DataError(f"{where}: {reason}: {detail} (data.strict=true stops here; "
+                            f"set data.strict=false to skip bad rows and report them)")
+        self.skipped[reason] += 1
+        self.examples.setdefault(reason, []).append(f"{where}: {detail}")
+        del self.examples[reason][5:]
+
+    def summary(self) -> str:
+        if not self.skipped:
+            return f"data: {self.loaded} rows loaded, none skipped"
+        parts = [f"data: {self.loaded} rows loaded, {sum(self.skipped.values())} skipped:"]
+        for reason, n in self.skipped.most_common():
+            parts.append(f"  {reason}: {n}  (e.g. {self.examples[reason][0]})")
+        return "\n".join(parts)
+
+
+def split_paths(spec: str | None) -> list[str]:
+    return [p for p in (spec or "").split(":") if p]
+
+
+def load_prompts(files: str, image_folders: str, task: str, accu_methods: str | None = None,
+                 strict: bool = False, max_image_pixels: int = 50_000_000,
+                 report: SkipReport | None = None) -> tuple[list[Prompt], SkipReport]:
+    """Read every file; returns the good prompts (in file order) and the skip report."""
+    paths, folders = split_paths(files), split_paths(image_folders)
+    methods = split_paths(accu_methods)
+    if not paths:
+        raise DataError("no data files given (data.train_files / data.val_files are empty)")
+    if len(folders) == 1:
+        folders = folders * len(paths)
+    if len(folders) != len(paths):
+        raise DataError(f"{len(paths)} data files but {len(folders)} image folders: give one folder per "
+                        f"file, or one for all (':'-separated, like VLM-R1)")
+    if methods and len(methods) != len(paths):
+        raise DataError(f"data.accu_reward_method names {len(methods)} methods for {len(paths)} files")
+    report = report or SkipReport()
+    out: list[Prompt] = []
+    for i, (path, folder) in enumerate(zip(paths, folders)):
+        if not os.path.isfile(path):
+            raise DataError(f"data file not found: {path}")
+        if not os.path.isdir(folder):
+            raise DataError(f"image folder not found: {folder}")
+        method = methods[i] if methods else None
+        reader = _coco_rows if path.endswith(".json") else _jsonl_rows
+        for where, row in reader(path, report, strict):
+            p = _prompt(row, where, os.path.realpath(folder), task, method, report, strict, max_image_pixels)
+            if p is not None:
+                out.append(p)
+    report.loaded += len(out)
+    return out, report
+
+
+def _jsonl_rows(path: str, report: SkipReport, strict: bool):
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError) as e:
+                report.add("malformed_json", where, str(e)[:120], strict)
+                continue
+            yield where, row
+
+
+def _prompt(row, where, folder, task, method, report, strict, max_pixels) -> Prompt | None:
+    try:
+        conv = row["conversations"]
+        question, solution = conv[0]["value"], conv[1]["value"]
+        images = row.get("image", [])
+        images = [images] if isinstance(images, str) else images
+        if not isinstance(question, str) or not isinstance(images, list) or not all(isinstance(x, str) for x in images):
+            raise TypeError("question must be text and image a path or list of paths")
+    except (KeyError, IndexError, TypeError, AttributeError) as e:
+        report.add("bad_row", where, f"expected conversations[0..1].value and image: {e!r}"[:160], strict)
+        return None
+    if not isinstance(solution, str):
+        solution = json.dumps(solution)  # VLM-R1 stringifies non-string solutions
+    row_method = row.get("accu_reward_method") or method
+    if row_method is not None and ALIASES.get(row_method, row_method) not in REGISTRY:
+        report.add("unknown_reward", where, f"accu_reward_method {row_method!r} is not a known reward", strict)
+        return None
+    abs_paths, sizes = [], []
+    for rel in images:
+        checked = _check_image(rel, folder, max_pixels)
+        if isinstance(checked, str):
+            report.add(checked.split(":")[0], where, checked, strict)
+            return None
+        abs_paths.append(checked[0])
+        sizes.append(checked[1])
+    problem = _check_solution(solution, task, sizes[0] if sizes else None)
+    if problem:
+        report.add(problem.split(":")[0], where, problem, strict)
+        return None
+    pid = str(row.get("id", where))
+    return Prompt(pid, tuple(abs_paths), tuple(sizes), question.replace("<image>", "").strip(), solution,
+                  task, row.get("accu_reward_method") or method, where)
+
+
+def _check_image(rel: str, folder: str, max_pixels: int):
+    """(absolute path, (w, h)) of a readable image inside ``folder``, or a reason string."""
+    if os.path.isabs(rel):
+        return f"image_outside_folder: absolute image path {rel!r} (paths are relative to the image folder)"
+    path = os.path.realpath(os.path.join(folder, rel))
+    if os.path.commonpath([path, folder]) != folder:
+        return f"image_outside_folder: {rel!r} resolves outside {folder}"
+    if not os.path.isfile(path):
+        return f"missing_image: {path}"
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                return f"image_too_large: {w}x{h} exceeds data.max_image_pixels={max_pixels}"
+            im.verify()  # reads the whole file: catches truncation and corrupt data
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return f"unreadable_image: {path}: {e}"[:200]
+    return path, (w, h)
+
+
+def _finite_box(b) -> bool:
+    return (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                         and math.isfinite(v) for v in b) and b[0] < b[2] and b[1] < b[3])
+
+
+def _inside(b, size) -> bool:
+    return size is None or (b[0] >= 0 and b[1] >= 0 and b[2] <= size[0] and b[3] <= size[1])
+
+
+def _check_solution(solution: str, task: str, size) -> str | None:
+    """A reason string if the ground truth is unusable, else None."""
+    if task == "rec":
+        try:
+            box = json.loads(solution)
+        except ValueError:
+            return f"bad_solution: REC solution is not a [x1, y1, x2, y2] list: {solution[:60]!r}"
+        if not _finite_box(box):
+            return f"bad_solution: REC box must be 4 finite numbers with x1<x2, y1<y2: {solution[:60]!r}"
+        return None if _inside(box, size) else f"box_outside_image: {box} in an image of {size}"
+    if solution.strip() == "None":
+        return None
+    from rewards.ovd import gt_items
+    body = solution.strip()
+    try:
+        raw = json.loads(body.split("```json", 1)[1].rsplit("```", 1)[0]) if "```json" in body else json.loads(body)
+    except (ValueError, IndexError):
+        return f"bad_solution: OVD solution is neither None nor a json list: {solution[:60]!r}"
+    items = gt_items(solution)
+    if not isinstance(raw, list) or len(items) != len(raw) or not all(_finite_box(it["bbox_2d"]) for it in items):
+        return f"bad_solution: OVD items need a 4-number bbox_2d and a text label: {solution[:80]!r}"
+    for it in items:
+        if not _inside(it["bbox_2d"], size):
+            return f"box_outside_image: {it['bbox_2d']} in an image of {size}"
+    return None
+
+
+def _coco_rows(path: str, report: SkipReport, strict: bool):
+    """COCO instances -> VLM-R1 OVD rows: per image, detect the categories present."""
+    from data.synthetic import OVD_QUESTION
+    try:
+        with open(path, encoding="utf-8") as f:
+            coco = json.load(f)
+        cats = {c["id"]: c["name"] for c in coco["categories"]}
+        images = {im["id"]: im for im in coco["images"]}
+        anns = coco["annotations"]
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise DataError(f"{path}: not a COCO instances file ({e!r})") from None
+    per_image = collections.defaultdict(list)
+    for k, a in enumerate(anns):
+        try:
+            if a.get("iscrowd", 0):
+                continue
+            x, y, w, h = a["bbox"]
+            per_image[a["image_id"]].append({"bbox_2d": [round(x), round(y), round(x + w), round(y + h)],
+                                             "label": cats[a["category_id"]]})
+        except (KeyError, ValueError, TypeError) as e:
+            report.add("bad_annotation", f"{path}:annotations[{k}]", repr(e), strict)
+    for image_id, items in per_image.items():
+        im = images.get(image_id)
+        if im is None:
+            report.add("bad_annotation", f"{path}:image_id={image_id}", "annotation for an unknown image", strict)
+            continue
+        labels = list(dict.fromkeys(it["label"] for it in items))
+        yield f"{path}:image_id={image_id}", {
+            "id": image_id, "image": im["file_name"],
+            "conversations": [{"from": "human", "value": "<image>" + OVD_QUESTION.format(cats=", ".join(labels))},
+                              {"from": "gpt", "value": "```json\n" + json.dumps(items) + "\n```"}]}

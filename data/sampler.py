@@ -1,0 +1,40 @@
+"""Deterministic prompt order over epochs, with a position that can be saved and restored."""
+from __future__ import annotations
+
+import random
+
+
+class PromptSampler:
+    """Yields batches of prompt indices: a seeded permutation per epoch, never repeating or
+    skipping an index within an epoch. ``state()`` / ``load_state()`` give exact resume."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True, epochs: int = 1):
+        if n < batch_size:
+            raise ValueError(f"only {n} training prompts for {batch_size} per step: lower trainer.prompts_per_step")
+        self.n, self.batch_size, self.seed, self.shuffle, self.epochs = n, batch_size, seed, shuffle, epochs
+        self.epoch, self.pos = 0, 0
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(self.n))
+        if self.shuffle:
+            random.Random(f"{self.seed}-{epoch}").shuffle(order)
+        return order
+
+    def steps_available(self) -> int:
+        return (self.n // self.batch_size) * self.epochs
+
+    def next(self) -> list[int] | None:
+        """The next batch, or None when the epochs are used up (a short epoch tail is dropped)."""
+        if self.pos + self.batch_size > self.n:
+            self.epoch, self.pos = self.epoch + 1, 0
+        if self.epoch >= self.epochs:
+            return None
+        batch = self._order(self.epoch)[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return batch
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])

@@ -1,0 +1,303 @@
+"""The learner: a DeepSpeed rank that recomputes log-probs and applies the GRPO update.
+
+A plain class; ``orchestrator.py`` creates ``learner.world_size`` of them as Ray actors. Each
+rank holds the policy (ZeRO 0-3, fp32 or bf16, optional LoRA and frozen vision tower), a frozen
+reference policy when ``beta != 0``, and a torch AdamW with warmup + schedule. ``train_step``
+takes this rank's share of the step's completions, splits it into micro-batches of
+``micro_batch_size`` with gradient accumulation, and scales every micro-batch loss so that the
+accumulated, rank-averaged gradient is exactly the gradient of the whole-batch loss.
+Rank 0 also owns the weight broadcast to the rollout engines (``learner/weight_sync.py``).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from learner import grpo
+from learner.batch import TrainItem, collate
+from learner.ds_config import ds_config
+
+
+class Learner:
+    def __init__(self, rank: int, world_size: int, model_path: str, model_cfg, cfg, rollout_cfg, seed: int,
+                 total_steps: int, per_rank_items: int):
+        self.rank, self.world_size, self.model_path = rank, world_size, model_path
+        self.model_cfg, self.cfg, self.rollout_cfg = dict(model_cfg), dict(cfg), dict(rollout_cfg)
+        self.seed, self.total_steps, self.per_rank_items = seed, total_steps, per_rank_items
+        self.sender = None
+
+    # ------------------------------------------------------------------ setup
+    def address(self) -> tuple[str, int]:
+        """(host, free port) for the DeepSpeed rendezvous; called on rank 0 before ``setup``."""
+        import ray
+        from learner.weight_sync import free_port
+        host = ray.util.get_node_ip_address()
+        return host, free_port(host)
+
+    def setup(self, master_addr: str, master_port: int) -> dict:
+        os.environ.update({"MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port), "RANK": str(self.rank),
+                           "WORLD_SIZE": str(self.world_size), "LOCAL_RANK": "0"})
+        import deepspeed
+        import deepspeed.ops
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        # DeepSpeed compiles its CPU shared-memory all-reduce (~40 s) at init_distributed, but
+        # only its inference path uses it; training all-reduces go through gloo. Skip the build.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        torch.manual_seed(self.seed)
+        proc_kw = {k: self.model_cfg[k] for k in ("min_pixels", "max_pixels") if self.model_cfg.get(k)}
+        self.processor = AutoProcessor.from_pretrained(self.model_path, **proc_kw)
+        tok = self.processor.tokenizer
+        from actors.rollout import VISION_TOKENS
+        self.banned = {tok.convert_tokens_to_ids(t) for t in VISION_TOKENS} - {None}
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        dtype = torch.bfloat16 if self.cfg["dtype"] == "bf16" else torch.float32
+        load = dict(dtype=dtype, trust_remote_code=self.model_cfg.get("trust_remote_code", False))
+        model = AutoModelForImageTextToText.from_pretrained(self.model_path, **load)
+        self.image_token_id = model.config.image_token_id
+        if self.model_cfg.get("freeze_vision_tower"):
+            for name, p in model.named_parameters():
+                if "visual" in name:
+                    p.requires_grad_(False)
+        self.lora = self.cfg["lora"]["r"] > 0
+        if self.lora:
+            model = self._wrap_lora(model)
+        if self.cfg["gradient_checkpointing"]:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.lora or self.model_cfg.get("freeze_vision_tower"):
+                model.enable_input_require_grads()
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.cfg["lr"], betas=tuple(self.cfg["adam_betas"]),
+                                weight_decay=self.cfg["weight_decay"])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_lambda())
+        self.n_micro = max(1, math.ceil(self.per_rank_items / self.cfg["micro_batch_size"]))
+        config = ds_config(self.cfg, self.cfg["micro_batch_size"], self.n_micro, self.world_size)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=opt, lr_scheduler=sched, config=config, model_parameters=params)
+        self.ref = None
+        if self.cfg["beta"] != 0:
+            ref = AutoModelForImageTextToText.from_pretrained(self.model_path, **load).eval().requires_grad_(False)
+            if self.cfg["zero_stage"] == 3:
+                ref_cfg = ds_config(self.cfg, self.cfg["micro_batch_size"], 1, self.world_size, train=False)
+                ref = deepspeed.initialize(model=ref, config=ref_cfg)[0]
+            self.ref = ref
+        self.steps_done = 0
+        n_all = sum(self._numel(p) for p in self.engine.module.parameters())
+        n_train = sum(self._numel(p) for p in self.engine.module.parameters() if p.requires_grad)
+        return {"parameters": n_all, "trainable": n_train, "micro_batches": self.n_micro, "pid": os.getpid()}
+
+    @staticmethod
+    def _numel(p) -> int:
+        return p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+
+    def _wrap_lora(self, model):
+        from peft import LoraConfig, get_peft_model
+        lc = self.cfg["lora"]
+        # VLM-R1's LoRA recipe adapts the language model only; the vision tower stays frozen
+        targets = "|".join(lc["target_modules"])
+        config = LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], lora_dropout=lc["dropout"],
+                            target_modules=rf"^(?!.*visual).*\.({targets})$")
+        return get_peft_model(model, config)
+
+    def _lr_lambda(self):
+        warm, total = self.cfg["warmup_steps"], max(1, self.total_steps * self.cfg["num_iterations"])
+        kind = self.cfg["lr_schedule"]
+
+        def f(step: int) -> float:
+            if warm and step < warm:
+                return (step + 1) / warm
+            frac = min(1.0, (step - warm) / max(1, total - warm))
+            return {"constant": 1.0, "linear": 1.0 - frac, "cosine": 0.5 * (1 + math.cos(math.pi * frac))}[kind]
+        return f
+
+    # ------------------------------------------------------------------ log-probs
+    def _logp(self, model, batch: dict, grad: bool):
+        """(log-probs of the targets, entropy or None) ``[b, K]`` at the sampling temperature."""
+        ctx = torch.enable_grad() if grad else torch.no_grad()
+        with ctx:
+            logits = model(**batch["inputs"]).logits  # [b, K, V]
+            logits = logits.float() / self.rollout_cfg["temperature"]
+            logp = grpo.token_logprobs(logits, batch["targets"])
+            ent = grpo.token_entropy(logits.detach()) if grad else None
+        return logp, ent
+
+    def _batches(self, items: list[TrainItem]) -> list[dict]:
+        mbs = self.cfg["micro_batch_size"]
+        chunks = [items[i:i + mbs] for i in range(0, len(items), mbs)]
+        if len(chunks) != self.n_micro:
+            raise ValueError(f"rank {self.rank} got {len(items)} items = {len(chunks)} micro-batches, expected "
+                             f"{self.n_micro}; every step must give each rank the same number of completions")
+        ip = self.processor.image_processor
+        return [collate(c, ip, self.pad_id, self.banned, self.image_token_id) for c in chunks]
+
+    def logprobs(self, items: list[TrainItem]) -> list[list[float]]:
+        """The current policy's log-prob of every completion token (no update; for checks)."""
+        mbs = self.cfg["micro_batch_size"]
+        out = []
+        for i in range(0, len(items), mbs):
+            chunk = items[i:i + mbs]
+            b = collate(chunk, self.processor.image_processor, self.pad_id, self.banned, self.image_token_id)
+            logp, _ = self._logp(self.engine, b, grad=False)
+            for j, it in enumerate(chunk):
+                start = len(it.prompt_token_ids) - 1 - int(b["inputs"]["logits_to_keep"][0])
+                out.append(logp[j, start:start + len(it.completion_token_ids)].tolist())
+        return out
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, items: list[TrainItem]) -> dict:
+        """One GRPO step on this rank's items (``num_iterations`` optimizer steps)."""
+        import torch.distributed as dist
+        batches = self._batches(items)
+        counts = torch.tensor([sum(float(b["mask"].sum()) for b in batches), float(len(items))], dtype=torch.float64)
+        dist.all_reduce(counts)
+        g_tokens, g_seqs = float(counts[0]), int(counts[1])
+        refs = [self._logp(self.ref, b, grad=False)[0] if self.ref is not None else None for b in batches]
+        mu = self.cfg["num_iterations"]
+        olds = [self._logp(self.engine, b, grad=False)[0] for b in batches] if mu > 1 else [None] * len(batches)
+        norm = self.cfg["loss_norm"] or self.rollout_cfg["max_new_tokens"]
+        sums = {"loss": 0.0, "pg_loss": 0.0, "kl_loss": 0.0}
+        tok = {"kl": 0.0, "clip_low_frac": 0.0, "clip_high_frac": 0.0, "ratio_mean": 0.0, "entropy": 0.0,
+               "engine_logp_abs_diff": 0.0}
+        n_tok, grad_norms = 0.0, []
+        for it in range(mu):
+            for b, ref, old in zip(batches, refs, olds):
+                logp, ent = self._logp(self.engine, b, grad=True)
+                loss, m = grpo.policy_loss(
+                    logp, old if old is not None else logp.detach(), ref, b["advantages"], b["mask"],
+                    self.cfg["clip_low"], self.cfg["clip_high"], self.cfg["beta"], self.cfg["loss_agg"], norm=norm,
+                    global_tokens=g_tokens, global_seqs=g_seqs)
+                # DeepSpeed averages gradients over ranks; the loss is already this shard's share of
+                # the whole-batch loss, so undo the average and skip its 1/GAS scaling
+                self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+                self.engine.step()
+                if it == 0:
+                    n = float(b["mask"].sum())
+                    n_tok += n
+                    for k in ("kl", "clip_low_frac", "clip_high_frac", "ratio_mean"):
+                        tok[k] += m[k] * n
+                    tok["entropy"] += float((ent * b["mask"]).sum())
+                    tok["engine_logp_abs_diff"] += self._engine_diff(b, logp, items)
+                    for k in ("pg_loss", "kl_loss"):
+                        sums[k] += m[k]
+                    sums["loss"] += float(loss)
+            gn = self.engine.get_global_grad_norm()
+            grad_norms.append(float(gn) if gn is not None else float("nan"))
+        self.steps_done += 1
+        vec = torch.tensor([sums["loss"], sums["pg_loss"], sums["kl_loss"], n_tok] + [tok[k] for k in tok], dtype=torch.float64)
+        dist.all_reduce(vec)
+        total_tok = max(float(vec[3]), 1.0)
+        out = {"loss": float(vec[0]), "pg_loss": float(vec[1]), "kl_loss": float(vec[2]), "tokens": float(vec[3])}
+        out.update({k: float(vec[4 + i]) / total_tok for i, k in enumerate(tok)})
+        out.update({"grad_norm": grad_norms[-1], "lr": self.scheduler.get_last_lr()[0], "items": g_seqs})
+        return out
+
+    def _engine_diff(self, b: dict, logp: torch.Tensor, items) -> float:
+        """Sum over masked tokens of |learner log-prob - engine log-prob| (the RL-for-VLM canary)."""
+        keep0 = int(b["inputs"]["logits_to_keep"][0])
+        total = 0.0
+        for j, it in enumerate(b["items"]):
+            start = len(it.prompt_token_ids) - 1 - keep0
+            n = len(it.engine_logprobs)
+            if n == 0:
+                continue
+            eng = torch.tensor(it.engine_logprobs, dtype=torch.float32)
+            ours = logp[j, start:start + n].detach()
+            m = b["mask"][j, start:start + n]
+            total += float(((ours - eng).abs() * m).sum())
+        return total
+
+    # ------------------------------------------------------------------ weights
+    def _named_weights(self):
+        """(name, parameter) pairs the engines need, in a fixed order: what can change.
+
+        Frozen parameters (e.g. the vision tower) are skipped; with LoRA the adapted layers are
+        sent merged under their base names."""
+        model = self.engine.module
+        if self.lora:
+            base = model.get_base_model()
+            for name, p in base.named_parameters():
+                if ".base_layer." in name:
+                    yield name.replace(".base_layer.", "."), p
+            return
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                yield name, p
+
+    def weight_meta(self) -> list[tuple[str, str, tuple[int, ...]]]:
+        dtype = _engine_dtype(self.rollout_cfg["dtype"])
+        out = []
+        for name, p in self._named_weights():
+            shape = tuple(p.ds_shape) if hasattr(p, "ds_shape") else tuple(p.shape)
+            out.append((name, str(dtype).replace("torch.", ""), shape))
+        return out
+
+    def init_weight_group(self, host: str, port: int, world_size: int) -> int:
+        """Rank 0: create the store and join the group (blocks until the engines join)."""
+        if self.rank != 0:
+            return 0
+        from learner.weight_sync import WeightSender
+        self.sender = WeightSender(host, port, world_size, "nccl" if torch.cuda.is_available() else "gloo")
+        self.sender.connect()
+        return world_size
+
+    def broadcast_weights(self, bucket_mb: float = 256.0) -> int:
+        """Send the current weights to every engine; all ranks must call (ZeRO-3 gathers)."""
+        import deepspeed
+        dtype = _engine_dtype(self.rollout_cfg["dtype"])
+        named = list(self._named_weights())
+        if self.lora:
+            self.engine.module.merge_adapter()
+        sent = 0
+        try:
+            for bucket in _buckets(named, bucket_mb * 2**20, self._numel):
+                params = [p for _, p in bucket]
+                zero3 = any(hasattr(p, "ds_id") for p in params)
+                ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero3 else _nullcontext()
+                with ctx:
+                    if self.rank == 0:
+                        sent += self.sender.send([p.detach().to(dtype) for p in params])
+        finally:
+            if self.lora:
+                self.engine.module.unmerge_adapter()
+        return sent
+
+    def param_checksum(self, names: list[str]) -> dict[str, float]:
+        """Sum of each matching parameter (gathered under ZeRO-3), for tests."""
+        import deepspeed
+        out = {}
+        for name, p in self.engine.module.named_parameters():
+            if any(k in name for k in names):
+                ctx = deepspeed.zero.GatheredParameters([p]) if hasattr(p, "ds_id") else _nullcontext()
+                with ctx:
+                    out[name] = float(p.detach().float().sum())
+        return out
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def _engine_dtype(name: str) -> torch.dtype:
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
+
+
+def _buckets(named, limit_bytes: float, numel):
+    bucket, size = [], 0.0
+    for item in named:
+        bucket.append(item)
+        size += numel(item[1]) * 4
+        if size >= limit_bytes:
+            yield bucket
+            bucket, size = [], 0.0
+    if bucket:
+        yield bucket
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,49 @@
+"""Learner side of the weight broadcast: rank 0 opens the group and sends tensors in order.
+
+Protocol (the engine side is ``actors/vllm_ext.py``): rank 0 of the learner creates a TCPStore
+and a process group (gloo on CPU, NCCL on GPU) with every engine worker, once. Per update it
+sends the list of ``(name, dtype, shape)`` through Ray, then broadcasts each tensor in that
+order. Names are the transformers ``state_dict`` names, which vLLM's loader maps itself.
+"""
+from __future__ import annotations
+
+import datetime
+import socket
+
+import torch
+import torch.distributed as dist
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class WeightSender:
+    """Rank 0 of the weight group (``world_size`` = 1 + number of engine workers)."""
+
+    def __init__(self, host: str, port: int, world_size: int, backend: str = "gloo", timeout_s: float = 600.0):
+        self.store = dist.TCPStore(host, port, world_size, is_master=True, timeout=datetime.timedelta(seconds=timeout_s),
+                                   wait_for_workers=False)
+        self.world_size, self.backend = world_size, backend
+        self.group = None
+        self.timeout = datetime.timedelta(seconds=timeout_s)
+
+    def connect(self) -> None:
+        """Join the group (blocks until every engine worker has joined too)."""
+        if self.backend == "gloo":
+            self.group = dist.ProcessGroupGloo(self.store, 0, self.world_size, self.timeout)
+        else:
+            self.group = dist.ProcessGroupNCCL(self.store, 0, self.world_size)
+
+    def send(self, tensors: list[torch.Tensor]) -> int:
+        """Broadcast each tensor in order; returns the bytes sent."""
+        nbytes, works = 0, []
+        for t in tensors:
+            t = t.contiguous()
+            works.append(self.group.broadcast(t, 0))
+            nbytes += t.numel() * t.element_size()
+        for w in works:
+            w.wait()
+        return nbytes
