@@ -221,8 +221,8 @@ def _coco_rows(path: str, report: SkipReport, strict: bool):
             if a.get("iscrowd", 0):
                 continue
             x, y, w, h = a["bbox"]
-            per_image[a["image_id"]].append({"bbox_2d": [round(x), round(y), round(x + w), round(y + h)],
-                                             "label": cats[a["category_id"]]})
+            item = {"bbox_2d": [round(x), round(y), round(x + w), round(y + h)], "label": cats[a["category_id"]]}
+            per_image[a["image_id"]].append(item)
         except (KeyError, ValueError, TypeError) as e:
             report.add("bad_annotation", f"{path}:annotations[{k}]", repr(e), strict)
     for image_id, items in per_image.items():

@@ -163,7 +163,8 @@ class Learner:
                "engine_logp_abs_diff": 0.0}
         n_tok, grad_norms = 0.0, []
         for it in range(mu):
-            for b, ref, old in zip(batches, refs, olds):
+            own_norm = None
+            for k, (b, ref, old) in enumerate(zip(batches, refs, olds)):
                 logp, ent = self._logp(self.engine, b, grad=True)
                 loss, m = grpo.policy_loss(
                     logp, old if old is not None else logp.detach(), ref, b["advantages"], b["mask"],
@@ -172,6 +173,8 @@ class Learner:
                 # DeepSpeed averages gradients over ranks; the loss is already this shard's share of
                 # the whole-batch loss, so undo the average and skip its 1/GAS scaling
                 self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+                if k == len(batches) - 1 and self.cfg["zero_stage"] == 0:
+                    own_norm = self._grad_norm()  # reduced grads, before the step clips them
                 self.engine.step()
                 if it == 0:
                     n = float(b["mask"].sum())
@@ -182,8 +185,9 @@ class Learner:
                     tok["engine_logp_abs_diff"] += self._engine_diff(b, logp, items)
                     for k in ("pg_loss", "kl_loss"):
                         sums[k] += m[k]
-                    sums["loss"] += float(loss)
+                    sums["loss"] += float(loss.detach())
             gn = self.engine.get_global_grad_norm()
+            gn = gn if gn is not None else own_norm
             grad_norms.append(float(gn) if gn is not None else float("nan"))
         self.steps_done += 1
         vec = torch.tensor([sums["loss"], sums["pg_loss"], sums["kl_loss"], n_tok] + [tok[k] for k in tok], dtype=torch.float64)
@@ -193,6 +197,11 @@ class Learner:
         out.update({k: float(vec[4 + i]) / total_tok for i, k in enumerate(tok)})
         out.update({"grad_norm": grad_norms[-1], "lr": self.scheduler.get_last_lr()[0], "items": g_seqs})
         return out
+
+    def _grad_norm(self) -> float:
+        """L2 norm of the (already all-reduced) gradients; DeepSpeed records it only under ZeRO."""
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
     def _engine_diff(self, b: dict, logp: torch.Tensor, items) -> float:
         """Sum over masked tokens of |learner log-prob - engine log-prob| (the RL-for-VLM canary)."""

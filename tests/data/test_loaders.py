@@ -1,0 +1,133 @@
+"""Loaders: VLM-R1 JSONL and COCO in, every bad row reported with file:line and skipped."""
+import json
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from PIL import Image
+
+from data.loaders import DataError, load_prompts
+
+
+def _row(image, solution="[1, 1, 20, 20]", **extra):
+    return {"id": extra.pop("id", "r"), "image": image, **extra,
+            "conversations": [{"from": "human", "value": "<image>find it"}, {"from": "gpt", "value": solution}]}
+
+
+@pytest.fixture
+def folder(tmp_path):
+    img = tmp_path / "imgs"
+    img.mkdir()
+    Image.new("RGB", (64, 48), "white").save(img / "ok.png")
+    Image.new("RGB", (64, 48), "white").save(img / "ok2.png")
+    (img / "zero.png").write_bytes(b"")
+    (img / "text.png").write_text("not an image")
+    data = (img / "ok.png").read_bytes()
+    (img / "truncated.png").write_bytes(data[: len(data) // 2])
+    Image.new("RGB", (3000, 3000), "white").save(img / "big.png")
+    (tmp_path / "secret.png").write_bytes(data)
+    os.symlink(tmp_path / "secret.png", img / "link.png")
+    return img
+
+
+def _write(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(path)
+
+
+def test_every_bad_row_is_reported_with_its_line_and_good_rows_survive(tmp_path, folder):
+    rows = [
+        _row("ok.png", id="good1"),                                  # 1
+        "{not json",                                                 # 2 malformed_json
+        {"id": "x", "image": "ok.png"},                              # 3 bad_row (no conversations)
+        _row("missing.png"),                                         # 4 missing_image
+        _row("zero.png"),                                            # 5 unreadable_image
+        _row("text.png"),                                            # 6 unreadable_image
+        _row("truncated.png"),                                       # 7 unreadable_image
+        _row("big.png"),                                             # 8 image_too_large
+        _row("../secret.png"),                                       # 9 image_outside_folder
+        _row("/etc/passwd"),                                         # 10 image_outside_folder
+        _row("link.png"),                                            # 11 image_outside_folder (symlink)
+        _row("ok.png", solution="[1, 1, 200, 20]"),                  # 12 box_outside_image
+        _row("ok.png", solution="[30, 1, 20, 20]"),                  # 13 bad_solution (x1 > x2)
+        _row("ok.png", solution="the man"),                          # 14 bad_solution
+        _row("ok.png", accu_reward_method="telepathy"),              # 15 unknown_reward
+        _row(["ok.png", "ok2.png"], id="good2"),                     # 16 multi-image: fine
+    ]
+    prompts, report = load_prompts(_write(tmp_path / "d.jsonl", rows), str(folder), "rec", max_image_pixels=1_000_000)
+    assert [p.id for p in prompts] == ["good1", "good2"]
+    assert prompts[1].images == (str(folder / "ok.png"), str(folder / "ok2.png"))
+    assert prompts[1].image_sizes == ((64, 48), (64, 48))
+    assert dict(report.skipped) == {"malformed_json": 1, "bad_row": 1, "missing_image": 1, "unreadable_image": 3,
+                                    "image_too_large": 1, "image_outside_folder": 3, "box_outside_image": 1,
+                                    "bad_solution": 2, "unknown_reward": 1}
+    assert report.loaded == 2
+    summary = report.summary()
+    assert "14 skipped" in summary and "d.jsonl:2" in summary and "d.jsonl:9" in summary
+
+
+def test_strict_mode_stops_at_the_first_bad_row_with_its_location(tmp_path, folder):
+    path = _write(tmp_path / "d.jsonl", [_row("ok.png"), _row("missing.png")])
+    with pytest.raises(DataError, match=r"d\.jsonl:2: missing_image.*data\.strict=true"):
+        load_prompts(path, str(folder), "rec", strict=True)
+
+
+def test_ovd_solutions_none_and_boxes_checked(tmp_path, folder):
+    good = "```json\n" + json.dumps([{"bbox_2d": [1, 1, 10, 10], "label": "dog"}]) + "\n```"
+    outside = "```json\n" + json.dumps([{"bbox_2d": [1, 1, 100, 10], "label": "dog"}]) + "\n```"
+    nolabel = "```json\n" + json.dumps([{"bbox_2d": [1, 1, 10, 10]}]) + "\n```"
+    path = _write(tmp_path / "o.jsonl", [_row("ok.png", good, id="a"), _row("ok.png", "None", id="b"),
+                                         _row("ok.png", outside), _row("ok.png", nolabel)])
+    prompts, report = load_prompts(path, str(folder), "ovd")
+    assert [p.id for p in prompts] == ["a", "b"]
+    assert dict(report.skipped) == {"box_outside_image": 1, "bad_solution": 1}
+
+
+def test_colon_separated_files_folders_and_reward_overrides(tmp_path, folder):
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (30, 30)).save(other / "o.png")
+    f1 = _write(tmp_path / "a.jsonl", [_row("ok.png", id="a1"), _row("ok.png", id="a2", accu_reward_method="rec_acc")])
+    f2 = _write(tmp_path / "b.jsonl", [_row("o.png", id="b1")])
+    prompts, _ = load_prompts(f"{f1}:{f2}", f"{folder}:{other}", "rec", accu_methods="iou:odLength")
+    assert [(p.id, p.accu_method) for p in prompts] == [("a1", "iou"), ("a2", "rec_acc"), ("b1", "odLength")]
+    assert prompts[2].images == (str(other / "o.png"),)
+    with pytest.raises(DataError, match="2 data files but 3 image folders"):
+        load_prompts(f"{f1}:{f2}", f"{folder}:{other}:{other}", "rec")
+    with pytest.raises(DataError, match="data file not found"):
+        load_prompts(str(tmp_path / "nope.jsonl"), str(folder), "rec")
+
+
+def test_coco_instances_become_ovd_rows(tmp_path, folder):
+    coco = {"images": [{"id": 7, "file_name": "ok.png", "width": 64, "height": 48},
+                       {"id": 8, "file_name": "ok2.png", "width": 64, "height": 48}],
+            "categories": [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}],
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [2, 3, 10, 20], "iscrowd": 0},
+                            {"id": 2, "image_id": 7, "category_id": 2, "bbox": [20, 5, 8, 8], "iscrowd": 0},
+                            {"id": 3, "image_id": 7, "category_id": 2, "bbox": [0, 0, 60, 40], "iscrowd": 1},
+                            {"id": 4, "image_id": 8, "category_id": 1, "bbox": "oops"}]}
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(coco))
+    prompts, report = load_prompts(str(path), str(folder), "ovd")
+    assert len(prompts) == 1 and prompts[0].id == "7"
+    assert "[dog, cat]" in prompts[0].question
+    items = json.loads(prompts[0].solution.split("```json\n")[1].split("\n```")[0])
+    assert items == [{"bbox_2d": [2, 3, 12, 23], "label": "dog"}, {"bbox_2d": [20, 5, 28, 13], "label": "cat"}]
+    assert dict(report.skipped) == {"bad_annotation": 1}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.text(max_size=80), st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
+                          st.dictionaries(st.sampled_from(["id", "image", "conversations", "x"]),
+                                          st.one_of(st.none(), st.integers(), st.text(max_size=10),
+                                                    st.lists(st.text(max_size=5), max_size=3)), max_size=4).map(json.dumps)),
+                max_size=12))
+def test_fuzzed_files_never_crash_and_never_lose_good_rows(tmp_path, folder, junk):
+    lines = [l.replace("\n", " ").replace("\r", " ") for l in junk]
+    good = [json.dumps(_row("ok.png", id=f"good{i}")) for i in range(3)]
+    path = tmp_path / "fuzz.jsonl"
+    path.write_text("\n".join(good[:1] + lines + good[1:]) + "\n", encoding="utf-8", errors="surrogatepass")
+    prompts, report = load_prompts(str(path), str(folder), "rec")
+    ids = [p.id for p in prompts]
+    assert [i for i in ids if i.startswith("good")] == ["good0", "good1", "good2"]
+    assert report.loaded == len(prompts)
