@@ -147,7 +147,7 @@ def start_ray(cfg, out_dir: pathlib.Path) -> None:
     # The local cluster's dashboard binds to cluster.dashboard_host (127.0.0.1 by default), so
     # Ray's token auth is off for it; a shared cluster keeps whatever auth its owner set.
     env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "TORCH_EXTENSIONS_DIR": str(cache_root() / "torch_extensions"), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
+           "TORCH_EXTENSIONS_DIR": str(cache_root() / "torch_extensions"), "VLLM_CACHE_ROOT": str(cache_root() / "vllm"), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
            "TOKENIZERS_PARALLELISM": "false", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
            "VLLM_CPU_KVCACHE_SPACE": str(cfg.rollout.kv_cache_gb), "VLLM_CPU_OMP_THREADS_BIND": "nobind",
            "WANDB_MODE": cfg.wandb.mode, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR")}

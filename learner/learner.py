@@ -63,6 +63,9 @@ class Learner:
                 if "visual" in name:
                     p.requires_grad_(False)
         self.lora = self.cfg["lora"]["r"] > 0
+        if self.lora and self.cfg["zero_stage"] == 3:
+            raise ValueError("LoRA with learner.zero_stage=3 is not supported: adapters and their optimizer state "
+                             "are small, use learner.zero_stage=2 (or 0/1) with learner.lora.r > 0")
         if self.lora:
             model = self._wrap_lora(model)
         if self.cfg["gradient_checkpointing"]:
@@ -220,25 +223,25 @@ class Learner:
 
     # ------------------------------------------------------------------ weights
     def _named_weights(self):
-        """(name, parameter) pairs the engines need, in a fixed order: what can change.
+        """(name, parameter, delta) triples the engines need, in a fixed order: what can change.
 
-        Frozen parameters (e.g. the vision tower) are skipped; with LoRA the adapted layers are
-        sent merged under their base names."""
+        Frozen parameters (e.g. the vision tower) are skipped. With LoRA, each adapted layer is
+        sent as ``base + delta`` under its base name; the merge is computed, never applied in
+        place (merging and unmerging every step would drift the frozen base by round-off)."""
         model = self.engine.module
         if self.lora:
-            base = model.get_base_model()
-            for name, p in base.named_parameters():
-                if ".base_layer." in name:
-                    yield name.replace(".base_layer.", "."), p
+            for mod_name, mod in model.get_base_model().named_modules():
+                if hasattr(mod, "get_delta_weight") and hasattr(mod, "base_layer"):
+                    yield f"{mod_name}.weight", mod.base_layer.weight, (lambda m=mod: m.get_delta_weight("default"))
             return
         for name, p in model.named_parameters():
             if p.requires_grad:
-                yield name, p
+                yield name, p, None
 
     def weight_meta(self) -> list[tuple[str, str, tuple[int, ...]]]:
         dtype = _engine_dtype(self.rollout_cfg["dtype"])
         out = []
-        for name, p in self._named_weights():
+        for name, p, _ in self._named_weights():
             shape = tuple(p.ds_shape) if hasattr(p, "ds_shape") else tuple(p.shape)
             out.append((name, str(dtype).replace("torch.", ""), shape))
         return out
@@ -257,20 +260,15 @@ class Learner:
         import deepspeed
         dtype = _engine_dtype(self.rollout_cfg["dtype"])
         named = list(self._named_weights())
-        if self.lora:
-            self.engine.module.merge_adapter()
         sent = 0
-        try:
-            for bucket in _buckets(named, bucket_mb * 2**20, self._numel):
-                params = [p for _, p in bucket]
-                zero3 = any(hasattr(p, "ds_id") for p in params)
-                ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero3 else _nullcontext()
-                with ctx:
-                    if self.rank == 0:
-                        sent += self.sender.send([p.detach().to(dtype) for p in params])
-        finally:
-            if self.lora:
-                self.engine.module.unmerge_adapter()
+        for bucket in _buckets(named, bucket_mb * 2**20, self._numel):
+            params = [p for _, p, _ in bucket]
+            zero3 = any(hasattr(p, "ds_id") for p in params)
+            ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero3 else _nullcontext()
+            with ctx, torch.no_grad():
+                if self.rank == 0:
+                    sent += self.sender.send([(p + delta() if delta else p).detach().to(dtype)
+                                              for _, p, delta in bucket])
         return sent
 
     def param_checksum(self, names: list[str]) -> dict[str, float]:

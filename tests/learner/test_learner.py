@@ -75,3 +75,39 @@ def test_micro_batch_size_does_not_change_the_gradient_or_the_update(tiny_model,
     assert norms[0] == pytest.approx(norms[1], rel=1e-4)
     assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-7)
     assert sums[0] == pytest.approx(sums[1], rel=1e-4)
+
+
+def test_frozen_vision_tower_is_neither_trained_nor_sent(tiny_model, synthetic):
+    lr = _learner(tiny_model, 4, **{"model.freeze_vision_tower": "true"})
+    names = [n for n, _, _ in lr.weight_meta()]
+    assert names and not any("visual" in n for n in names) and "lm_head.weight" in names
+    before = lr.param_checksum(["visual.blocks.0.mlp"])
+    lr.train_step(_items(tiny_model, synthetic))
+    assert lr.param_checksum(["visual.blocks.0.mlp"]) == before
+
+
+def test_lora_trains_adapters_only_and_sends_merged_base_weights(tiny_model, synthetic):
+    lr = _learner(tiny_model, 4, **{"learner.lora.r": 4, "learner.lora.alpha": 8})
+    names = [n for n, _, _ in lr.weight_meta()]
+    # only the adapted language-model layers, under the names vLLM loads (no lora_ / base_layer)
+    assert names and all(".base_layer." not in n and "lora_" not in n and "visual" not in n for n in names)
+    assert any(n.endswith("self_attn.q_proj.weight") for n in names)
+    base_name = "layers.0.self_attn.q_proj.base_layer.weight"
+    base_before = lr.param_checksum([base_name])
+    m = lr.train_step(_items(tiny_model, synthetic))
+    assert m["grad_norm"] > 0
+    assert lr.param_checksum([base_name]) == base_before  # the frozen base never moves, bit for bit
+    sent = {n: (p, d) for n, p, d in lr._named_weights()}
+    p, delta = sent[next(n for n in sent if n.endswith("layers.0.self_attn.q_proj.weight"))]
+    assert float(delta().abs().sum()) > 0  # the adapter moved: what is sent is base + delta
+    with pytest.raises(ValueError, match="LoRA with learner.zero_stage=3"):
+        _learner(tiny_model, 4, **{"learner.lora.r": 4, "learner.zero_stage": 3})
+
+
+def test_num_iterations_reuses_old_logprobs(tiny_model, synthetic):
+    lr = _learner(tiny_model, 4, **{"learner.num_iterations": 2, "learner.beta": 0.0})
+    m = lr.train_step(_items(tiny_model, synthetic))
+    assert m["items"] == 4 and m["grad_norm"] > 0
+    # the first pass sees ratio 1 exactly (old = current); the step count reflects two optimizer steps
+    assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert lr.scheduler.last_epoch == 2
