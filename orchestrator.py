@@ -30,18 +30,20 @@ def main(argv: list[str] | None = None) -> dict:
     model_path = resolve_model_path(cfg.model.path, cfg.seed)
     train, val, report = load_data(cfg)
     print(report.summary(), flush=True)
-    if cfg.mode == "eval":
-        raise SystemExit("mode=eval is not available yet; use mode=train")
 
     import ray
     start_ray(cfg, out_dir)
     try:
-        return train_loop(cfg, model_path, train, out_dir)
+        if cfg.mode == "eval":
+            return eval_only(cfg, model_path, val, out_dir)
+        if cfg.mode == "sft":
+            return sft_loop(cfg, model_path, train, out_dir)
+        return train_loop(cfg, model_path, train, val, out_dir)
     finally:
         ray.shutdown()
 
 
-def train_loop(cfg, model_path: str, train: list, out_dir: pathlib.Path) -> dict:
+def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Path) -> dict:
     import ray
     import torch
     from tqdm import tqdm
@@ -49,6 +51,8 @@ def train_loop(cfg, model_path: str, train: list, out_dir: pathlib.Path) -> dict
     from data.sampler import PromptSampler
     from learner.batch import item_from_rollout
     from learner.grpo import group_advantages
+    from trainer import evaluate
+    from trainer.monitor import Monitor
 
     G, B = cfg.rollout.num_generations, cfg.trainer.prompts_per_step
     engines, learners, scorers = create_roles(cfg, model_path)
@@ -56,20 +60,23 @@ def train_loop(cfg, model_path: str, train: list, out_dir: pathlib.Path) -> dict
     meta = ray.get(learners.actors[0].weight_meta.remote())
     sampler = PromptSampler(len(train), B, cfg.seed, cfg.data.shuffle, cfg.trainer.epochs)
     max_steps = min(cfg.trainer.max_steps, sampler.steps_available())
-    times = {"rollout": 0.0, "reward": 0.0, "train": 0.0, "sync": 0.0}
-    history, used = [], []
-    metrics_file = open(out_dir / "metrics.jsonl", "a")
-    bar = tqdm(range(max_steps), desc="grpo", dynamic_ncols=True)
+    start, history = resume_if_asked(cfg, out_dir, learners, engines, sampler, meta)
+    monitor = Monitor(out_dir, cfg.wandb, _plain(cfg))
+    eval_set = evaluate.subset(val, cfg.eval.train_samples, cfg.eval.subset_seed)
+    if cfg.trainer.eval_steps and start == 0 and eval_set:
+        run_periodic_eval(engines, eval_set, cfg, 0, out_dir, monitor)
+    times = {"rollout": 0.0, "reward": 0.0, "train": 0.0, "sync": 0.0, "eval_ckpt": 0.0}
+    bar = tqdm(range(start, max_steps), desc="grpo", dynamic_ncols=True, initial=start, total=max_steps)
     t_run = time.perf_counter()
     for step in bar:
         t_step = time.perf_counter()
         batch = [train[i] for i in sampler.next()]
+        seeds = [sample_seed(cfg.seed, step, p.id) for p in batch]
 
         # 1. generate: prompts sharded over engines; scoring starts as each engine's shard lands
         t0 = time.perf_counter()
-        gen_refs = engines.call_sharded("generate", batch)
-        rollouts, score_refs = [], []
-        pending = list(gen_refs)
+        rollouts = []
+        pending = engines.call_sharded("generate", list(zip(batch, seeds)))
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=cfg.rollout.timeout_s)
             if not done:
@@ -84,7 +91,7 @@ def train_loop(cfg, model_path: str, train: list, out_dir: pathlib.Path) -> dict
         scored, failures = scorer_pool.collect()
         times["reward"] += time.perf_counter() - t0
         rollouts.sort(key=lambda r: (batch.index(r.prompt), r.sample))
-        assert len(rollouts) == B * G and len(scored) == B * G, "a completion was lost or duplicated"
+        assert len(rollouts) == B * G == len(scored), "a completion was lost or duplicated"
         totals = torch.tensor([scored[r.key]["total"] for r in rollouts], dtype=torch.float64)
 
         # 3. advantages within each group of G, then the update on every learner rank
@@ -99,18 +106,96 @@ def train_loop(cfg, model_path: str, train: list, out_dir: pathlib.Path) -> dict
         ray.get(learners.call("broadcast_weights") + engines.call("receive_weights", meta))
         times["sync"] += time.perf_counter() - t0
 
-        # 5. log
-        used += [r.key for r in rollouts]
-        row = step_metrics(step + 1, rollouts, scored, failures, totals, train_metrics, t_gen, time.perf_counter() - t_step)
+        # 5. log, then evaluate / checkpoint when due
+        row = step_metrics(step + 1, batch, rollouts, scored, failures, totals, train_metrics, t_gen,
+                           time.perf_counter() - t_step, cfg.data.task)
         history.append(row)
-        metrics_file.write(json.dumps(row) + "\n")
-        metrics_file.flush()
+        for warning in monitor.log(row):
+            tqdm.write(f"WARNING: {warning}")
         bar.set_postfix(reward=f"{row['reward/mean']:.3f}", kl=f"{row['kl']:.4f}")
-    metrics_file.close()
-    summary = summarize(history, times, time.perf_counter() - t_run, used)
+        t0 = time.perf_counter()
+        done_now = step + 1 == max_steps or step + 1 == cfg.trainer.stop_after_steps
+        if cfg.trainer.eval_steps and eval_set and ((step + 1) % cfg.trainer.eval_steps == 0 or done_now):
+            run_periodic_eval(engines, eval_set, cfg, step + 1, out_dir, monitor)
+        if done_now or (cfg.trainer.save_steps and (step + 1) % cfg.trainer.save_steps == 0):
+            save_checkpoint(out_dir, step + 1, learners, sampler, history, cfg.trainer.keep_checkpoints)
+        times["eval_ckpt"] += time.perf_counter() - t0
+        if step + 1 == cfg.trainer.stop_after_steps:
+            tqdm.write(f"stopped after step {step + 1} (trainer.stop_after_steps); continue with trainer.resume=auto")
+            break
+    monitor.close()
+    summary = summarize(history, times, time.perf_counter() - t_run)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if cfg.trainer.report:
+        from trainer.report import build_report
+        summary["report"] = str(build_report(out_dir))
     print_summary(summary, out_dir)
     return summary
+
+
+def sample_seed(seed: int, step: int, prompt_id: str) -> int:
+    """The sampling seed of one prompt at one step: the same in a resumed run as in the original."""
+    import zlib
+    return zlib.crc32(f"{seed}/{step}/{prompt_id}".encode()) & 0x7FFFFFFF
+
+
+def resume_if_asked(cfg, out_dir, learners, engines, sampler, meta) -> tuple[int, list]:
+    """Restore learner state, data position and metrics from a checkpoint; push its weights."""
+    import ray
+    from trainer import checkpoint
+    if not cfg.trainer.resume:
+        return 0, []
+    ckpt = checkpoint.latest(out_dir) if cfg.trainer.resume == "auto" else pathlib.Path(cfg.trainer.resume)
+    if ckpt is None:
+        print(f"trainer.resume=auto: no complete checkpoint in {out_dir}, starting fresh", flush=True)
+        return 0, []
+    if not (ckpt / "COMPLETE").is_file():
+        raise SystemExit(f"{ckpt} is not a complete checkpoint (no COMPLETE marker)")
+    state = json.loads((ckpt / "state.json").read_text())
+    ray.get(learners.call("load_checkpoint", str(ckpt)))
+    sampler.load_state(state["sampler"])
+    ray.get(learners.call("broadcast_weights") + engines.call("receive_weights", meta))
+    step, history = int(state["step"]), state["history"]
+    metrics = out_dir / "metrics.jsonl"
+    if metrics.exists():  # drop rows the interrupted run wrote after the checkpoint
+        keep = [line for line in metrics.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        metrics.write_text("".join(line + "\n" for line in keep))
+    print(f"resumed from {ckpt} at step {step}", flush=True)
+    return step, history
+
+
+def save_checkpoint(out_dir, step, learners, sampler, history, keep) -> pathlib.Path:
+    import ray
+    from trainer import checkpoint
+    tmp = checkpoint.staging(out_dir, step)
+    ray.get(learners.call("save_checkpoint", str(tmp)))
+    final = checkpoint.commit(tmp, step, {"step": step, "sampler": sampler.state(), "history": history})
+    checkpoint.rotate(out_dir, keep)
+    return final
+
+
+def run_periodic_eval(engines, prompts, cfg, step, out_dir, monitor) -> dict:
+    from trainer import evaluate
+    metrics, records = evaluate.run_eval(engines, prompts, cfg.data.task)
+    (out_dir / "eval").mkdir(exist_ok=True)
+    evaluate.save(out_dir / "eval" / f"step_{step:06d}.json", metrics, records)
+    monitor.log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+    return metrics
+
+
+def eval_only(cfg, model_path: str, val: list, out_dir: pathlib.Path) -> dict:
+    """mode=eval: greedy answers over the val files; a JSON file and a printed table."""
+    from trainer import evaluate
+    engines = create_engines(cfg, model_path)
+    prompts = evaluate.subset(val, cfg.eval.max_samples, cfg.eval.subset_seed)
+    t0 = time.perf_counter()
+    metrics, records = evaluate.run_eval(engines, prompts, cfg.data.task)
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    path = out_dir / "eval_results.json"
+    evaluate.save(path, {**metrics, "model": model_path, "val_files": cfg.data.val_files}, records)
+    print(evaluate.format_table(metrics, f"{cfg.data.task} eval of {model_path}"))
+    print(f"results: {path}")
+    return metrics
 
 
 # ---------------------------------------------------------------------------- setup
@@ -170,41 +255,88 @@ def start_ray(cfg, out_dir: pathlib.Path) -> None:
     ray.init(**kw)
 
 
-def create_roles(cfg, model_path: str):
-    """Rollout engines, learner ranks (DeepSpeed set up, rank 0 first) and reward workers,
-    then the weight-broadcast group between learner rank 0 and every engine worker."""
-    import ray
+def _plain(node):
     from omegaconf import OmegaConf
+    return OmegaConf.to_container(node, resolve=True)
 
+
+def create_engines(cfg, model_path: str):
+    from actors.group import ActorGroup
+    from actors.rollout import RolloutEngine
+    r = cfg.rollout
+    return ActorGroup(RolloutEngine, r.num_engines, {"CPU": r.cpus_per_engine, "GPU": r.devices_per_engine if _has_gpu() else 0},
+                      "rollout", args=(model_path, _plain(r), cfg.seed), kwargs={"model_cfg": _plain(cfg.model)},
+                      kwargs_fn=lambda i: {"index": i})
+
+
+def create_learners(cfg, model_path: str, per_rank_items: int):
+    """The learner ranks, with DeepSpeed set up (rank 0 chooses the rendezvous address)."""
+    import ray
+    from actors.group import ActorGroup
+    from learner.learner import Learner
+    lc = cfg.learner
+    learners = ActorGroup(Learner, lc.world_size, {"CPU": lc.cpus_per_rank, "GPU": lc.gpus_per_rank if _has_gpu() else 0},
+                          "learner", kwargs=dict(world_size=lc.world_size, model_path=model_path, model_cfg=_plain(cfg.model),
+                                                 cfg=_plain(lc), rollout_cfg=_plain(cfg.rollout), seed=cfg.seed,
+                                                 total_steps=cfg.trainer.max_steps, per_rank_items=per_rank_items),
+                          kwargs_fn=lambda i: {"rank": i})
+    host, port = ray.get(learners.actors[0].address.remote())
+    ray.get(learners.call("setup", host, port))
+    return learners
+
+
+def create_roles(cfg, model_path: str):
+    """Rollout engines, learner ranks and reward workers, then the weight-broadcast group between
+    learner rank 0 and every engine worker."""
+    import ray
     from actors.group import ActorGroup
     from actors.reward_worker import RewardWorker
-    from actors.rollout import RolloutEngine
-    from learner.learner import Learner
     from learner.weight_sync import free_port
-    plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
     r, lc, rc = cfg.rollout, cfg.learner, cfg.reward
-    gpu = _has_gpu()
-    engines = ActorGroup(RolloutEngine, r.num_engines, {"CPU": r.cpus_per_engine, "GPU": r.devices_per_engine if gpu else 0},
-                         "rollout", args=(model_path, plain(r), cfg.seed), kwargs={"model_cfg": plain(cfg.model)},
-                         kwargs_fn=lambda i: {"index": i})
-    per_rank = cfg.trainer.prompts_per_step * r.num_generations // lc.world_size
-    learners = ActorGroup(Learner, lc.world_size, {"CPU": lc.cpus_per_rank, "GPU": lc.gpus_per_rank if gpu else 0},
-                          "learner", kwargs=dict(world_size=lc.world_size, model_path=model_path, model_cfg=plain(cfg.model),
-                                                 cfg=plain(lc), rollout_cfg=plain(r), seed=cfg.seed,
-                                                 total_steps=cfg.trainer.max_steps, per_rank_items=per_rank),
-                          kwargs_fn=lambda i: {"rank": i})
+    engines = create_engines(cfg, model_path)
+    learners = create_learners(cfg, model_path, cfg.trainer.prompts_per_step * r.num_generations // lc.world_size)
     scorers = ActorGroup(RewardWorker, rc.num_workers, {"CPU": rc.cpus_per_worker}, "reward",
                          args=(dict(rc.funcs), rc.box_convention))
-    host, port = ray.get(learners.actors[0].address.remote())
-    ray.get(learners.call("setup", host, port) + engines.call("ready"))
+    ray.get(engines.call("ready"))
     workers = ray.get(engines.call("num_workers"))
     world = 1 + sum(workers)
+    host = ray.get(learners.actors[0].address.remote())[0]
     wport = free_port(host)
     offsets = [1 + sum(workers[:i]) for i in range(len(workers))]
-    backend = "nccl" if gpu else "gloo"
+    backend = "nccl" if _has_gpu() else "gloo"
     ray.get([learners.actors[0].init_weight_group.remote(host, wport, world)]
             + engines.call_each("init_weight_group", [(host, wport, o, world, backend) for o in offsets]))
     return engines, learners, scorers
+
+
+def sft_loop(cfg, model_path: str, train: list, out_dir: pathlib.Path) -> dict:
+    """mode=sft: supervised fine-tuning on the answers (the warm start), same learner and data."""
+    import ray
+    from tqdm import tqdm
+
+    from data.sampler import PromptSampler
+    from trainer.monitor import Monitor
+    B = cfg.trainer.prompts_per_step
+    if B % cfg.learner.world_size:
+        raise SystemExit(f"trainer.prompts_per_step={B} must divide over learner.world_size={cfg.learner.world_size}")
+    learners = create_learners(cfg, model_path, B // cfg.learner.world_size)
+    sampler = PromptSampler(len(train), B, cfg.seed, cfg.data.shuffle, cfg.trainer.epochs)
+    monitor = Monitor(out_dir, cfg.wandb, _plain(cfg))
+    steps = min(cfg.trainer.max_steps, sampler.steps_available())
+    history = []
+    bar = tqdm(range(steps), desc="sft", dynamic_ncols=True)
+    for step in bar:
+        batch = [train[i] for i in sampler.next()]
+        row = {"step": step + 1, **ray.get(learners.call_sharded("sft_step", batch))[0], "prompt_ids": [p.id for p in batch]}
+        history.append(row)
+        monitor.log(row)
+        bar.set_postfix(loss=f"{row['sft_loss']:.3f}", acc=f"{row['token_acc']:.2f}")
+    monitor.close()
+    final = save_checkpoint(out_dir, steps, learners, sampler, history, cfg.trainer.keep_checkpoints)
+    print(f"\nsft done: {steps} steps; loss {history[0]['sft_loss']:.3f} -> {history[-1]['sft_loss']:.3f}; "
+          f"policy: {final / 'hf'} (use it as model.path)")
+    return {"steps": steps, "loss_first": history[0]["sft_loss"], "loss_last": history[-1]["sft_loss"],
+            "model_path": str(final / "hf")}
 
 
 def _has_gpu() -> bool:
@@ -243,22 +375,29 @@ class ScorerPool:
 
 
 # ---------------------------------------------------------------------------- logging
-def step_metrics(step, rollouts, scored, failures, totals, tm, t_gen, t_step) -> dict:
+def step_metrics(step, batch, rollouts, scored, failures, totals, tm, t_gen, t_step, task) -> dict:
+    from trainer import evaluate
     names = sorted({n for r in rollouts for n in scored[r.key]["values"]})
     lengths = [len(r.completion_token_ids) for r in rollouts]
+    records = [evaluate.record(r) for r in rollouts]
     row = {"step": step, "reward/mean": float(totals.mean()), "reward/std": float(totals.std()),
            **{f"reward/{n}": sum(scored[r.key]["values"].get(n, 0.0) for r in rollouts) / len(rollouts) for n in names},
            **{f"parse_failures/{k}": v for k, v in failures.items()},
-           "completion_len/mean": sum(lengths) / len(lengths),
+           "completion_len/mean": sum(lengths) / len(lengths), "completion_len/max": max(lengths),
            "truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts),
-           "rollout/tokens_per_s": sum(lengths) / max(t_gen, 1e-9), "time/step_s": t_step}
+           "boxes/pred_per_answer": sum(len(x["pred"]) for x in records) / len(records),
+           "boxes/gt_per_answer": sum(len(x["gt"]) for x in records) / len(records),
+           "rollout/tokens_per_s": sum(lengths) / max(t_gen, 1e-9), "time/step_s": t_step,
+           "prompt_ids": [p.id for p in batch]}
     row.update({k: v for k, v in tm.items()})
     return row
 
 
-def summarize(history: list[dict], times: dict, wall: float, used: list) -> dict:
+def summarize(history: list[dict], times: dict, wall: float) -> dict:
     phases = sum(times.values())
-    return {"steps": len(history), "samples": len(used), "distinct_samples": len(set(used)),
+    ids = [pid for row in history for pid in row.get("prompt_ids", [])]
+    return {"steps": len(history), "samples": sum(row.get("items", 0) for row in history),
+            "prompts": len(ids), "distinct_prompts": len(set(ids)),
             "reward_first": history[0]["reward/mean"] if history else None,
             "reward_last": history[-1]["reward/mean"] if history else None,
             "time_s": {**{k: round(v, 2) for k, v in times.items()}, "other": round(wall - phases, 2), "total": round(wall, 2)}}
@@ -267,9 +406,13 @@ def summarize(history: list[dict], times: dict, wall: float, used: list) -> dict
 def print_summary(s: dict, out_dir: pathlib.Path) -> None:
     t = s["time_s"]
     share = lambda k: f"{t[k]:.1f}s ({100 * t[k] / max(t['total'], 1e-9):.0f}%)"  # noqa: E731
+    if not s["steps"]:
+        print("\ndone: no steps to run (already at trainer.max_steps?)")
+        return
     print(f"\ndone: {s['steps']} steps, {s['samples']} samples; reward {s['reward_first']:.3f} -> {s['reward_last']:.3f}")
-    print("time: " + ", ".join(f"{k} {share(k)}" for k in ("rollout", "reward", "train", "sync", "other")))
-    print(f"metrics: {out_dir / 'metrics.jsonl'}  summary: {out_dir / 'summary.json'}")
+    print("time: " + ", ".join(f"{k} {share(k)}" for k in ("rollout", "reward", "train", "sync", "eval_ckpt", "other")))
+    print(f"metrics: {out_dir / 'metrics.jsonl'}  summary: {out_dir / 'summary.json'}"
+          + (f"  report: {s['report']}" if s.get("report") else ""))
 
 
 if __name__ == "__main__":

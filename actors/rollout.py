@@ -64,15 +64,16 @@ class RolloutEngine:
         tok = self.processor.tokenizer
         self.banned_ids = sorted({tok.convert_tokens_to_ids(t) for t in VISION_TOKENS} - {None, tok.unk_token_id})
 
-    def sampling_params(self, n: int, greedy: bool = False, max_tokens: int | None = None):
-        """vLLM sampling parameters; vision special tokens can never be sampled."""
+    def sampling_params(self, n: int, greedy: bool = False, seed: int | None = None):
+        """vLLM sampling parameters; vision special tokens can never be sampled. A per-request
+        ``seed`` makes the samples a function of (weights, prompt, seed), which is what lets a
+        resumed run draw exactly the completions the uninterrupted run drew."""
         from vllm import SamplingParams
         bias = {t: -100.0 for t in self.banned_ids}
+        common = dict(n=n, max_tokens=self.cfg["max_new_tokens"], logprobs=0, logit_bias=bias, seed=seed)
         if greedy:
-            return SamplingParams(n=n, temperature=0.0, max_tokens=max_tokens or self.cfg["max_new_tokens"],
-                                  logprobs=0, logit_bias=bias)
-        return SamplingParams(n=n, temperature=self.cfg["temperature"], top_p=self.cfg["top_p"],
-                              max_tokens=max_tokens or self.cfg["max_new_tokens"], logprobs=0, logit_bias=bias)
+            return SamplingParams(temperature=0.0, **common)
+        return SamplingParams(temperature=self.cfg["temperature"], top_p=self.cfg["top_p"], **common)
 
     def _request(self, p: Prompt) -> dict:
         text = self.processor.apply_chat_template(messages(p.question, len(p.images), p.task),
@@ -83,12 +84,16 @@ class RolloutEngine:
             req["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
         return req
 
-    def generate(self, prompts: list[Prompt], n: int | None = None, greedy: bool = False) -> list[Rollout]:
-        """``n`` (default G) samples for each prompt, grouped prompt after prompt."""
+    def generate(self, prompts: list, n: int | None = None, greedy: bool = False) -> list[Rollout]:
+        """``n`` (default G) samples for each prompt, grouped prompt after prompt. A prompt may be
+        given as ``(prompt, seed)`` to fix its samples."""
         n = n or self.cfg["num_generations"]
         if not prompts:
             return []
-        outs = self.llm.generate([self._request(p) for p in prompts], self.sampling_params(n, greedy), use_tqdm=False)
+        pairs = [p if isinstance(p, tuple) else (p, None) for p in prompts]
+        prompts = [p for p, _ in pairs]
+        params = [self.sampling_params(n, greedy, seed) for _, seed in pairs]
+        outs = self.llm.generate([self._request(p) for p in prompts], params, use_tqdm=False)
         rollouts = []
         for p, out in zip(prompts, outs):
             sizes = tuple(model_input_size(self.processor.image_processor, w, h) for w, h in p.image_sizes)

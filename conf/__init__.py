@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 CONF_DIR = pathlib.Path(__file__).resolve().parent
 FREE_KEYS = {"reward.funcs"}  # mappings whose keys are user-chosen names
 CHOICES = {
-    "mode": ["train", "eval"],
+    "mode": ["train", "eval", "sft"],
     "data.task": ["rec", "ovd"],
     "learner.zero_stage": [0, 1, 2, 3],
     "learner.dtype": ["fp32", "bf16"],
@@ -56,6 +56,8 @@ def _check_keys(layer, known: dict[str, object], source: str) -> None:
 
 
 def _check_value(key: str, value, default) -> None:
+    if key == "data.task" and isinstance(value, str) and all(t in CHOICES[key] for t in value.split(":")):
+        return  # one task per data file
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{key}={value!r} is not one of {CHOICES[key]}")
     if default is None or value is None or isinstance(value, str) and "${" in value:

@@ -3,7 +3,7 @@
     prompts, report = load_prompts(files, image_folders, task="rec")
 
 ``files`` and ``image_folders`` are ":"-separated like VLM-R1's ``data_file_paths`` and
-``image_folders`` (one folder per file, or one for all). A ``.jsonl`` file holds VLM-R1 rows;
+``image_folders`` (one folder per file, or one for all); so is ``task`` (rec or ovd per file). A ``.jsonl`` file holds VLM-R1 rows;
 a ``.json`` file is read as COCO instances and turned into OVD rows (one per image, asking for
 the categories present). Every problem -- malformed JSON, a missing field, an image that is
 missing, unreadable, too large or outside its folder, a box outside its image -- is reported
@@ -73,7 +73,11 @@ def load_prompts(files: str, image_folders: str, task: str, accu_methods: str | 
                  report: SkipReport | None = None) -> tuple[list[Prompt], SkipReport]:
     """Read every file; returns the good prompts (in file order) and the skip report."""
     paths, folders = split_paths(files), split_paths(image_folders)
-    methods = split_paths(accu_methods)
+    methods, tasks = split_paths(accu_methods), split_paths(task)
+    if len(tasks) == 1:
+        tasks = tasks * len(paths)
+    if len(tasks) != len(paths) or any(t not in ("rec", "ovd") for t in tasks):
+        raise DataError(f"data.task={task!r}: give rec or ovd, or one per data file (':'-separated)")
     if not paths:
         raise DataError("no data files given (data.train_files / data.val_files are empty)")
     if len(folders) == 1:
@@ -93,7 +97,7 @@ def load_prompts(files: str, image_folders: str, task: str, accu_methods: str | 
         method = methods[i] if methods else None
         reader = _coco_rows if path.endswith(".json") else _jsonl_rows
         for where, row in reader(path, report, strict):
-            p = _prompt(row, where, os.path.realpath(folder), task, method, report, strict, max_image_pixels)
+            p = _prompt(row, where, os.path.realpath(folder), tasks[i], method, report, strict, max_image_pixels)
             if p is not None:
                 out.append(p)
     report.loaded += len(out)

@@ -42,3 +42,33 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+def _expression(question: str) -> str:
+    """The referring expression of a REC question (the text after the last ': ')."""
+    tail = question.rsplit(": ", 1)[-1].strip()
+    return tail[:-1] if tail.endswith(".") else tail
+
+
+def _scale(box, size, input_size) -> list[int]:
+    (w, h), (iw, ih) = size, input_size
+    return [round(box[0] * iw / w), round(box[1] * ih / h), round(box[2] * iw / w), round(box[3] * ih / h)]
+
+
+def sft_answer(task: str, question: str, solution: str, image_size, input_size) -> str:
+    """The supervised target for a row: think, then answer in the format the rewards check, with
+    boxes in the pixels of the image the model sees (rewards rescale them back to the original).
+
+    >>> sft_answer("rec", "...describes: the red circle.", "[10, 20, 30, 40]", (100, 100), (112, 112))
+    '<think>The target is the red circle.</think><answer>{"bbox_2d": [11, 22, 34, 45]}</answer>'
+    """
+    import json
+    if task == "rec":
+        box = _scale(json.loads(solution), image_size, input_size)
+        return f'<think>The target is {_expression(question)}.</think><answer>{{"bbox_2d": {json.dumps(box)}}}</answer>'
+    from rewards.ovd import gt_items
+    items = [{"bbox_2d": _scale(it["bbox_2d"], image_size, input_size), "label": it["label"]}
+             for it in gt_items(solution)]
+    cats = question.split("objects: [", 1)[-1].split("]", 1)[0] if "objects: [" in question else "the objects"
+    body = "```json\n" + json.dumps(items) + "\n```" if items else "None"
+    return f"<think>I look for {cats}.</think><answer>{body}</answer>"

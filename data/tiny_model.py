@@ -11,8 +11,12 @@ Builds, deterministically from a seed and with no network, a Hugging Face model 
 - ``Qwen2_5_VLForConditionalGeneration`` with ~1M parameters (text 128 x 2 layers, vision
   64 x 2 layers), initialised from the seed.
 
-``resolve_model_path("builtin:tiny")`` builds it once into the cache and returns its path; any
-other value is returned as is (a local directory or a hub id, loaded by the normal HF code).
+``builtin:tiny`` (the default ``model.path``) is that model *warm-started*: a short supervised
+run (``orchestrator.py mode=sft``, the same learner, config and loaders) on the synthetic REC and
+OVD answers, so that it writes the answer format most of the time while its boxes are still
+imprecise -- something for GRPO to improve. ``builtin:tiny-random`` is the random init.
+``resolve_model_path`` builds either once into the cache and returns its path; any other value is
+returned as is (a local directory or a hub id, loaded by the normal Hugging Face code).
 """
 from __future__ import annotations
 
@@ -23,7 +27,9 @@ import pathlib
 import shutil
 import time
 
-BUILTIN = "builtin:tiny"
+BUILTIN = "builtin:tiny"            # random init + warm start (SFT), the default
+BUILTIN_RANDOM = "builtin:tiny-random"
+WARM_STEPS = 400  # ~2-3 minutes on 2 CPU cores: format learned, boxes still rough
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
@@ -114,16 +120,52 @@ def build(out_dir: str | os.PathLike, seed: int = 0, rope_theta: float = 20.0) -
 
 
 def resolve_model_path(path: str, seed: int = 0) -> str:
-    """``builtin:tiny`` -> the cached tiny model (built on first use); anything else unchanged."""
-    if path != BUILTIN:
+    """``builtin:tiny`` / ``builtin:tiny-random`` -> the cached model (built on first use);
+    anything else unchanged."""
+    if path not in (BUILTIN, BUILTIN_RANDOM):
         return path
-    out = cache_root() / f"tiny-qwen2.5-vl-v{BUILD_VERSION}-s{seed}"
-    if not (out / "BUILD.json").exists():
+    base = cache_root() / f"tiny-qwen2.5-vl-v{BUILD_VERSION}-s{seed}"
+    if not (base / "BUILD.json").exists():
         t0 = time.perf_counter()
-        print(f"building the embedded tiny Qwen2.5-VL into {out} ...", flush=True)
-        build(out, seed)
+        print(f"building the embedded tiny Qwen2.5-VL into {base} ...", flush=True)
+        build(base, seed)
         print(f"built in {time.perf_counter() - t0:.1f} s", flush=True)
-    return str(out)
+    if path == BUILTIN_RANDOM:
+        return str(base)
+    warm = base.with_name(base.name + "-warm")
+    if not (warm / "BUILD.json").exists():
+        warm_start(base, warm, seed)
+    return str(warm)
+
+
+def warm_start(base: pathlib.Path, out: pathlib.Path, seed: int = 0, steps: int = WARM_STEPS) -> pathlib.Path:
+    """Supervised warm start of ``base`` on the synthetic REC + OVD answers, saved at ``out``."""
+    import subprocess
+    import sys
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    syn = cache_root() / "synthetic-s0"
+    work = out.with_name(out.name + f".work{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"warm-starting the tiny model ({steps} supervised steps on the synthetic answers) ...", flush=True)
+    t0 = time.perf_counter()
+    cmd = [sys.executable, str(repo / "orchestrator.py"), "mode=sft", f"model.path={base}", f"seed={seed}",
+           "data.task=rec:ovd", f"data.synthetic.dir={syn}", f"data.image_folders={syn}",
+           f"data.train_files={syn}/rec_train.jsonl:{syn}/ovd_train.jsonl", f"data.val_files={syn}/rec_val.jsonl:{syn}/ovd_val.jsonl",
+           f"trainer.max_steps={steps}", "trainer.prompts_per_step=16", "trainer.epochs=100", "learner.lr=3e-3",
+           "learner.lr_schedule=cosine", "learner.warmup_steps=10", "learner.beta=0", "learner.micro_batch_size=16",
+           "trainer.eval_steps=0", "trainer.report=false", "wandb.mode=disabled", "cluster.include_dashboard=false",
+           f"trainer.output_dir={work}"]
+    subprocess.run(cmd, check=True, cwd=repo)
+    hf = work / "checkpoints" / f"step_{steps:06d}" / "hf"
+    info = json.loads((base / "BUILD.json").read_text())
+    info.update({"warm_start_steps": steps, "warm_start_seconds": round(time.perf_counter() - t0, 1)})
+    (hf / "BUILD.json").write_text(json.dumps(info))
+    if out.exists():
+        shutil.rmtree(out)
+    hf.rename(out)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"warm start done in {info['warm_start_seconds']} s: {out}", flush=True)
+    return out
 
 
 def main(argv=None) -> None:
@@ -132,7 +174,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    out = build(args.out, args.seed) if args.out else pathlib.Path(resolve_model_path(BUILTIN, args.seed))
+    out = build(args.out, args.seed) if args.out else pathlib.Path(resolve_model_path(BUILTIN_RANDOM, args.seed))
     info = json.loads((out / "BUILD.json").read_text())
     print(f"tiny model: {info['parameters']:,} parameters at {out} ({time.perf_counter() - t0:.1f} s)")
 

@@ -117,12 +117,12 @@ class Learner:
         return f
 
     # ------------------------------------------------------------------ log-probs
-    def _logp(self, model, batch: dict, grad: bool):
+    def _logp(self, model, batch: dict, grad: bool, temperature: float | None = None):
         """(log-probs of the targets, entropy or None) ``[b, K]`` at the sampling temperature."""
         ctx = torch.enable_grad() if grad else torch.no_grad()
         with ctx:
             logits = model(**batch["inputs"]).logits  # [b, K, V]
-            logits = logits.float() / self.rollout_cfg["temperature"]
+            logits = logits.float() / (temperature or self.rollout_cfg["temperature"])
             logp = grpo.token_logprobs(logits, batch["targets"])
             ent = grpo.token_entropy(logits.detach()) if grad else None
         return logp, ent
@@ -206,6 +206,41 @@ class Learner:
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
         return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
+    # ------------------------------------------------------------------ supervised warm start
+    def _sft_item(self, p) -> TrainItem:
+        """Prompt ids exactly as the engine would build them, plus the target answer's ids."""
+        from data.images import model_input_size, open_rgb
+        from data.prompts import messages, sft_answer
+        images = [open_rgb(path) for path in p.images]
+        text = self.processor.apply_chat_template(messages(p.question, len(images), p.task),
+                                                  add_generation_prompt=True, tokenize=False)
+        ids = self.processor(text=[text], images=images or None, return_tensors="pt")["input_ids"][0].tolist()
+        size = p.image_sizes[0] if p.image_sizes else (1, 1)
+        in_size = model_input_size(self.processor.image_processor, *size) if p.image_sizes else (1, 1)
+        tok = self.processor.tokenizer
+        target = tok(sft_answer(p.task, p.question, p.solution, size, in_size), add_special_tokens=False)["input_ids"]
+        return TrainItem((p.id, 0), ids, target + [tok.convert_tokens_to_ids("<|im_end|>")], p.images, 0.0, [])
+
+    def sft_step(self, prompts: list) -> dict:
+        """One supervised step: token-mean cross-entropy of the target answers (all ranks)."""
+        import torch.distributed as dist
+        batches = self._batches([self._sft_item(p) for p in prompts])
+        counts = torch.tensor([sum(float(b["mask"].sum()) for b in batches)], dtype=torch.float64)
+        dist.all_reduce(counts)
+        total, correct = 0.0, 0.0
+        for k, b in enumerate(batches):
+            logp, _ = self._logp(self.engine, b, grad=True, temperature=1.0)
+            loss = -(logp * b["mask"]).sum() / max(float(counts[0]), 1.0)
+            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+            self.engine.step()
+            total += float(loss.detach())
+            correct += float(((logp.detach() > math.log(0.5)).float() * b["mask"]).sum())
+        self.steps_done += 1
+        vec = torch.tensor([total, correct], dtype=torch.float64)
+        dist.all_reduce(vec)
+        return {"sft_loss": float(vec[0]), "token_acc": float(vec[1]) / max(float(counts[0]), 1.0),
+                "tokens": float(counts[0]), "lr": self.scheduler.get_last_lr()[0]}
+
     def _engine_diff(self, b: dict, logp: torch.Tensor, items) -> float:
         """Sum over masked tokens of |learner log-prob - engine log-prob| (the RL-for-VLM canary)."""
         keep0 = int(b["inputs"]["logits_to_keep"][0])
@@ -270,6 +305,57 @@ class Learner:
                     sent += self.sender.send([(p + delta() if delta else p).detach().to(dtype)
                                               for _, p, delta in bucket])
         return sent
+
+    # ------------------------------------------------------------------ checkpoints
+    def _export_state(self) -> dict:
+        """Full HF state dict on rank 0 (gathered under ZeRO-3; LoRA merged under base names)."""
+        import deepspeed
+        model = self.engine.module
+        if self.lora:
+            base = model.get_base_model()
+            deltas = {f"{n}.weight": m for n, m in base.named_modules()
+                      if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer")}
+            named = [(n.replace(".base_layer.", "."), p) for n, p in base.named_parameters() if "lora_" not in n]
+        else:
+            deltas, named = {}, list(model.named_parameters())
+        out = {}
+        for bucket in _buckets([(n, p, None) for n, p in named], 256 * 2**20, self._numel):
+            params = [p for _, p, _ in bucket]
+            ctx = (deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+                   if any(hasattr(p, "ds_id") for p in params) else _nullcontext())
+            with ctx, torch.no_grad():
+                if self.rank == 0:
+                    for n, p, _ in bucket:
+                        t = p + deltas[n].get_delta_weight("default") if n in deltas else p
+                        out[n] = t.detach().to("cpu", copy=True).contiguous()
+        return out
+
+    def save_checkpoint(self, path: str) -> str | None:
+        """All ranks: DeepSpeed state (weights, optimizer, schedule, RNG) under ``path/deepspeed``;
+        rank 0 also writes the policy in HF format under ``path/hf``. Returns the hf dir on rank 0."""
+        import pathlib
+        from trainer.checkpoint import copy_processor_files
+        path = pathlib.Path(path)
+        client = {"torch_rng": torch.get_rng_state(), "steps_done": self.steps_done}
+        self.engine.save_checkpoint(str(path / "deepspeed"), tag="state", client_state=client, save_latest=False)
+        state = self._export_state()
+        if self.rank != 0:
+            return None
+        model = self.engine.module.get_base_model() if self.lora else self.engine.module
+        model.save_pretrained(path / "hf", state_dict=state, safe_serialization=True)
+        copy_processor_files(self.model_path, path / "hf")
+        return str(path / "hf")
+
+    def load_checkpoint(self, path: str) -> int:
+        """All ranks: restore the DeepSpeed state written by ``save_checkpoint``; returns steps done."""
+        import pathlib
+        _, client = self.engine.load_checkpoint(str(pathlib.Path(path) / "deepspeed"), tag="state",
+                                                load_optimizer_states=True, load_lr_scheduler_states=True)
+        if client is None:
+            raise FileNotFoundError(f"no DeepSpeed state under {path}/deepspeed")
+        torch.set_rng_state(client["torch_rng"])
+        self.steps_done = int(client["steps_done"])
+        return self.steps_done
 
     def param_checksum(self, names: list[str]) -> dict[str, float]:
         """Sum of each matching parameter (gathered under ZeRO-3), for tests."""

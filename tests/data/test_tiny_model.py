@@ -58,10 +58,12 @@ def test_build_is_deterministic_and_digits_are_single_tokens(tiny_model, tmp_pat
 
 
 def test_model_path_resolution(tmp_path, monkeypatch):
-    from data.tiny_model import BUILTIN, resolve_model_path
+    from data.tiny_model import BUILTIN_RANDOM, resolve_model_path
     assert resolve_model_path("/some/local/dir") == "/some/local/dir"
     assert resolve_model_path("Qwen/Qwen2.5-VL-3B-Instruct") == "Qwen/Qwen2.5-VL-3B-Instruct"
     monkeypatch.setenv("VLM_R1_RAY_CACHE", str(tmp_path))
-    path = resolve_model_path(BUILTIN)
+    path = resolve_model_path(BUILTIN_RANDOM)
     assert pathlib.Path(path, "config.json").exists() and pathlib.Path(path).parent == tmp_path
-    assert resolve_model_path(BUILTIN) == path  # cached: built once
+    mtime = pathlib.Path(path, "model.safetensors").stat().st_mtime
+    assert resolve_model_path(BUILTIN_RANDOM) == path  # cached: built once
+    assert pathlib.Path(path, "model.safetensors").stat().st_mtime == mtime

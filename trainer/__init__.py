@@ -1,0 +1,1 @@
+"""Run management: checkpoints and resume, evaluation, monitoring, and the HTML report."""

@@ -1,0 +1,160 @@
+"""Evaluation: greedy answers from the rollout engines, scored with VLM-R1's protocol.
+
+REC: accuracy is IoU > 0.5 between the first answer box (rescaled from the model's input pixels
+to the original image) and the ground truth, VLM-R1's criterion; mean IoU is reported too.
+Optionally VLM-R1's random subset (``eval.max_samples`` rows drawn with ``eval.subset_seed`` 42).
+OVD: one dataset-level COCOeval (pycocotools) over every val image -- mAP@[.5:.95], AP50, AP75 --
+with every prediction scored 1.0 and labels outside the ground-truth vocabulary dropped, plus
+greedy precision / recall at IoU 0.5 (a prediction matches an unmatched ground truth of the same
+label). ``records`` keep per-image boxes for the report's gallery.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import random
+
+from rewards import REGISTRY, parse
+from rewards.boxes import iou, maybe_rescale
+from rewards.ovd import gt_items
+from rewards.rec import solution_box
+
+
+def subset(prompts: list, max_samples: int | None, seed: int = 42) -> list:
+    """VLM-R1's evaluation subset: ``max_samples`` rows drawn at random with ``seed``."""
+    if not max_samples or max_samples >= len(prompts):
+        return list(prompts)
+    return random.Random(seed).sample(list(prompts), max_samples)
+
+
+def _info(r) -> dict:
+    p = r.prompt
+    return {"image_size": p.image_sizes[0] if p.image_sizes else None,
+            "input_size": r.input_sizes[0] if r.input_sizes else None}
+
+
+def rec_record(r) -> dict:
+    """One REC answer: predicted box (original pixels), ground truth, IoU, hit."""
+    info = _info(r)
+    value, failure = REGISTRY["rec_iou"].evaluate(r.completion_text, r.prompt.solution, **info)
+    answer = parse.first_answer(r.completion_text)
+    box = parse.first_int_box(answer) if answer is not None else None
+    pred = [maybe_rescale(box, info)] if box else []
+    return {"id": r.prompt.id, "image": r.prompt.images[0] if r.prompt.images else None, "question": r.prompt.question,
+            "completion": r.completion_text, "gt": [solution_box(r.prompt.solution)], "pred": pred,
+            "gt_labels": [""], "pred_labels": [""] * len(pred), "iou": value, "hit": value > 0.5, "failure": failure}
+
+
+def ovd_record(r) -> dict:
+    """One OVD answer: predicted and ground-truth boxes with labels (original pixels)."""
+    info = _info(r)
+    answer = parse.last_answer(r.completion_text)
+    preds = []
+    if answer is not None:
+        blocks = parse.find_all_between(answer, parse.FENCE_JSON, parse.FENCE)
+        data = parse.loads(blocks[-1].strip()) if blocks else None
+        for it in data if isinstance(data, list) else []:
+            box = parse.coords4(it.get("bbox_2d")) if isinstance(it, dict) else None
+            if box is not None and isinstance(it.get("label"), str):
+                preds.append((maybe_rescale(box, info), it["label"]))
+    gts = [(parse.coords4(g["bbox_2d"]), g["label"]) for g in gt_items(r.prompt.solution)]
+    return {"id": r.prompt.id, "image": r.prompt.images[0] if r.prompt.images else None, "question": r.prompt.question,
+            "completion": r.completion_text, "gt": [b for b, _ in gts], "gt_labels": [l for _, l in gts],
+            "pred": [b for b, _ in preds], "pred_labels": [l for _, l in preds],
+            "failure": None if answer is not None else "no_answer"}
+
+
+def rec_metrics(records: list[dict]) -> dict:
+    n = len(records)
+    return {"samples": n, "accuracy": sum(r["hit"] for r in records) / max(n, 1),
+            "mean_iou": sum(r["iou"] for r in records) / max(n, 1),
+            "parse_failures": sum(r["failure"] is not None for r in records),
+            "boxes_per_answer": sum(len(r["pred"]) for r in records) / max(n, 1)}
+
+
+def ovd_metrics(records: list[dict]) -> dict:
+    """Dataset-level COCO AP with pycocotools, and greedy precision/recall at IoU 0.5."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    cats: dict[str, int] = {}
+    for r in records:
+        for lab in r["gt_labels"]:
+            cats.setdefault(lab, len(cats) + 1)
+    images, anns, dets = [], [], []
+    for i, r in enumerate(records):
+        images.append({"id": i, "width": 10**6, "height": 10**6})
+        for b, lab in zip(r["gt"], r["gt_labels"]):
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cats[lab], "iscrowd": 0,
+                         "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1])})
+        for b, lab in zip(r["pred"], r["pred_labels"]):
+            if lab in cats:
+                dets.append({"image_id": i, "category_id": cats[lab], "score": 1.0,
+                             "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]})
+    stats = [0.0, 0.0, 0.0]
+    if anns and dets:
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt = COCO()
+            gt.dataset = {"images": images, "annotations": anns,
+                          "categories": [{"id": c, "name": n} for n, c in cats.items()]}
+            gt.createIndex()
+            ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        stats = [max(0.0, float(v)) for v in ev.stats[:3]]
+    tp = fp = fn = 0
+    for r in records:
+        free = list(range(len(r["gt"])))
+        for b, lab in zip(r["pred"], r["pred_labels"]):
+            cand = [(iou(b, r["gt"][g], "continuous"), g) for g in free if r["gt_labels"][g] == lab]
+            best = max(cand, default=(0.0, -1))
+            if best[0] >= 0.5:
+                tp += 1
+                free.remove(best[1])
+            else:
+                fp += 1
+        fn += len(free)
+    n = len(records)
+    return {"samples": n, "mAP": stats[0], "AP50": stats[1], "AP75": stats[2],
+            "precision@0.5": tp / max(tp + fp, 1), "recall@0.5": tp / max(tp + fn, 1),
+            "boxes_per_answer": sum(len(r["pred"]) for r in records) / max(n, 1),
+            "gt_boxes_per_image": sum(len(r["gt"]) for r in records) / max(n, 1),
+            "parse_failures": sum(r["failure"] is not None for r in records)}
+
+
+def record(r) -> dict:
+    return rec_record(r) if r.prompt.task == "rec" else ovd_record(r)
+
+
+def score_rollouts(rollouts: list, task: str | None = None) -> tuple[dict, list[dict]]:
+    """(metrics, per-sample records) for greedy rollouts; with rows of both tasks the metrics of
+    each are prefixed ``rec/`` and ``ovd/``."""
+    records = [record(r) for r in rollouts]
+    by_task = {t: [rec for r, rec in zip(rollouts, records) if r.prompt.task == t] for t in ("rec", "ovd")}
+    by_task = {t: recs for t, recs in by_task.items() if recs}
+    metrics = {}
+    for t, recs in by_task.items():
+        m = rec_metrics(recs) if t == "rec" else ovd_metrics(recs)
+        metrics.update(m if len(by_task) == 1 else {f"{t}/{k}": v for k, v in m.items()})
+    return metrics, records
+
+
+def run_eval(engines, prompts: list, task: str) -> tuple[dict, list[dict]]:
+    """Greedy answers for every prompt (sharded over the engines), then the metrics."""
+    import ray
+    rollouts = [r for part in ray.get(engines.call_sharded("generate", prompts, 1, True)) for r in part]
+    return score_rollouts(rollouts, task)
+
+
+def format_table(metrics: dict, title: str) -> str:
+    lines = [f"| {title} | value |", "|---|---|"]
+    for k, v in metrics.items():
+        lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    return "\n".join(lines)
+
+
+def save(path, metrics: dict, records: list[dict]) -> None:
+    """Results as JSON: metrics and every record (the report's gallery reads them)."""
+    with open(path, "w") as f:
+        json.dump({"metrics": metrics, "records": records}, f)
