@@ -34,7 +34,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_s
                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
-BUILD_VERSION = 1  # bump when the recipe changes, so caches rebuild
+BUILD_VERSION = 2  # bump when the recipe changes, so caches rebuild (2: warm start with 3D positions)
 
 
 def cache_root() -> pathlib.Path:

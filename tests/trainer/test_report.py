@@ -1,0 +1,73 @@
+"""The HTML report: curves and a gallery, rendered by a real headless browser."""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+from PIL import Image
+
+from trainer.report import build_report
+
+
+def _fake_run(run, images):
+    rows = [{"step": s, "reward/mean": 0.1 * s, "reward/rec_iou": 0.05 * s, "kl": 0.01 * s, "loss": 0.2,
+             "completion_len/mean": 30 + s, "boxes/pred_per_answer": 1.0, "boxes/gt_per_answer": 1.0,
+             "time/step_s": 3.0} for s in range(1, 6)]
+    rows += [{"step": s, "eval/accuracy": 0.1 + 0.05 * s, "eval/mean_iou": 0.2} for s in (0, 5)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "eval").mkdir()
+    for s in (0, 5):
+        recs = [{"id": f"r{i}", "image": str(p), "question": "the red circle", "completion": "<answer>[1,2,3,4]</answer>",
+                 "gt": [[10, 10, 40, 40]], "pred": [[12 + s, 10, 44, 38]], "gt_labels": [""], "pred_labels": [""],
+                 "iou": 0.7, "hit": True, "failure": None} for i, p in enumerate(images)]
+        (run / "eval" / f"step_{s:06d}.json").write_text(json.dumps({"metrics": {"accuracy": 0.5}, "records": recs}))
+
+
+def test_report_files_and_gallery(tmp_path):
+    images = []
+    for i in range(3):
+        images.append(tmp_path / f"im{i}.png")
+        Image.new("RGB", (112, 112), "white").save(images[-1])
+    run = tmp_path / "run"
+    run.mkdir()
+    _fake_run(run, images)
+    path = build_report(run)
+    names = {p.name for p in path.parent.iterdir()}
+    assert {"report.html", "rewards.png", "eval.png", "kl.png", "length.png"} <= names
+    assert sum(n.startswith("s0_") for n in names) == 3 and sum(n.startswith("s5_") for n in names) == 3
+    drawn = Image.open(path.parent / next(n for n in names if n.startswith("s5_"))).convert("RGB")
+    assert drawn.getpixel((10 * 2, 20 * 2)) == (0, 160, 0)  # the green ground-truth edge, image scaled x2
+    page = path.read_text()
+    assert "Validation at step 0" in page and "Validation at step 5" in page
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    exe = _chromium()
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is required in CI (.ci/run installs it)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    images = []
+    for i in range(2):
+        images.append(tmp_path / f"im{i}.png")
+        Image.new("RGB", (112, 112), "white").save(images[-1])
+    run = tmp_path / "run"
+    run.mkdir()
+    _fake_run(run, images)
+    path = build_report(run)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    dom = subprocess.run([exe, *flags, "--dump-dom", f"file://{path}"], capture_output=True, text=True, timeout=120).stdout
+    n_imgs = dom.count("<img ")
+    assert n_imgs >= 9 and f"images rendered: {n_imgs} of {n_imgs}" in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run([exe, *flags, f"--screenshot={shot}", "--window-size=1200,1600", f"file://{path}"],
+                   capture_output=True, timeout=120)
+    img = Image.open(shot).convert("RGB")
+    assert len(img.resize((64, 64)).getcolors(maxcolors=4096) or []) > 10  # not a blank page
