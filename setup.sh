@@ -13,7 +13,18 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 $PIP install torch==2.13.0
 # 2. everything else, with torch pinned again so nothing upgrades it.
 $PIP install -r requirements.txt torch==2.13.0
-if [ "${1:-}" = "--dev" ]; then $PIP install -r requirements-dev.txt torch==2.13.0; fi
+if [ "${1:-}" = "--dev" ]; then
+  $PIP install -r requirements-dev.txt torch==2.13.0
+  # headless Chromium renders the HTML report in the tests (Debian's package; needs root)
+  if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+        || echo "note: could not install chromium; the report rendering test will be skipped"
+    else
+      echo "note: install chromium (apt-get install chromium) to run the report rendering test"
+    fi
+  fi
+fi
 # 3. CUDA-linked wheels that break CPU imports (no CPU builds on PyPI): torchaudio breaks
 #    transformers' processors, torchcodec breaks `import vllm`, triton is 1 GB of nothing on CPU.
 $PIP uninstall -y torchaudio torchcodec triton >/dev/null 2>&1 || true

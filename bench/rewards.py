@@ -10,13 +10,12 @@ knob is the number of boxes per image. Prints a markdown table and writes bench/
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import random
 
 from bench.common import best_of, machine, save, table
 from rewards import REGISTRY
+from rewards.coco_ap import reference_coco_ap
 
 LABELS = ["red circle", "blue square", "green triangle", "yellow star"]
 
@@ -39,27 +38,9 @@ def _cases(n: int, boxes: int, seed: int = 0):
 
 def _pycocotools_map(gt, pred):
     """VLM-R1's per-completion mAP: a fresh COCO + COCOeval for one image."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-    cats = {}
-    for g in gt:
-        cats.setdefault(g["label"], len(cats))
-    ds = {"images": [{"id": 0, "width": 2048, "height": 2048}],
-          "categories": [{"id": i, "name": n} for n, i in cats.items()],
-          "annotations": [{"id": k + 1, "image_id": 0, "category_id": cats[g["label"]], "iscrowd": 0,
-                           "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1])}
-                          for k, g in enumerate(gt) for b in [g["bbox_2d"]]]}
-    dts = [{"image_id": 0, "category_id": cats[p["label"]], "score": 1.0,
-            "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]} for p in pred if p["label"] in cats for b in [p["bbox_2d"]]]
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO()
-        coco.dataset = ds
-        coco.createIndex()
-        ev = COCOeval(coco, coco.loadRes(dts), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return ev.stats[0]
+    stats = reference_coco_ap([g["bbox_2d"] for g in gt], [g["label"] for g in gt],
+                              [p["bbox_2d"] for p in pred], [p["label"] for p in pred])
+    return 0.0 if stats is None else max(0.0, stats[0])
 
 
 def run(n_cases: int = 300, box_counts=(1, 4, 16)) -> list[dict]:

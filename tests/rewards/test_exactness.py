@@ -7,9 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rewards import REGISTRY, parse
-from rewards.coco_ap import coco_ap
-
-from .reference import pycoco_stats
+from rewards.coco_ap import coco_ap, reference_coco_ap as pycoco_stats
 
 LABELS = ["dog", "cat", "red circle", "car"]
 

@@ -24,15 +24,19 @@ def _fake_run(run, images):
         (run / "eval" / f"step_{s:06d}.json").write_text(json.dumps({"metrics": {"accuracy": 0.5}, "records": recs}))
 
 
-def test_report_files_and_gallery(tmp_path):
+def _report(tmp_path, n_images):
     images = []
-    for i in range(3):
+    for i in range(n_images):
         images.append(tmp_path / f"im{i}.png")
         Image.new("RGB", (112, 112), "white").save(images[-1])
     run = tmp_path / "run"
     run.mkdir()
     _fake_run(run, images)
-    path = build_report(run)
+    return build_report(run)
+
+
+def test_report_files_and_gallery(tmp_path):
+    path = _report(tmp_path, 3)
     names = {p.name for p in path.parent.iterdir()}
     assert {"report.html", "rewards.png", "eval.png", "kl.png", "length.png"} <= names
     assert sum(n.startswith("s0_") for n in names) == 3 and sum(n.startswith("s5_") for n in names) == 3
@@ -52,14 +56,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
         if os.environ.get("CI"):
             pytest.fail("chromium is required in CI (.ci/run installs it)")
         pytest.skip("chromium not installed (apt-get install chromium)")
-    images = []
-    for i in range(2):
-        images.append(tmp_path / f"im{i}.png")
-        Image.new("RGB", (112, 112), "white").save(images[-1])
-    run = tmp_path / "run"
-    run.mkdir()
-    _fake_run(run, images)
-    path = build_report(run)
+    path = _report(tmp_path, 2)
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
