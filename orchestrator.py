@@ -245,8 +245,9 @@ def start_ray(cfg, out_dir: pathlib.Path) -> None:
             + cfg.reward.num_workers * cfg.reward.cpus_per_worker)
     num_cpus = c.num_cpus or max(os.cpu_count() or 1, math.ceil(need))
     tmp = out_dir / "ray"
-    if len(str(tmp)) > 60:  # unix socket paths must stay short
-        tmp = pathlib.Path("/tmp") / f"vr1-{abs(hash(str(out_dir))) % 10**8}"
+    if len(str(tmp)) > 40:  # Ray's unix sockets live ~64 chars below it; the limit is 107 bytes
+        import zlib
+        tmp = pathlib.Path("/tmp") / f"vr1-{zlib.crc32(str(out_dir).encode()):08x}"
     kw = dict(num_cpus=num_cpus, include_dashboard=c.include_dashboard, dashboard_host=c.dashboard_host,
               dashboard_port=c.dashboard_port, _temp_dir=str(tmp), runtime_env={"env_vars": env},
               log_to_driver=True, configure_logging=True, logging_level="WARNING")
@@ -264,8 +265,8 @@ def create_engines(cfg, model_path: str):
     from actors.group import ActorGroup
     from actors.rollout import RolloutEngine
     r = cfg.rollout
-    return ActorGroup(RolloutEngine, r.num_engines, {"CPU": r.cpus_per_engine, "GPU": r.devices_per_engine if _has_gpu() else 0},
-                      "rollout", args=(model_path, _plain(r), cfg.seed), kwargs={"model_cfg": _plain(cfg.model)},
+    return ActorGroup(RolloutEngine, r.num_engines, {"CPU": r.cpus_per_engine, "GPU": r.devices_per_engine if _has_gpu() else 0,
+                                                     **r.resources}, "rollout", args=(model_path, _plain(r), cfg.seed), kwargs={"model_cfg": _plain(cfg.model)},
                       kwargs_fn=lambda i: {"index": i})
 
 
@@ -275,8 +276,8 @@ def create_learners(cfg, model_path: str, per_rank_items: int):
     from actors.group import ActorGroup
     from learner.learner import Learner
     lc = cfg.learner
-    learners = ActorGroup(Learner, lc.world_size, {"CPU": lc.cpus_per_rank, "GPU": lc.gpus_per_rank if _has_gpu() else 0},
-                          "learner", kwargs=dict(world_size=lc.world_size, model_path=model_path, model_cfg=_plain(cfg.model),
+    learners = ActorGroup(Learner, lc.world_size, {"CPU": lc.cpus_per_rank, "GPU": lc.gpus_per_rank if _has_gpu() else 0,
+                                                   **lc.resources}, "learner", kwargs=dict(world_size=lc.world_size, model_path=model_path, model_cfg=_plain(cfg.model),
                                                  cfg=_plain(lc), rollout_cfg=_plain(cfg.rollout), seed=cfg.seed,
                                                  total_steps=cfg.trainer.max_steps, per_rank_items=per_rank_items),
                           kwargs_fn=lambda i: {"rank": i})
@@ -295,7 +296,7 @@ def create_roles(cfg, model_path: str):
     r, lc, rc = cfg.rollout, cfg.learner, cfg.reward
     engines = create_engines(cfg, model_path)
     learners = create_learners(cfg, model_path, cfg.trainer.prompts_per_step * r.num_generations // lc.world_size)
-    scorers = ActorGroup(RewardWorker, rc.num_workers, {"CPU": rc.cpus_per_worker}, "reward",
+    scorers = ActorGroup(RewardWorker, rc.num_workers, {"CPU": rc.cpus_per_worker, **rc.resources}, "reward",
                          args=(dict(rc.funcs), rc.box_convention))
     ray.get(engines.call("ready"))
     workers = ray.get(engines.call("num_workers"))

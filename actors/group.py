@@ -36,6 +36,12 @@ class ActorGroup:
                  timeout_s: float = 120.0, max_restarts: int = 0, kwargs_fn=None):
         self.name, self.n = name, n
         bundle = {k: v for k, v in bundle.items() if v}
+        have = ray.cluster_resources()
+        missing = [k for k in bundle if k not in have and k != "memory"]
+        if missing:  # an actor asking for a resource no node declares would wait forever, silently
+            raise RuntimeError(f"'{name}' asks for {missing} but no node of the cluster declares "
+                               f"{'it' if len(missing) == 1 else 'them'} (cluster: {sorted(have)}); start nodes "
+                               f"with e.g. `ray start --resources '{{\"{missing[0]}\": 1}}'` or change {name}.resources")
         self.pg = placement_group([dict(bundle) for _ in range(n)], strategy=strategy, name=f"{name}-pg")
         ready, _ = ray.wait([self.pg.ready()], timeout=timeout_s)
         if not ready:

@@ -15,7 +15,7 @@ import pathlib
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent
-FREE_KEYS = {"reward.funcs"}  # mappings whose keys are user-chosen names
+FREE_KEYS = {"reward.funcs", "rollout.resources", "learner.resources", "reward.resources"}  # user-named keys
 CHOICES = {
     "mode": ["train", "eval", "sft"],
     "data.task": ["rec", "ovd"],

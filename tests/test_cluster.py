@@ -1,0 +1,99 @@
+"""Scaling out on a real multi-node Ray cluster (two raylets on this machine) and Ray Jobs."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from learner.weight_sync import free_port
+
+pytestmark = pytest.mark.e2e
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BIN = pathlib.Path(sys.executable).parent
+COMMON = ["trainer.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=24", "trainer.max_steps=2",
+          "trainer.eval_steps=0", "trainer.report=false", "wandb.mode=disabled", "reward.funcs.repetition=1.0"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A head node declaring {learner_node} and a second node declaring {rollout_node}."""
+    port, dash = free_port(), free_port()
+    temp = f"/tmp/vr1c-{uuid.uuid4().hex[:6]}"  # Ray's socket paths must stay short
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    ray = str(BIN / "ray")
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", '--resources={"learner_node": 4}',
+                    f"--temp-dir={temp}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dash}", "--disable-usage-stats"], env=env, check=True, capture_output=True)
+    try:
+        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2", '--resources={"rollout_node": 4}',
+                        "--disable-usage-stats"], env=env, check=True, capture_output=True)
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+
+
+def _placement(address: str) -> dict[str, set]:
+    """Class name -> names of the custom resources of the nodes its actors ran on (state API)."""
+    code = f"""
+import json, ray
+from ray.util.state import list_actors, list_nodes
+ray.init(address="{address}", logging_level="ERROR")
+nodes = {{n.node_id: n.resources_total for n in list_nodes(detail=True)}}
+out = {{}}
+for a in list_actors(detail=True, limit=1000):
+    res = nodes.get(a.node_id, {{}})
+    out.setdefault(a.class_name, set()).update(k for k in res if k.endswith("_node"))
+print(json.dumps({{k: sorted(v) for k, v in out.items()}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {k: set(v) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+
+
+def test_roles_are_placed_on_their_nodes(cluster, tiny_model, synthetic, tmp_path):
+    cmd = [sys.executable, str(REPO / "orchestrator.py"), "conf=rec", f"model.path={tiny_model}",
+           f"data.synthetic.dir={synthetic}", f"trainer.output_dir={tmp_path / 'run'}", f"cluster.address={cluster['address']}",
+           "rollout.resources.rollout_node=1", "learner.resources.learner_node=1", "reward.resources.learner_node=0.5",
+           "reward.num_workers=1", *COMMON]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=cluster["env"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["samples"] == 16
+    where = _placement(cluster["address"])
+    assert where["RolloutEngine"] == {"rollout_node"}
+    assert where["Learner"] == {"learner_node"} and where["RewardWorker"] == {"learner_node"}
+
+
+def test_a_missing_resource_is_refused_by_name(cluster, tiny_model, synthetic, tmp_path):
+    cmd = [sys.executable, str(REPO / "orchestrator.py"), "conf=rec", f"model.path={tiny_model}",
+           f"data.synthetic.dir={synthetic}", f"trainer.output_dir={tmp_path / 'run'}", f"cluster.address={cluster['address']}",
+           "rollout.resources.gpu_node=1", *COMMON]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=cluster["env"])
+    assert proc.returncode != 0 and "asks for ['gpu_node'] but no node of the cluster declares it" in proc.stderr
+
+
+def test_ray_job_submit_runs_the_orchestrator(cluster, tiny_model, synthetic, tmp_path):
+    ray = str(BIN / "ray")
+    out = tmp_path / "job"
+    runtime_env = {"excludes": [".venv", "outputs", ".git", ".hypothesis", ".pytest_cache", "bench/results"]}
+    cmd = [ray, "job", "submit", "--address", cluster["dashboard"], "--working-dir", ".",
+           "--runtime-env-json", json.dumps(runtime_env), "--submission-id", f"vr1-{uuid.uuid4().hex[:6]}", "--",
+           "python", "orchestrator.py", "conf=ovd", "cluster.address=auto", f"model.path={tiny_model}",
+           f"data.synthetic.dir={synthetic}", f"trainer.output_dir={out}", *COMMON]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=cluster["env"])
+    assert proc.returncode == 0 and "succeeded" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-3000:]
+    job_id = cmd[cmd.index("--submission-id") + 1]
+    logs = subprocess.run([ray, "job", "logs", "--address", cluster["dashboard"], job_id], capture_output=True,
+                          text=True, timeout=120, env=cluster["env"]).stdout
+    assert "done: 2 steps, 16 samples" in logs
+    jobs = json.loads(urllib.request.urlopen(f"{cluster['dashboard']}/api/jobs/", timeout=10).read())
+    mine = [j for j in jobs if j.get("submission_id") == job_id]
+    assert mine and mine[0]["status"] == "SUCCEEDED" and "orchestrator.py conf=ovd" in mine[0]["entrypoint"]
+    assert json.loads((out / "summary.json").read_text())["samples"] == 16
