@@ -17,9 +17,14 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parent
+ACTOR_ENV: dict[str, str] = {}  # environment of every actor, set by start_ray
 
 
 def main(argv: list[str] | None = None) -> dict:
+    # torch first: loaded after Ray and the image libraries, libtorch's bundled oneMKL can fail to
+    # dlopen itself in a Ray Jobs driver ("Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so")
+    import torch  # noqa: F401
+
     import conf
     from data.tiny_model import cache_root, resolve_model_path
 
@@ -32,6 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(report.summary(), flush=True)
 
     import ray
+    _import_driver_modules()
     start_ray(cfg, out_dir)
     try:
         if cfg.mode == "eval":
@@ -133,6 +139,14 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     return summary
 
 
+def _import_driver_modules() -> None:
+    """Import what the driver uses before ray.init: a Ray Jobs driver cannot rely on importing
+    from its working directory afterwards (seen with Ray 2.60: ModuleNotFoundError mid-run)."""
+    import actors.group, actors.reward_worker, actors.rollout  # noqa: F401,E401
+    import data.sampler, learner.batch, learner.grpo, learner.learner, learner.weight_sync  # noqa: F401,E401
+    import trainer.checkpoint, trainer.evaluate, trainer.monitor, trainer.report  # noqa: F401,E401
+
+
 def sample_seed(seed: int, step: int, prompt_id: str) -> int:
     """The sampling seed of one prompt at one step: the same in a resumed run as in the original."""
     import zlib
@@ -231,14 +245,21 @@ def start_ray(cfg, out_dir: pathlib.Path) -> None:
     from data.tiny_model import cache_root
     # The local cluster's dashboard binds to cluster.dashboard_host (127.0.0.1 by default), so
     # Ray's token auth is off for it; a shared cluster keeps whatever auth its owner set.
-    env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # a Ray Job ships the code as its working_dir
+    env = {"PYTHONPATH": "" if in_job else os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
            "TORCH_EXTENSIONS_DIR": str(cache_root() / "torch_extensions"), "VLLM_CACHE_ROOT": str(cache_root() / "vllm"), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
            "TOKENIZERS_PARALLELISM": "false", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
            "VLLM_CPU_KVCACHE_SPACE": str(cfg.rollout.kv_cache_gb), "VLLM_CPU_OMP_THREADS_BIND": "nobind",
            "WANDB_MODE": cfg.wandb.mode, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR")}
     c = cfg.cluster
+    ACTOR_ENV.clear()
+    ACTOR_ENV.update({k: v for k, v in env.items() if v})
     if c.address:
-        ray.init(address=c.address, runtime_env={"env_vars": env}, log_to_driver=True)
+        # no runtime_env here: inside a Ray Job it would replace the job's own (its working_dir);
+        # the variables go to each actor group instead (ACTOR_ENV), which merges with the job's
+        ray.init(address=c.address, log_to_driver=True)
+        if str(REPO) not in sys.path:  # a Ray Jobs driver loses the script's directory at ray.init
+            sys.path.insert(0, str(REPO))
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     need = (cfg.rollout.num_engines * cfg.rollout.cpus_per_engine + cfg.learner.world_size * cfg.learner.cpus_per_rank
@@ -267,7 +288,7 @@ def create_engines(cfg, model_path: str):
     r = cfg.rollout
     return ActorGroup(RolloutEngine, r.num_engines, {"CPU": r.cpus_per_engine, "GPU": r.devices_per_engine if _has_gpu() else 0,
                                                      **r.resources}, "rollout", args=(model_path, _plain(r), cfg.seed), kwargs={"model_cfg": _plain(cfg.model)},
-                      kwargs_fn=lambda i: {"index": i})
+                      kwargs_fn=lambda i: {"index": i}, env=ACTOR_ENV)
 
 
 def create_learners(cfg, model_path: str, per_rank_items: int):
@@ -280,7 +301,7 @@ def create_learners(cfg, model_path: str, per_rank_items: int):
                                                    **lc.resources}, "learner", kwargs=dict(world_size=lc.world_size, model_path=model_path, model_cfg=_plain(cfg.model),
                                                  cfg=_plain(lc), rollout_cfg=_plain(cfg.rollout), seed=cfg.seed,
                                                  total_steps=cfg.trainer.max_steps, per_rank_items=per_rank_items),
-                          kwargs_fn=lambda i: {"rank": i})
+                          kwargs_fn=lambda i: {"rank": i}, env=ACTOR_ENV)
     host, port = ray.get(learners.actors[0].address.remote())
     ray.get(learners.call("setup", host, port))
     return learners
@@ -297,7 +318,7 @@ def create_roles(cfg, model_path: str):
     engines = create_engines(cfg, model_path)
     learners = create_learners(cfg, model_path, cfg.trainer.prompts_per_step * r.num_generations // lc.world_size)
     scorers = ActorGroup(RewardWorker, rc.num_workers, {"CPU": rc.cpus_per_worker, **rc.resources}, "reward",
-                         args=(dict(rc.funcs), rc.box_convention))
+                         args=(dict(rc.funcs), rc.box_convention), env=ACTOR_ENV)
     ray.get(engines.call("ready"))
     workers = ray.get(engines.call("num_workers"))
     world = 1 + sum(workers)

@@ -25,7 +25,7 @@ def cluster(tmp_path_factory):
     port, dash = free_port(), free_port()
     temp = f"/tmp/vr1c-{uuid.uuid4().hex[:6]}"  # Ray's socket paths must stay short
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+           "HF_HUB_OFFLINE": "1"}
     ray = str(BIN / "ray")
     subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", '--resources={"learner_node": 4}',
                     f"--temp-dir={temp}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
