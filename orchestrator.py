@@ -76,6 +76,7 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     t_run = time.perf_counter()
     for step in bar:
         t_step = time.perf_counter()
+        phase = {}
         batch = [train[i] for i in sampler.next()]
         seeds = [sample_seed(cfg.seed, step, p.id) for p in batch]
 
@@ -90,12 +91,14 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
             shard = ray.get(done[0])
             rollouts += shard
             scorer_pool.submit(shard)
-        times["rollout"] += (t_gen := time.perf_counter() - t0)
+        phase["rollout"], phase["queue_depth"] = time.perf_counter() - t0, len(scorer_pool.refs)
+        times["rollout"] += phase["rollout"]
 
         # 2. score: every completion exactly once
         t0 = time.perf_counter()
         scored, failures = scorer_pool.collect()
-        times["reward"] += time.perf_counter() - t0
+        phase["reward"] = time.perf_counter() - t0
+        times["reward"] += phase["reward"]
         rollouts.sort(key=lambda r: (batch.index(r.prompt), r.sample))
         assert len(rollouts) == B * G == len(scored), "a completion was lost or duplicated"
         totals = torch.tensor([scored[r.key]["total"] for r in rollouts], dtype=torch.float64)
@@ -105,16 +108,18 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
         items = [item_from_rollout(r, float(a)) for r, a in zip(rollouts, adv)]
         t0 = time.perf_counter()
         train_metrics = ray.get(learners.call_sharded("train_step", items))[0]
-        times["train"] += time.perf_counter() - t0
+        phase["train"] = time.perf_counter() - t0
+        times["train"] += phase["train"]
 
         # 4. push the new weights to every engine
         t0 = time.perf_counter()
         ray.get(learners.call("broadcast_weights") + engines.call("receive_weights", meta))
-        times["sync"] += time.perf_counter() - t0
+        phase["sync"] = time.perf_counter() - t0
+        times["sync"] += phase["sync"]
 
         # 5. log, then evaluate / checkpoint when due
-        row = step_metrics(step + 1, batch, rollouts, scored, failures, totals, train_metrics, t_gen,
-                           time.perf_counter() - t_step, cfg.data.task)
+        phase["step"] = time.perf_counter() - t_step
+        row = step_metrics(step + 1, batch, rollouts, scored, failures, totals, train_metrics, phase)
         history.append(row)
         for warning in monitor.log(row):
             tqdm.write(f"WARNING: {warning}")
@@ -397,7 +402,7 @@ class ScorerPool:
 
 
 # ---------------------------------------------------------------------------- logging
-def step_metrics(step, batch, rollouts, scored, failures, totals, tm, t_gen, t_step, task) -> dict:
+def step_metrics(step, batch, rollouts, scored, failures, totals, tm, phase: dict) -> dict:
     from trainer import evaluate
     names = sorted({n for r in rollouts for n in scored[r.key]["values"]})
     lengths = [len(r.completion_token_ids) for r in rollouts]
@@ -409,8 +414,12 @@ def step_metrics(step, batch, rollouts, scored, failures, totals, tm, t_gen, t_s
            "truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts),
            "boxes/pred_per_answer": sum(len(x["pred"]) for x in records) / len(records),
            "boxes/gt_per_answer": sum(len(x["gt"]) for x in records) / len(records),
-           "rollout/tokens_per_s": sum(lengths) / max(t_gen, 1e-9), "time/step_s": t_step,
-           "prompt_ids": [p.id for p in batch]}
+           "rollout/tokens_per_s": sum(lengths) / max(phase["rollout"], 1e-9), "time/step_s": phase["step"],
+           **{f"time/{k}_s": phase[k] for k in ("rollout", "reward", "train", "sync")},
+           "reward/queue_depth": phase["queue_depth"], "prompt_ids": [p.id for p in batch]}
+    rec = [x for x in records if "hit" in x]
+    if rec:  # REC accuracy of the sampled answers (IoU > 0.5), VLM-R1's criterion
+        row["accuracy"] = sum(x["hit"] for x in rec) / len(rec)
     row.update({k: v for k, v in tm.items()})
     return row
 

@@ -90,7 +90,7 @@ def _run(tmp_path, tiny_model, synthetic, *overrides, timeout=900):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     summary = json.loads((out / "summary.json").read_text())
-    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    rows = [r for r in map(json.loads, open(out / "metrics.jsonl")) if "reward/mean" in r]  # training steps
     return summary, rows, proc.stdout
 
 
@@ -98,11 +98,13 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
     summary, rows, stdout = _run(tmp_path, tiny_model, synthetic, "conf=ovd", "trainer.max_steps=2",
                                  "trainer.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=32",
                                  "reward.funcs.repetition=1.0")
-    assert summary["steps"] == 2 and summary["samples"] == 2 * 2 * 4 == summary["distinct_samples"]
+    assert summary["steps"] == 2 and summary["samples"] == 2 * 2 * 4
+    assert summary["prompts"] == summary["distinct_prompts"] == 4  # no prompt repeated within the epoch
     assert [r["items"] for r in rows] == [8, 8]  # every completion entered the update exactly once
     for r in rows:
         for key in ("reward/mean", "reward/format", "reward/ovd_odlength", "reward/repetition", "kl", "loss",
-                    "entropy", "grad_norm", "engine_logp_abs_diff"):
+                    "entropy", "grad_norm", "engine_logp_abs_diff", "time/rollout_s", "time/reward_s", "time/train_s",
+                    "time/sync_s", "reward/queue_depth", "clip_low_frac", "clip_high_frac", "completion_len/mean"):
             assert key in r
         assert r["engine_logp_abs_diff"] < 0.05
     assert "done: 2 steps, 16 samples" in stdout
@@ -113,5 +115,5 @@ def test_two_learner_ranks_zero3_and_two_engines(tmp_path, tiny_model, synthetic
                             "learner.zero_stage=3", "rollout.num_engines=2", "trainer.prompts_per_step=2",
                             "rollout.num_generations=4", "rollout.max_new_tokens=24", "reward.funcs.repetition=1.0",
                             "learner.lr=1e-2")
-    assert summary["steps"] == 2 and summary["distinct_samples"] == 16
+    assert summary["steps"] == 2 and summary["samples"] == 16 and summary["distinct_prompts"] == 4
     assert rows[0]["items"] == 8 and rows[1]["engine_logp_abs_diff"] < 0.05  # step 2 sampled from synced engines

@@ -1,5 +1,6 @@
 """The DeepSpeed learner as a plain class (no Ray): robust to vision tokens, micro-batch invariant."""
 import json
+import math
 
 import pytest
 import torch
@@ -111,3 +112,13 @@ def test_num_iterations_reuses_old_logprobs(tiny_model, synthetic):
     # the first pass sees ratio 1 exactly (old = current); the step count reflects two optimizer steps
     assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
     assert lr.scheduler.last_epoch == 2
+
+
+@pytest.mark.parametrize("over", [{"learner.dtype": "bf16"}, {"learner.gradient_checkpointing": "true"},
+                                  {"learner.zero_stage": 2, "learner.dtype": "bf16"}])
+def test_bf16_zero_and_gradient_checkpointing_train(tiny_model, synthetic, over):
+    lr = _learner(tiny_model, 2, **{"learner.beta": 0.0, **over})
+    before = lr.param_checksum(["lm_head"])
+    m = lr.train_step(_items(tiny_model, synthetic))
+    assert m["items"] == 4 and math.isfinite(m["loss"]) and m["grad_norm"] > 0
+    assert lr.param_checksum(["lm_head"]) != before
