@@ -75,8 +75,17 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 640):
     return tok
 
 
-def build(out_dir: str | os.PathLike, seed: int = 0, rope_theta: float = 20.0) -> pathlib.Path:
-    """Build the tiny model directory at ``out_dir`` (written to a temp dir, then renamed)."""
+# (text hidden, layers, heads, kv heads, intermediate; vision hidden, depth, heads, intermediate)
+SIZES = {"tiny": (128, 2, 2, 1, 512, 64, 2, 2, 128),       # ~1M: the embedded default
+         "30m": (512, 8, 8, 2, 1536, 256, 4, 4, 768),     # ~30M
+         "50m": (640, 10, 10, 2, 2048, 256, 4, 4, 768),   # ~50M (~100 MB in bf16): weight-sync benchmark
+         "250m": (1024, 16, 16, 4, 3072, 512, 8, 8, 1536),  # ~250M (~500 MB in bf16): weight-sync benchmark
+         "300m": (1024, 20, 16, 4, 3584, 512, 8, 8, 1536)}  # ~300M: benchmarks only
+
+
+def build(out_dir: str | os.PathLike, seed: int = 0, rope_theta: float = 20.0, size: str = "tiny") -> pathlib.Path:
+    """Build a random Qwen2.5-VL model directory at ``out_dir`` (a temp dir, then renamed);
+    ``size`` picks one of ``SIZES`` (the larger ones are for benchmarks)."""
     import torch
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
                               Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
@@ -88,16 +97,18 @@ def build(out_dir: str | os.PathLike, seed: int = 0, rope_theta: float = 20.0) -
     tok = build_tokenizer(seed)
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     vocab = (len(tok) + 63) // 64 * 64
+    th, tl, tn, tk, ti, vh, vd, vn, vi = SIZES[size]
+    hd = th // tn  # head dim; mrope splits half of it into (t, h, w) sections
     config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=vocab, hidden_size=128, intermediate_size=512, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+        text_config=dict(vocab_size=vocab, hidden_size=th, intermediate_size=ti, num_hidden_layers=tl,
+                         num_attention_heads=tn, num_key_value_heads=tk, max_position_embeddings=2048,
                          rms_norm_eps=1e-6, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                          pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False,
                          rope_parameters={"rope_type": "default", "rope_theta": rope_theta,
-                                          "mrope_section": [8, 12, 12]}),
-        vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
+                                          "mrope_section": [hd // 8, hd * 3 // 16, hd * 3 // 16]}),
+        vision_config=dict(depth=vd, hidden_size=vh, intermediate_size=vi, num_heads=vn, out_hidden_size=th,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                           fullatt_block_indexes=[1]),
+                           fullatt_block_indexes=[vd - 1]),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False)

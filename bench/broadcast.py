@@ -1,0 +1,80 @@
+"""Weight broadcast: learner rank 0 -> running vLLM engines, against the machine's memory copy.
+
+    python -m bench.broadcast [--sizes 50m 250m] [--engines 1 2]
+
+Builds random Qwen2.5-VL models of ~100 MB and ~500 MB of bf16 weights, starts the real roles
+(DeepSpeed learner, vLLM engines, gloo weight group) on a local Ray, and times the full update
+the orchestrator does every step (gather, broadcast, in-place reload, cache reset) to 1 and 2
+engines, best of 3. The baseline is a memory copy of the same bytes in one process (the physical
+limit of moving them here). Writes bench/results/broadcast.json.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import tempfile
+import time
+
+from bench.common import machine, save, table
+
+
+def memcpy_gbps(nbytes: int, repeats: int = 5) -> float:
+    import torch
+    src = torch.empty(nbytes // 2, dtype=torch.bfloat16).fill_(1.0)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best / 1e9
+
+
+def measure(model_dir: str, engines: int, tmp: str) -> tuple[int, float]:
+    import ray
+
+    import conf
+    import orchestrator
+    cfg = conf.resolve(conf.load([f"model.path={model_dir}", f"rollout.num_engines={engines}", "learner.beta=0",
+                                  "reward.num_workers=1", f"trainer.prompts_per_step={max(engines, 1)}",
+                                  "cluster.include_dashboard=false", f"trainer.output_dir={tmp}/out"]),
+                       pathlib.Path(tmp))
+    orchestrator.start_ray(cfg, pathlib.Path(tmp) / "out")
+    try:
+        eng, learners, _ = orchestrator.create_roles(cfg, model_dir)
+        meta = ray.get(learners.actors[0].weight_meta.remote())
+        best, sent = float("inf"), 0
+        for _ in range(3):
+            t0 = time.perf_counter()
+            out = ray.get(learners.call("broadcast_weights") + eng.call("receive_weights", meta))
+            best = min(best, time.perf_counter() - t0)
+            sent = out[0]
+        return sent, best
+    finally:
+        ray.shutdown()
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", nargs="+", default=["50m", "250m"])
+    ap.add_argument("--engines", nargs="+", type=int, default=[1, 2])
+    args = ap.parse_args(argv)
+    from data.tiny_model import build
+    rows = []
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        for size in args.sizes:
+            model_dir = str(build(pathlib.Path(tmp) / size, seed=0, size=size))
+            for n in args.engines:
+                sent, secs = measure(model_dir, n, tmp)
+                copy = memcpy_gbps(sent)
+                gbps = sent / secs / 1e9
+                rows.append({"size": size, "MB": sent / 1e6, "engines": n, "seconds": secs, "GB_per_s": gbps,
+                             "memcpy_GB_per_s (baseline)": copy, "frac_of_memcpy": gbps / copy})
+    print(f"## Weight broadcast ({machine()['cpu']}, {machine()['date']})\n")
+    print(table(rows, ["size", "MB", "engines", "seconds", "GB_per_s", "memcpy_GB_per_s (baseline)", "frac_of_memcpy"]))
+    print(f"\nsaved {save('broadcast', rows)}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

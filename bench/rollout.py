@@ -1,0 +1,114 @@
+"""Rollout throughput: the project's vLLM rollout engine against Hugging Face ``generate``.
+
+    python -m bench.rollout [--sizes tiny 30m 300m] [--prompts 16] [--G 8] [--tokens 64]
+
+Same model (random Qwen2.5-VL built from a config at each size), same synthetic REC prompts and
+images, same G and completion length (EOS ignored so every completion has exactly ``--tokens``
+tokens), sampling at temperature 1. Reports completion tokens/s of each (best of 2 warm runs),
+the ratio, and the fraction of this machine's compute roofline each reaches: 2 x parameters x
+tokens/s against the bf16 matmul FLOP/s the benchmark measures itself. Writes
+bench/results/rollout.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import tempfile
+import time
+
+from bench.common import machine, save, table
+
+
+def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
+    """bf16 matmul FLOP/s of this machine (all threads of this process)."""
+    import torch
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t0)
+
+
+def _prompts(n: int):
+    from data.loaders import load_prompts
+    from data.prepare import ensure_synthetic
+    from data.tiny_model import cache_root
+    import conf
+    cfg = conf.resolve(conf.load([]), cache_root())
+    ensure_synthetic(cfg.data)
+    return load_prompts(cfg.data.train_files, cfg.data.image_folders, "rec")[0][:n]
+
+
+def run_vllm(model_dir: str, prompts, G: int, tokens: int) -> float:
+    import conf
+    from actors.rollout import RolloutEngine
+    cfg = conf.OmegaConf.to_container(conf.load([f"rollout.num_generations={G}", f"rollout.max_new_tokens={tokens}"]).rollout)
+    engine = RolloutEngine(model_dir, cfg, seed=0)
+    from vllm import SamplingParams
+    params = SamplingParams(n=G, temperature=1.0, max_tokens=tokens, min_tokens=tokens, ignore_eos=True)
+    reqs = [engine._request(p) for p in prompts]
+    best = 0.0
+    for _ in range(3):  # first run warms up
+        t0 = time.perf_counter()
+        outs = engine.llm.generate(reqs, params, use_tqdm=False)
+        n = sum(len(c.token_ids) for o in outs for c in o.outputs)
+        best = max(best, n / (time.perf_counter() - t0))
+    del engine
+    return best
+
+
+def run_hf(model_dir: str, prompts, G: int, tokens: int) -> float:
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from data.images import open_rgb
+    from data.prompts import messages
+    proc = AutoProcessor.from_pretrained(model_dir)
+    proc.tokenizer.padding_side = "left"
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    texts = [proc.apply_chat_template(messages(p.question, 1, "rec"), add_generation_prompt=True, tokenize=False) for p in prompts]
+    inputs = proc(text=texts, images=[open_rgb(p.images[0]) for p in prompts], return_tensors="pt", padding=True)
+    best = 0.0
+    for _ in range(2):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(**inputs, do_sample=True, temperature=1.0, top_k=0, num_return_sequences=G,
+                                 max_new_tokens=tokens, min_new_tokens=tokens)
+        n = (out.shape[1] - inputs["input_ids"].shape[1]) * out.shape[0]
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", nargs="+", default=["tiny", "30m", "300m"])
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--G", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=64)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    from data.tiny_model import build
+    flops = matmul_flops()
+    prompts = _prompts(args.prompts)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            model_dir = str(build(pathlib.Path(tmp) / size, seed=0, size=size))
+            import json
+            params = json.loads((pathlib.Path(model_dir) / "BUILD.json").read_text())["parameters"]
+            hf = run_hf(model_dir, prompts, args.G, args.tokens)
+            vl = run_vllm(model_dir, prompts, args.G, args.tokens)
+            for name, tps in (("HF generate (baseline)", hf), ("vLLM rollout engine", vl)):
+                rows.append({"size": size, "parameters": params, "system": name, "tokens_per_s": tps,
+                             "x_vs_hf": tps / hf, "roofline_frac": 2 * params * tps / flops})
+    print(f"## Rollout ({machine()['cpu']}, {machine()['date']}; {args.prompts} prompts x G={args.G} x "
+          f"{args.tokens} tokens; bf16 matmul {flops / 1e9:.0f} GFLOP/s)\n")
+    print(table(rows, ["size", "parameters", "system", "tokens_per_s", "x_vs_hf", "roofline_frac"]))
+    print(f"\nsaved {save('rollout', rows)}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
