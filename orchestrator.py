@@ -62,6 +62,7 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
 
     G, B = cfg.rollout.num_generations, cfg.trainer.prompts_per_step
     engines, learners, scorers = create_roles(cfg, model_path)
+    from actors.reward_worker import ScorerPool
     scorer_pool = ScorerPool(scorers, cfg.reward.chunk_size, cfg.reward.timeout_s)
     meta = ray.get(learners.actors[0].weight_meta.remote())
     sampler = PromptSampler(len(train), B, cfg.seed, cfg.data.shuffle, cfg.trainer.epochs)
@@ -91,7 +92,7 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
             shard = ray.get(done[0])
             rollouts += shard
             scorer_pool.submit(shard)
-        phase["rollout"], phase["queue_depth"] = time.perf_counter() - t0, len(scorer_pool.refs)
+        phase["rollout"], phase["queue_depth"] = time.perf_counter() - t0, len(scorer_pool.pending)
         times["rollout"] += phase["rollout"]
 
         # 2. score: every completion exactly once
@@ -101,6 +102,7 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
         times["reward"] += phase["reward"]
         rollouts.sort(key=lambda r: (batch.index(r.prompt), r.sample))
         assert len(rollouts) == B * G == len(scored), "a completion was lost or duplicated"
+        phase["reward_recoveries"] = scorer_pool.recovered
         totals = torch.tensor([scored[r.key]["total"] for r in rollouts], dtype=torch.float64)
 
         # 3. advantages within each group of G, then the update on every learner rank
@@ -371,36 +373,6 @@ def _has_gpu() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-class ScorerPool:
-    """Spreads completions over reward workers in chunks, round-robin; collects each exactly once."""
-
-    def __init__(self, group, chunk: int, timeout_s: float):
-        self.group, self.chunk, self.timeout_s = group, chunk, timeout_s
-        self.refs, self.next = [], 0
-
-    def submit(self, rollouts) -> None:
-        from actors.reward_worker import tasks_from_rollouts
-        tasks = tasks_from_rollouts(rollouts)
-        for i in range(0, len(tasks), self.chunk):
-            actor = self.group.actors[self.next % len(self.group.actors)]
-            self.refs.append(actor.score.remote(tasks[i:i + self.chunk]))
-            self.next += 1
-
-    def collect(self) -> tuple[dict, dict]:
-        """({key: {"total", "values"}}, {reward: parse-failure count}) for everything submitted."""
-        import ray
-        out, failures = {}, {}
-        for res in ray.get(self.refs, timeout=self.timeout_s):
-            for key, total, values in zip(res["keys"], res["totals"], res["values"]):
-                if key in out:
-                    raise RuntimeError(f"completion {key} was scored twice")
-                out[key] = {"total": total, "values": values}
-            for k, v in res["failures"].items():
-                failures[k] = failures.get(k, 0) + v
-        self.refs = []
-        return out, failures
-
-
 # ---------------------------------------------------------------------------- logging
 def step_metrics(step, batch, rollouts, scored, failures, totals, tm, phase: dict) -> dict:
     from trainer import evaluate
@@ -416,7 +388,8 @@ def step_metrics(step, batch, rollouts, scored, failures, totals, tm, phase: dic
            "boxes/gt_per_answer": sum(len(x["gt"]) for x in records) / len(records),
            "rollout/tokens_per_s": sum(lengths) / max(phase["rollout"], 1e-9), "time/step_s": phase["step"],
            **{f"time/{k}_s": phase[k] for k in ("rollout", "reward", "train", "sync")},
-           "reward/queue_depth": phase["queue_depth"], "prompt_ids": [p.id for p in batch]}
+           "reward/queue_depth": phase["queue_depth"], "reward/worker_recoveries": phase["reward_recoveries"],
+           "prompt_ids": [p.id for p in batch]}
     rec = [x for x in records if "hit" in x]
     if rec:  # REC accuracy of the sampled answers (IoU > 0.5), VLM-R1's criterion
         row["accuracy"] = sum(x["hit"] for x in rec) / len(rec)

@@ -50,7 +50,7 @@ class ActorGroup:
                 f"could not place {n} x {bundle} for '{name}' within {timeout_s:.0f}s: the cluster has "
                 f"{ray.available_resources()} free. Lower the cluster.* / {name} resources or add nodes.")
         remote_cls = ray.remote(cls)
-        self.actors = []
+        self.actors, self._spawn = [], []
         for i in range(n):
             opts = dict(
                 num_cpus=bundle.get("CPU", 0), num_gpus=bundle.get("GPU", 0),
@@ -58,7 +58,10 @@ class ActorGroup:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=self.pg, placement_group_bundle_index=i),
                 runtime_env={"env_vars": dict(env or {})}, name=f"{name}-{i}", max_restarts=max_restarts)
             per = kwargs_fn(i) if kwargs_fn else {}
-            self.actors.append(remote_cls.options(**opts).remote(*args, **(kwargs or {}), **per))
+            self._spawn.append(lambda gen, opts=opts, per=per, i=i: remote_cls.options(
+                **{**opts, "name": f"{name}-{i}" + (f"-r{gen}" if gen else "")}).remote(*args, **(kwargs or {}), **per))
+            self.actors.append(self._spawn[i](0))
+        self.replacements = 0
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
         """The same call on every actor."""
@@ -71,6 +74,16 @@ class ActorGroup:
     def call_sharded(self, method: str, items: Sequence, *args: Any) -> list[ray.ObjectRef]:
         """Actor i gets shard i of ``items`` (contiguous, sizes differ by at most one)."""
         return [getattr(a, method).remote(part, *args) for a, part in zip(self.actors, shard(items, self.n))]
+
+    def replace(self, i: int):
+        """Kill actor ``i`` (dead or hung) and start a fresh one in its bundle; returns the new actor."""
+        try:
+            ray.kill(self.actors[i], no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone is fine
+            pass
+        self.replacements += 1
+        self.actors[i] = self._spawn[i](self.replacements)
+        return self.actors[i]
 
     def shutdown(self) -> None:
         for a in self.actors:

@@ -53,3 +53,68 @@ def tasks_from_rollouts(rollouts) -> list[ScoreTask]:
         out.append(ScoreTask(r.key, r.completion_text, p.solution, p.accu_method,
                              p.image_sizes[0] if p.image_sizes else None, r.input_sizes[0] if r.input_sizes else None))
     return out
+
+
+class ScorerPool:
+    """Driver side: spreads completions over the reward workers in chunks and collects every
+    completion exactly once. A worker that dies mid-chunk, or takes longer than ``timeout_s`` on
+    one, is replaced and its chunk is scored again on the next worker; after ``max_attempts`` on
+    one chunk the run stops with the chunk's keys (a completion that kills every worker)."""
+
+    def __init__(self, group, chunk: int, timeout_s: float, max_attempts: int = 3):
+        self.group, self.chunk, self.timeout_s, self.max_attempts = group, chunk, timeout_s, max_attempts
+        self.pending: dict = {}  # ref -> (tasks, worker index, actor handle, submit time, attempt)
+        self.next = 0
+        self.recovered = 0
+
+    def submit(self, rollouts) -> None:
+        tasks = tasks_from_rollouts(rollouts)
+        for i in range(0, len(tasks), self.chunk):
+            self._send(tasks[i:i + self.chunk], 1)
+
+    def _send(self, tasks, attempt: int) -> None:
+        import time
+        i = self.next % self.group.n
+        self.next += 1
+        actor = self.group.actors[i]
+        self.pending[actor.score.remote(tasks)] = (tasks, i, actor, time.monotonic(), attempt)
+
+    def _recover(self, refs: list, why: str) -> None:
+        """Replace the worker behind ``refs`` (once, whoever noticed first) and resend their chunks."""
+        for ref in refs:
+            tasks, i, actor, _, attempt = self.pending.pop(ref)
+            if attempt >= self.max_attempts:
+                raise RuntimeError(f"reward chunk {[t.key for t in tasks][:4]}... failed {attempt} times (last: worker "
+                                   f"{why}); a completion in it may crash the reward code: see the worker logs")
+            if self.group.actors[i] is actor:  # not yet replaced by an earlier failure
+                print(f"reward worker {i} {why}: replacing it and rescoring its chunks", flush=True)
+                self.group.replace(i)
+            self.recovered += 1
+            self._send(tasks, attempt + 1)
+
+    def collect(self) -> tuple[dict, dict]:
+        """({key: {"total", "values"}}, {reward/reason: parse-failure count}) for everything submitted."""
+        import time
+
+        import ray
+        out, failures = {}, collections.Counter()
+        while self.pending:
+            deadline = min(t for _, _, _, t, _ in self.pending.values()) + self.timeout_s
+            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=max(0.05, deadline - time.monotonic()))
+            if not ready:
+                now = time.monotonic()
+                self._recover([r for r, v in self.pending.items() if now - v[3] >= self.timeout_s],
+                              f"hung for {self.timeout_s:.0f}s (reward.timeout_s)")
+                continue
+            try:
+                res = ray.get(ready[0])
+            except ray.exceptions.RayActorError:
+                self._recover([ready[0]], "died")
+                continue
+            self.pending.pop(ready[0])
+            for key, total, values in zip(res["keys"], res["totals"], res["values"]):
+                if key in out:
+                    raise RuntimeError(f"completion {key} was scored twice")
+                out[key] = {"total": total, "values": values}
+            failures.update(res["failures"])
+        return out, dict(failures)

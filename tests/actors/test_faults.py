@@ -1,0 +1,101 @@
+"""Reward workers that die or hang mid-batch: the batch is rescored, every completion exactly once.
+
+The worker subclasses here only inject faults (a slow chunk, a hang, a crash); scoring is real."""
+import os
+import pathlib
+import signal
+import time
+
+import pytest
+import ray
+
+from actors.group import ActorGroup
+from actors.reward_worker import RewardWorker, ScorerPool
+from actors.rollout import Rollout
+from data.loaders import Prompt
+
+pytestmark = pytest.mark.e2e
+REPO = pathlib.Path(__file__).resolve().parents[2]
+FUNCS = {"rec_format": 1.0, "rec_iou": 1.0}
+
+
+class SlowWorker(RewardWorker):
+    def score(self, tasks):
+        time.sleep(1.5)  # a long chunk, so the test can kill the worker in the middle of it
+        return super().score(tasks)
+
+
+class HangOnceWorker(RewardWorker):
+    def score(self, tasks):
+        marker = pathlib.Path(os.environ["HANG_MARKER"])
+        if not marker.exists():
+            marker.touch()
+            time.sleep(3600)  # the first chunk ever hangs
+        return super().score(tasks)
+
+
+class CrashWorker(RewardWorker):
+    def score(self, tasks):
+        os._exit(1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray(tmp_path_factory):
+    marker = tmp_path_factory.mktemp("marker") / "hung"
+    ray.init(num_cpus=4, include_dashboard=False, _temp_dir=f"/tmp/vr1f-{os.getpid()}", logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "HANG_MARKER": str(marker)}})
+    yield
+    ray.shutdown()
+
+
+def _rollouts(n=24):
+    out = []
+    for i in range(n):
+        p = Prompt(f"p{i}", (), (), "find it", "[10, 10, 50, 60]", "rec")
+        text = f'<think>x</think><answer>{{"bbox_2d": [10, 10, 50, {50 + i}]}}</answer>'
+        out.append(Rollout(p, 0, [1], [2], text, "stop", [0.0], ()))
+    return out
+
+
+def _check(scored, rollouts):
+    assert sorted(scored) == sorted(r.key for r in rollouts)  # every completion, exactly once
+    # [10,10,50,50+i] vs [10,10,50,60]: the right value, not a placeholder, whichever worker scored it
+    assert scored[("p0", 0)]["values"]["rec_iou"] == pytest.approx(1600 / 2000)
+    assert scored[("p10", 0)]["total"] == pytest.approx(2.0)
+
+
+def test_worker_killed_mid_batch_is_replaced_and_its_chunk_rescored():
+    group = ActorGroup(SlowWorker, 2, {"CPU": 0.5}, "reward-kill", args=(FUNCS,))
+    old_pid = ray.get(group.actors[0].pid.remote())
+    pool = ScorerPool(group, chunk=6, timeout_s=60)
+    rollouts = _rollouts()
+    pool.submit(rollouts)  # 4 chunks: two per worker
+    time.sleep(0.5)
+    os.kill(old_pid, signal.SIGKILL)
+    scored, _ = pool.collect()
+    _check(scored, rollouts)
+    assert pool.recovered >= 1 and group.replacements >= 1
+    assert ray.get(group.actors[0].pid.remote()) != old_pid  # a fresh worker took its place
+    group.shutdown()
+
+
+def test_hung_worker_is_treated_as_dead():
+    group = ActorGroup(HangOnceWorker, 2, {"CPU": 0.5}, "reward-hang", args=(FUNCS,))
+    pool = ScorerPool(group, chunk=6, timeout_s=4)  # 4 chunks: two queued on each worker
+    rollouts = _rollouts()
+    t0 = time.monotonic()
+    pool.submit(rollouts)
+    scored, _ = pool.collect()
+    _check(scored, rollouts)
+    # both chunks queued on the hung worker expire together: one replacement, both rescored
+    assert group.replacements == 1 and pool.recovered == 2 and time.monotonic() - t0 < 60
+    group.shutdown()
+
+
+def test_a_chunk_that_kills_every_worker_stops_with_a_clear_error():
+    group = ActorGroup(CrashWorker, 2, {"CPU": 0.5}, "reward-crash", args=(FUNCS,))
+    pool = ScorerPool(group, chunk=24, timeout_s=60, max_attempts=3)
+    pool.submit(_rollouts())
+    with pytest.raises(RuntimeError, match="failed 3 times .*worker died"):
+        pool.collect()
+    group.shutdown()
