@@ -74,6 +74,7 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
         run_periodic_eval(engines, eval_set, cfg, 0, out_dir, monitor)
     times = {"rollout": 0.0, "reward": 0.0, "train": 0.0, "sync": 0.0, "eval_ckpt": 0.0}
     bar = tqdm(range(start, max_steps), desc="grpo", dynamic_ncols=True, initial=start, total=max_steps)
+    bad_steps = 0
     t_run = time.perf_counter()
     for step in bar:
         t_step = time.perf_counter()
@@ -110,6 +111,11 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
         items = [item_from_rollout(r, float(a)) for r, a in zip(rollouts, adv)]
         t0 = time.perf_counter()
         train_metrics = ray.get(learners.call_sharded("train_step", items))[0]
+        bad_steps = bad_steps + 1 if train_metrics["skipped_updates"] == cfg.learner.num_iterations else 0
+        if bad_steps >= cfg.trainer.max_bad_steps:
+            raise SystemExit(f"{bad_steps} steps in a row had a non-finite loss or gradient and were skipped "
+                             f"(trainer.max_bad_steps={cfg.trainer.max_bad_steps}); last good checkpoint: "
+                             f"{out_dir / 'checkpoints'}. Lower learner.lr or check the rewards/data of these steps.")
         phase["train"] = time.perf_counter() - t0
         times["train"] += phase["train"]
 

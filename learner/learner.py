@@ -20,6 +20,21 @@ from learner.batch import TrainItem, collate
 from learner.ds_config import ds_config
 
 
+class SkippableAdamW(torch.optim.AdamW):
+    """AdamW whose next ``step`` can be skipped outright: parameters *and* moments untouched.
+
+    Zeroing a bad gradient is not enough (Adam's moments would still decay and move the weights);
+    DeepSpeed calls this ``step`` at the accumulation boundary under every ZeRO stage."""
+
+    skip_next = False
+
+    def step(self, closure=None):
+        if self.skip_next:
+            self.skip_next = False
+            return None
+        return super().step(closure)
+
+
 class Learner:
     def __init__(self, rank: int, world_size: int, model_path: str, model_cfg, cfg, rollout_cfg, seed: int,
                  total_steps: int, per_rank_items: int):
@@ -73,8 +88,9 @@ class Learner:
             if self.lora or self.model_cfg.get("freeze_vision_tower"):
                 model.enable_input_require_grads()
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.cfg["lr"], betas=tuple(self.cfg["adam_betas"]),
-                                weight_decay=self.cfg["weight_decay"])
+        opt = SkippableAdamW(params, lr=self.cfg["lr"], betas=tuple(self.cfg["adam_betas"]),
+                             weight_decay=self.cfg["weight_decay"])
+        self.optimizer_core = opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_lambda())
         self.n_micro = max(1, math.ceil(self.per_rank_items / self.cfg["micro_batch_size"]))
         config = ds_config(self.cfg, self.cfg["micro_batch_size"], self.n_micro, self.world_size)
@@ -165,19 +181,25 @@ class Learner:
         tok = {"kl": 0.0, "clip_low_frac": 0.0, "clip_high_frac": 0.0, "ratio_mean": 0.0, "entropy": 0.0,
                "engine_logp_abs_diff": 0.0}
         n_tok, grad_norms = 0.0, []
+        skipped = 0
         for it in range(mu):
-            own_norm = None
+            own_norm, bad = None, False
             for k, (b, ref, old) in enumerate(zip(batches, refs, olds)):
                 logp, ent = self._logp(self.engine, b, grad=True)
                 loss, m = grpo.policy_loss(
                     logp, old if old is not None else logp.detach(), ref, b["advantages"], b["mask"],
                     self.cfg["clip_low"], self.cfg["clip_high"], self.cfg["beta"], self.cfg["loss_agg"], norm=norm,
                     global_tokens=g_tokens, global_seqs=g_seqs)
+                if not torch.isfinite(loss):  # keep the graph and the step count, send no gradient
+                    bad, loss = True, (logp * 0.0).sum()
                 # DeepSpeed averages gradients over ranks; the loss is already this shard's share of
                 # the whole-batch loss, so undo the average and skip its 1/GAS scaling
                 self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
-                if k == len(batches) - 1 and self.cfg["zero_stage"] == 0:
-                    own_norm = self._grad_norm()  # reduced grads, before the step clips them
+                if k == len(batches) - 1:
+                    own_norm = self._grad_norm() if self.cfg["zero_stage"] == 0 else None
+                    bad = self._any_rank(bad or (own_norm is not None and not math.isfinite(own_norm)))
+                    self.optimizer_core.skip_next = bad  # never apply a non-finite update
+                    skipped += int(bad)
                 self.engine.step()
                 if it == 0:
                     n = float(b["mask"].sum())
@@ -198,8 +220,16 @@ class Learner:
         total_tok = max(float(vec[3]), 1.0)
         out = {"loss": float(vec[0]), "pg_loss": float(vec[1]), "kl_loss": float(vec[2]), "tokens": float(vec[3])}
         out.update({k: float(vec[4 + i]) / total_tok for i, k in enumerate(tok)})
-        out.update({"grad_norm": grad_norms[-1], "lr": self.scheduler.get_last_lr()[0], "items": g_seqs})
+        out.update({"grad_norm": grad_norms[-1], "lr": self.scheduler.get_last_lr()[0], "items": g_seqs,
+                    "skipped_updates": skipped})
         return out
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True if ``flag`` is true on any rank (all ranks must skip the same steps)."""
+        import torch.distributed as dist
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t)
+        return bool(t.item() > 0)
 
     def _grad_norm(self) -> float:
         """L2 norm of the (already all-reduced) gradients; DeepSpeed records it only under ZeRO."""

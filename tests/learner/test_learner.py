@@ -122,3 +122,17 @@ def test_bf16_zero_and_gradient_checkpointing_train(tiny_model, synthetic, over)
     m = lr.train_step(_items(tiny_model, synthetic))
     assert m["items"] == 4 and math.isfinite(m["loss"]) and m["grad_norm"] > 0
     assert lr.param_checksum(["lm_head"]) != before
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_non_finite_step_is_skipped_never_applied(tiny_model, synthetic, stage):
+    lr = _learner(tiny_model, 2, **{"learner.beta": 0.0, "learner.zero_stage": stage})
+    bad = _items(tiny_model, synthetic)
+    bad[1].advantage = float("nan")  # fault injection: a NaN reaches the loss
+    before = lr.param_checksum(["lm_head", "layers.0.mlp"])
+    m = lr.train_step(bad)
+    assert m["skipped_updates"] == 1
+    assert lr.param_checksum(["lm_head", "layers.0.mlp"]) == before  # weights untouched
+    assert not any(lr.optimizer_core.state.values())  # no Adam moments were ever created
+    m = lr.train_step(_items(tiny_model, synthetic))  # the next good step applies normally
+    assert m["skipped_updates"] == 0 and lr.param_checksum(["lm_head"]) != {k: v for k, v in before.items() if "lm_head" in k}
