@@ -18,21 +18,7 @@ import torch
 from learner import grpo
 from learner.batch import TrainItem, collate
 from learner.ds_config import ds_config
-
-
-class SkippableAdamW(torch.optim.AdamW):
-    """AdamW whose next ``step`` can be skipped outright: parameters *and* moments untouched.
-
-    Zeroing a bad gradient is not enough (Adam's moments would still decay and move the weights);
-    DeepSpeed calls this ``step`` at the accumulation boundary under every ZeRO stage."""
-
-    skip_next = False
-
-    def step(self, closure=None):
-        if self.skip_next:
-            self.skip_next = False
-            return None
-        return super().step(closure)
+from learner.optim import SkippableAdamW, lr_lambda
 
 
 class Learner:
@@ -91,7 +77,8 @@ class Learner:
         opt = SkippableAdamW(params, lr=self.cfg["lr"], betas=tuple(self.cfg["adam_betas"]),
                              weight_decay=self.cfg["weight_decay"])
         self.optimizer_core = opt
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_lambda())
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.cfg["warmup_steps"], self.cfg["lr_schedule"],
+                                                                 self.total_steps * self.cfg["num_iterations"]))
         self.n_micro = max(1, math.ceil(self.per_rank_items / self.cfg["micro_batch_size"]))
         config = ds_config(self.cfg, self.cfg["micro_batch_size"], self.n_micro, self.world_size)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -120,17 +107,6 @@ class Learner:
         config = LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], lora_dropout=lc["dropout"],
                             target_modules=rf"^(?!.*visual).*\.({targets})$")
         return get_peft_model(model, config)
-
-    def _lr_lambda(self):
-        warm, total = self.cfg["warmup_steps"], max(1, self.total_steps * self.cfg["num_iterations"])
-        kind = self.cfg["lr_schedule"]
-
-        def f(step: int) -> float:
-            if warm and step < warm:
-                return (step + 1) / warm
-            frac = min(1.0, (step - warm) / max(1, total - warm))
-            return {"constant": 1.0, "linear": 1.0 - frac, "cosine": 0.5 * (1 + math.cos(math.pi * frac))}[kind]
-        return f
 
     # ------------------------------------------------------------------ log-probs
     def _logp(self, model, batch: dict, grad: bool, temperature: float | None = None):

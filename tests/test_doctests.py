@@ -4,7 +4,8 @@ import importlib
 
 import pytest
 
-MODULES = ["rewards", "rewards.boxes", "rewards.parse", "rewards.coco_ap", "learner.grpo"]
+MODULES = ["rewards", "rewards.boxes", "rewards.parse", "rewards.coco_ap", "learner.grpo", "learner.optim",
+           "data.prompts"]
 
 
 @pytest.mark.parametrize("name", MODULES)
