@@ -102,7 +102,8 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
         scored, failures = scorer_pool.collect()
         phase["reward"] = time.perf_counter() - t0
         times["reward"] += phase["reward"]
-        rollouts.sort(key=lambda r: (batch.index(r.prompt), r.sample))
+        position = {p.id: i for i, p in enumerate(batch)}  # groups of G, in batch order
+        rollouts.sort(key=lambda r: (position[r.prompt.id], r.sample))
         assert len(rollouts) == B * G == len(scored), "a completion was lost or duplicated"
         phase["reward_recoveries"] = scorer_pool.recovered
         totals = torch.tensor([scored[r.key]["total"] for r in rollouts], dtype=torch.float64)

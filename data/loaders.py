@@ -13,6 +13,7 @@ Nothing else is dropped, and ``report.summary()`` says what was skipped and why.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import math
 import os
@@ -30,7 +31,7 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class Prompt:
     """One training/eval example. Paths are absolute and confined to their image folder."""
-    id: str
+    id: str                                   # unique within a load (row id, or id@file:line on a clash)
     images: tuple[str, ...]
     image_sizes: tuple[tuple[int, int], ...]  # original (w, h) of each image
     question: str                             # the human turn, "<image>" markers removed
@@ -89,6 +90,7 @@ def load_prompts(files: str, image_folders: str, task: str, accu_methods: str | 
         raise DataError(f"data.accu_reward_method names {len(methods)} methods for {len(paths)} files")
     report = report or SkipReport()
     out: list[Prompt] = []
+    seen: set[str] = set()
     for i, (path, folder) in enumerate(zip(paths, folders)):
         if not os.path.isfile(path):
             raise DataError(f"data file not found: {path}")
@@ -99,6 +101,9 @@ def load_prompts(files: str, image_folders: str, task: str, accu_methods: str | 
         for where, row in reader(path, report, strict):
             p = _prompt(row, where, os.path.realpath(folder), tasks[i], method, report, strict, max_image_pixels)
             if p is not None:
+                if p.id in seen:  # ids repeat across VLM-R1 files; completions are keyed by prompt id
+                    p = dataclasses.replace(p, id=f"{p.id}@{where}")
+                seen.add(p.id)
                 out.append(p)
     report.loaded += len(out)
     return out, report

@@ -91,6 +91,10 @@ def test_colon_separated_files_folders_and_reward_overrides(tmp_path, folder):
     f2 = _write(tmp_path / "b.jsonl", [_row("o.png", id="b1")])
     prompts, _ = load_prompts(f"{f1}:{f2}", f"{folder}:{other}", "rec", accu_methods="iou:odLength")
     assert [(p.id, p.accu_method) for p in prompts] == [("a1", "iou"), ("a2", "rec_acc"), ("b1", "odLength")]
+    # ids repeat across VLM-R1 files: they are made unique, since completions are keyed by them
+    f3 = _write(tmp_path / "c.jsonl", [_row("o.png", id="a1")])
+    ids = [p.id for p in load_prompts(f"{f1}:{f3}", f"{folder}:{other}", "rec")[0]]
+    assert len(ids) == len(set(ids)) == 3 and ids[:2] == ["a1", "a2"] and ids[2].startswith("a1@") and "c.jsonl:1" in ids[2]
     assert prompts[2].images == (str(other / "o.png"),)
     with pytest.raises(DataError, match="2 data files but 3 image folders"):
         load_prompts(f"{f1}:{f2}", f"{folder}:{other}:{other}", "rec")
