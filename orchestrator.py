@@ -284,8 +284,14 @@ def start_ray(cfg, out_dir: pathlib.Path) -> None:
     if len(str(tmp)) > 40:  # Ray's unix sockets live ~64 chars below it; the limit is 107 bytes
         import zlib
         tmp = pathlib.Path("/tmp") / f"vr1-{zlib.crc32(str(out_dir).encode()):08x}"
+    port = c.dashboard_port
+    if c.include_dashboard and not _port_free(c.dashboard_host, port):  # e.g. a second run on this machine
+        from learner.weight_sync import free_port
+        port = free_port(c.dashboard_host)
+        print(f"port {c.dashboard_port} is taken: this run's Ray dashboard is at http://{c.dashboard_host}:{port}",
+              flush=True)
     kw = dict(num_cpus=num_cpus, include_dashboard=c.include_dashboard, dashboard_host=c.dashboard_host,
-              dashboard_port=c.dashboard_port, _temp_dir=str(tmp), runtime_env={"env_vars": env},
+              dashboard_port=port, _temp_dir=str(tmp), runtime_env={"env_vars": env},
               log_to_driver=True, configure_logging=True, logging_level="WARNING")
     if c.metrics_port:
         kw["_metrics_export_port"] = c.metrics_port
@@ -295,6 +301,16 @@ def start_ray(cfg, out_dir: pathlib.Path) -> None:
 def _plain(node):
     from omegaconf import OmegaConf
     return OmegaConf.to_container(node, resolve=True)
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+            return True
+        except OSError:
+            return False
 
 
 def create_engines(cfg, model_path: str):

@@ -34,8 +34,12 @@ def cluster(tmp_path_factory):
         subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2", '--resources={"rollout_node": 4}',
                         "--disable-usage-stats"], env=env, check=True, capture_output=True)
         yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
-    finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+    finally:  # stop this cluster only (`ray stop` would stop every Ray on the machine): its processes
+        # carry the temp dir on their command line; their agents (renamed ray::...) are their children
+        pids = subprocess.run(["pgrep", "-f", temp], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            subprocess.run(["pkill", "-9", "-P", pid], capture_output=True)
+        subprocess.run(["pkill", "-9", "-f", temp], capture_output=True)
 
 
 def _placement(address: str) -> dict[str, set]:
