@@ -58,6 +58,10 @@ class RolloutEngine:
                        limit_mm_per_prompt={"image": 4, "video": 0}, enforce_eager=cfg["enforce_eager"],
                        tensor_parallel_size=cfg["devices_per_engine"] if _has_gpu() else 1,
                        gpu_memory_utilization=cfg["gpu_memory_utilization"], logprobs_mode="processed_logprobs",
+                       # never split a prompt's prefill across steps: vLLM then discards the sampled token
+                       # and rewinds the request's seeded generator, which CPU generators cannot do
+                       # ("RuntimeError: CPU Generator does not use offset")
+                       enable_chunked_prefill=False, max_num_batched_tokens=max(cfg["max_model_len"], 4096),
                        worker_extension_cls="actors.vllm_ext.WeightSync",
                        trust_remote_code=bool(model_cfg and model_cfg.get("trust_remote_code")), **mm_kwargs)
         self.start_s = time.perf_counter() - t0

@@ -95,19 +95,21 @@ def _run(tmp_path, tiny_model, synthetic, *overrides, timeout=900):
 
 
 def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model, synthetic):
+    # the default shape: 4 long OVD prompts x G=8 per step (the seeded-sampling crash of a split prefill,
+    # fixed in actors/rollout.py, depended on which prompts overflowed a step's token budget: it hit at
+    # step 10 of the default run and is not reproduced by two steps here; the run itself was checked)
     summary, rows, stdout = _run(tmp_path, tiny_model, synthetic, "conf=ovd", "trainer.max_steps=2",
-                                 "trainer.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=32",
-                                 "reward.funcs.repetition=1.0")
-    assert summary["steps"] == 2 and summary["samples"] == 2 * 2 * 4
-    assert summary["prompts"] == summary["distinct_prompts"] == 4  # no prompt repeated within the epoch
-    assert [r["items"] for r in rows] == [8, 8]  # every completion entered the update exactly once
+                                 "rollout.max_new_tokens=32", "reward.funcs.repetition=1.0")
+    assert summary["steps"] == 2 and summary["samples"] == 2 * 4 * 8
+    assert summary["prompts"] == summary["distinct_prompts"] == 8  # no prompt repeated within the epoch
+    assert [r["items"] for r in rows] == [32, 32]  # every completion entered the update exactly once
     for r in rows:
         for key in ("reward/mean", "reward/format", "reward/ovd_odlength", "reward/repetition", "kl", "loss",
                     "entropy", "grad_norm", "engine_logp_abs_diff", "time/rollout_s", "time/reward_s", "time/train_s",
                     "time/sync_s", "reward/queue_depth", "clip_low_frac", "clip_high_frac", "completion_len/mean"):
             assert key in r
         assert r["engine_logp_abs_diff"] < 0.05
-    assert "done: 2 steps, 16 samples" in stdout
+    assert "done: 2 steps, 64 samples" in stdout
 
 
 def test_two_learner_ranks_zero3_and_two_engines(tmp_path, tiny_model, synthetic):
