@@ -183,7 +183,7 @@ class Learner:
                     for k in ("kl", "clip_low_frac", "clip_high_frac", "ratio_mean"):
                         tok[k] += m[k] * n
                     tok["entropy"] += float((ent * b["mask"]).sum())
-                    tok["engine_logp_abs_diff"] += self._engine_diff(b, logp, items)
+                    tok["engine_logp_abs_diff"] += self._engine_diff(b, logp)
                     for k in ("pg_loss", "kl_loss"):
                         sums[k] += m[k]
                     sums["loss"] += float(loss.detach())
@@ -247,7 +247,7 @@ class Learner:
         return {"sft_loss": float(vec[0]), "token_acc": float(vec[1]) / max(float(counts[0]), 1.0),
                 "tokens": float(counts[0]), "lr": self.scheduler.get_last_lr()[0]}
 
-    def _engine_diff(self, b: dict, logp: torch.Tensor, items) -> float:
+    def _engine_diff(self, b: dict, logp: torch.Tensor) -> float:
         """Sum over masked tokens of |learner log-prob - engine log-prob| (the RL-for-VLM canary)."""
         keep0 = int(b["inputs"]["logits_to_keep"][0])
         total = 0.0
