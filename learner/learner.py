@@ -159,7 +159,7 @@ class Learner:
         n_tok, grad_norms = 0.0, []
         skipped = 0
         for it in range(mu):
-            own_norm, bad = None, False
+            own_norm, bad = None, False  # bad: a non-finite loss on this rank
             for k, (b, ref, old) in enumerate(zip(batches, refs, olds)):
                 logp, ent = self._logp(self.engine, b, grad=True)
                 loss, m = grpo.policy_loss(
@@ -173,10 +173,11 @@ class Learner:
                 self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
                 if k == len(batches) - 1:
                     own_norm = self._grad_norm() if self.cfg["zero_stage"] == 0 else None
-                    bad = self._any_rank(bad or (own_norm is not None and not math.isfinite(own_norm)))
-                    self.optimizer_core.skip_next = bad  # never apply a non-finite update
-                    skipped += int(bad)
+                    # the optimizer skips the update if the loss or any gradient is non-finite on any rank
+                    self.optimizer_core.skip_next = bad
                 self.engine.step()
+                if k == len(batches) - 1:
+                    skipped += int(self._update_skipped())
                 if it == 0:
                     n = float(b["mask"].sum())
                     n_tok += n
@@ -200,12 +201,16 @@ class Learner:
                     "skipped_updates": skipped})
         return out
 
-    def _any_rank(self, flag: bool) -> bool:
-        """True if ``flag`` is true on any rank (all ranks must skip the same steps)."""
-        import torch.distributed as dist
-        t = torch.tensor([1.0 if flag else 0.0])
-        dist.all_reduce(t)
-        return bool(t.item() > 0)
+    def _update_skipped(self) -> bool:
+        """Whether the step just taken left the weights alone: our optimizer refused it, or DeepSpeed's
+        ZeRO 1/2 optimizer saw the non-finite gradients first (then the LR schedule is advanced here,
+        so that it counts steps the same way in both cases)."""
+        if self.optimizer_core.last_skipped:
+            return True
+        if not self.engine.was_step_applied():
+            self.scheduler.step()
+            return True
+        return False
 
     def _grad_norm(self) -> float:
         """L2 norm of the (already all-reduced) gradients; DeepSpeed records it only under ZeRO."""

@@ -7,18 +7,39 @@ import torch
 
 
 class SkippableAdamW(torch.optim.AdamW):
-    """AdamW whose next ``step`` can be skipped outright: parameters *and* moments untouched.
+    """AdamW that never applies a non-finite update: when ``skip_next`` is set (a non-finite loss)
+    or any gradient it holds is not finite, ``step`` leaves parameters *and* moments untouched.
 
-    Zeroing a bad gradient is not enough (Adam's moments would still decay and move the weights);
-    DeepSpeed calls this ``step`` at the accumulation boundary under every ZeRO stage."""
+    Zeroing a bad gradient is not enough (Adam's moments would still decay and move the weights).
+    DeepSpeed calls this ``step`` at the accumulation boundary on every rank under every ZeRO stage,
+    with the rank's (partitioned, clipped) fp32 gradients, so the check sees exactly what would be
+    applied; the decision is all-reduced so that every rank skips the same steps.
+
+    >>> w = torch.nn.Parameter(torch.ones(2)); opt = SkippableAdamW([w], lr=0.1)
+    >>> w.grad = torch.tensor([1.0, float("nan")]); opt.step(); (w.tolist(), opt.last_skipped, opt.state[w])
+    ([1.0, 1.0], True, {})
+    """
 
     skip_next = False
+    last_skipped = False
 
     def step(self, closure=None):
-        if self.skip_next:
-            self.skip_next = False
+        bad = self.skip_next or any(p.grad is not None and not bool(torch.isfinite(p.grad).all())
+                                    for group in self.param_groups for p in group["params"])
+        self.skip_next, self.last_skipped = False, _any_rank(bad)
+        if self.last_skipped:
             return None
         return super().step(closure)
+
+
+def _any_rank(flag: bool) -> bool:
+    """``flag`` or-ed over the ranks of the default process group (just ``flag`` without one)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
 
 
 def lr_lambda(warmup: int, schedule: str, total: int):

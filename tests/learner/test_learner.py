@@ -136,3 +136,30 @@ def test_non_finite_step_is_skipped_never_applied(tiny_model, synthetic, stage):
     assert not any(lr.optimizer_core.state.values())  # no Adam moments were ever created
     m = lr.train_step(_items(tiny_model, synthetic))  # the next good step applies normally
     assert m["skipped_updates"] == 0 and lr.param_checksum(["lm_head"]) != {k: v for k, v in before.items() if "lm_head" in k}
+
+
+class _NanGrad(torch.autograd.Function):
+    """Identity forward, NaN backward: a finite loss whose gradient is not finite."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("nan")
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_non_finite_gradient_is_skipped_under_every_zero_stage(tiny_model, synthetic, stage):
+    lr = _learner(tiny_model, 2, **{"learner.beta": 0.0, "learner.zero_stage": stage})
+    layer = lr.engine.module.get_submodule("model.language_model.layers.0.mlp")
+    hook = layer.register_forward_hook(lambda mod, args, out: _NanGrad.apply(out))  # fault injection
+    before = lr.param_checksum(["lm_head", "layers.0.mlp", "layers.1"])
+    m = lr.train_step(_items(tiny_model, synthetic))
+    assert math.isfinite(m["loss"]) and m["skipped_updates"] == 1
+    assert lr.param_checksum(["lm_head", "layers.0.mlp", "layers.1"]) == before
+    assert not any(lr.optimizer_core.state.values())
+    hook.remove()
+    m = lr.train_step(_items(tiny_model, synthetic))
+    assert m["skipped_updates"] == 0 and lr.param_checksum(["lm_head"]) != {k: v for k, v in before.items() if "lm_head" in k}
