@@ -17,7 +17,6 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parent
-ACTOR_ENV: dict[str, str] = {}  # environment of every actor, set by start_ray
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,15 +37,31 @@ def main(argv: list[str] | None = None) -> dict:
 
     import ray
     _import_driver_modules()
-    start_ray(cfg, out_dir)
-    try:
-        if cfg.mode == "eval":
-            return eval_only(cfg, model_path, val, out_dir)
-        if cfg.mode == "sft":
-            return sft_loop(cfg, model_path, train, out_dir)
-        return train_loop(cfg, model_path, train, val, out_dir)
-    finally:
-        ray.shutdown()
+    from actors.group import role_of
+    from trainer import modes
+    for restart in range(cfg.trainer.max_restarts + 1):
+        start_ray(cfg, out_dir)
+        try:
+            if cfg.mode == "eval":
+                return modes.eval_only(cfg, model_path, val, out_dir)
+            if cfg.mode == "sft":
+                return modes.sft_loop(cfg, model_path, train, out_dir, save_checkpoint)
+            return train_loop(cfg, model_path, train, val, out_dir)
+        except ray.exceptions.RayActorError as e:
+            if role_of(e) != "learner" or cfg.mode != "train":
+                raise
+            from trainer import checkpoint
+            last = checkpoint.latest(out_dir)
+            where = f"the last complete checkpoint is {last}" if last else "no checkpoint was written yet"
+            if restart == cfg.trainer.max_restarts:
+                raise SystemExit(f"a learner rank died ({e.__class__.__name__}); {where}. Continue with the same "
+                                 f"command plus trainer.resume=auto (or set trainer.max_restarts to restart "
+                                 f"automatically); the worker logs are under Ray's session dir.") from None
+            print(f"a learner rank died; {where}: restarting every role and resuming from it "
+                  f"(restart {restart + 1} of trainer.max_restarts={cfg.trainer.max_restarts})", flush=True)
+            cfg.trainer.resume = "auto"
+        finally:
+            ray.shutdown()
 
 
 def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Path) -> dict:
@@ -61,15 +76,15 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     from trainer.monitor import Monitor
     from trainer.summary import print_summary, step_metrics, summarize
 
-    G, B = cfg.rollout.num_generations, cfg.trainer.prompts_per_step
-    engines, learners, scorers = create_roles(cfg, model_path)
     from actors.reward_worker import ScorerPool
+    from actors.roles import create_roles, plain
+    G, B = cfg.rollout.num_generations, cfg.trainer.prompts_per_step
+    engines, learners, scorers = create_roles(cfg, model_path)  # engines: an EnginePool
     scorer_pool = ScorerPool(scorers, cfg.reward.chunk_size, cfg.reward.timeout_s)
-    meta = ray.get(learners.actors[0].weight_meta.remote())
     sampler = PromptSampler(len(train), B, cfg.seed, cfg.data.shuffle, cfg.trainer.epochs)
     max_steps = min(cfg.trainer.max_steps, sampler.steps_available())
-    start, history = resume_if_asked(cfg, out_dir, learners, engines, sampler, meta)
-    monitor = Monitor(out_dir, cfg.wandb, _plain(cfg))
+    start, history = resume_if_asked(cfg, out_dir, learners, engines, sampler)
+    monitor = Monitor(out_dir, cfg.wandb, plain(cfg))
     eval_set = evaluate.subset(val, cfg.eval.train_samples, cfg.eval.subset_seed)
     if cfg.trainer.eval_steps and start == 0 and eval_set:
         run_periodic_eval(engines, eval_set, cfg, 0, out_dir, monitor)
@@ -84,16 +99,9 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
         seeds = [sample_seed(cfg.seed, step, p.id) for p in batch]
 
         # 1. generate: prompts sharded over engines; scoring starts as each engine's shard lands
+        #    (a dead or hung engine is replaced, gets the current weights and regenerates its shard)
         t0 = time.perf_counter()
-        rollouts = []
-        pending = engines.call_sharded("generate", list(zip(batch, seeds)))
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=cfg.rollout.timeout_s)
-            if not done:
-                raise TimeoutError(f"rollout engines gave nothing for {cfg.rollout.timeout_s}s (rollout.timeout_s)")
-            shard = ray.get(done[0])
-            rollouts += shard
-            scorer_pool.submit(shard)
+        rollouts = engines.generate(list(zip(batch, seeds)), on_shard=scorer_pool.submit)
         phase["rollout"], phase["queue_depth"] = time.perf_counter() - t0, len(scorer_pool.pending)
         times["rollout"] += phase["rollout"]
 
@@ -123,7 +131,7 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
 
         # 4. push the new weights to every engine
         t0 = time.perf_counter()
-        ray.get(learners.call("broadcast_weights") + engines.call("receive_weights", meta))
+        engines.sync()
         phase["sync"] = time.perf_counter() - t0
         times["sync"] += phase["sync"]
 
@@ -157,9 +165,9 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
 def _import_driver_modules() -> None:
     """Import what the driver uses before ray.init: a Ray Jobs driver cannot rely on importing
     from its working directory afterwards (seen with Ray 2.60: ModuleNotFoundError mid-run)."""
-    import actors.group, actors.reward_worker, actors.rollout  # noqa: F401,E401
+    import actors.engine_pool, actors.group, actors.reward_worker, actors.roles, actors.rollout  # noqa: F401,E401
     import data.sampler, learner.batch, learner.grpo, learner.learner, learner.weight_sync  # noqa: F401,E401
-    import trainer.checkpoint, trainer.evaluate, trainer.monitor, trainer.report, trainer.summary  # noqa: F401,E401
+    import trainer.checkpoint, trainer.evaluate, trainer.modes, trainer.monitor, trainer.report, trainer.summary  # noqa: F401,E401
 
 
 def sample_seed(seed: int, step: int, prompt_id: str) -> int:
@@ -168,7 +176,7 @@ def sample_seed(seed: int, step: int, prompt_id: str) -> int:
     return zlib.crc32(f"{seed}/{step}/{prompt_id}".encode()) & 0x7FFFFFFF
 
 
-def resume_if_asked(cfg, out_dir, learners, engines, sampler, meta) -> tuple[int, list]:
+def resume_if_asked(cfg, out_dir, learners, engines, sampler) -> tuple[int, list]:
     """Restore learner state, data position and metrics from a checkpoint; push its weights."""
     import ray
     from trainer import checkpoint
@@ -183,7 +191,7 @@ def resume_if_asked(cfg, out_dir, learners, engines, sampler, meta) -> tuple[int
     state = json.loads((ckpt / "state.json").read_text())
     ray.get(learners.call("load_checkpoint", str(ckpt)))
     sampler.load_state(state["sampler"])
-    ray.get(learners.call("broadcast_weights") + engines.call("receive_weights", meta))
+    engines.sync()
     step, history = int(state["step"]), state["history"]
     metrics = out_dir / "metrics.jsonl"
     if metrics.exists():  # drop rows the interrupted run wrote after the checkpoint
@@ -209,21 +217,6 @@ def run_periodic_eval(engines, prompts, cfg, step, out_dir, monitor) -> dict:
     (out_dir / "eval").mkdir(exist_ok=True)
     evaluate.save(out_dir / "eval" / f"step_{step:06d}.json", metrics, records)
     monitor.log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
-    return metrics
-
-
-def eval_only(cfg, model_path: str, val: list, out_dir: pathlib.Path) -> dict:
-    """mode=eval: greedy answers over the val files; a JSON file and a printed table."""
-    from trainer import evaluate
-    engines = create_engines(cfg, model_path)
-    prompts = evaluate.subset(val, cfg.eval.max_samples, cfg.eval.subset_seed)
-    t0 = time.perf_counter()
-    metrics, records = evaluate.run_eval(engines, prompts, cfg.data.task)
-    metrics["seconds"] = round(time.perf_counter() - t0, 2)
-    path = out_dir / "eval_results.json"
-    evaluate.save(path, {**metrics, "model": model_path, "val_files": cfg.data.val_files}, records)
-    print(evaluate.format_table(metrics, f"{cfg.data.task} eval of {model_path}"))
-    print(f"results: {path}")
     return metrics
 
 
@@ -267,6 +260,7 @@ def start_ray(cfg, out_dir: pathlib.Path) -> None:
            "VLLM_CPU_KVCACHE_SPACE": str(cfg.rollout.kv_cache_gb), "VLLM_CPU_OMP_THREADS_BIND": "nobind",
            "WANDB_MODE": cfg.wandb.mode, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR")}
     c = cfg.cluster
+    from actors.roles import ACTOR_ENV
     ACTOR_ENV.clear()
     ACTOR_ENV.update({k: v for k, v in env.items() if v})
     if c.address:
@@ -298,11 +292,6 @@ def start_ray(cfg, out_dir: pathlib.Path) -> None:
     ray.init(**kw)
 
 
-def _plain(node):
-    from omegaconf import OmegaConf
-    return OmegaConf.to_container(node, resolve=True)
-
-
 def _port_free(host: str, port: int) -> bool:
     import socket
     with socket.socket() as sock:
@@ -311,90 +300,6 @@ def _port_free(host: str, port: int) -> bool:
             return True
         except OSError:
             return False
-
-
-def create_engines(cfg, model_path: str):
-    from actors.group import ActorGroup
-    from actors.rollout import RolloutEngine
-    r = cfg.rollout
-    return ActorGroup(RolloutEngine, r.num_engines, {"CPU": r.cpus_per_engine, "GPU": r.devices_per_engine if _has_gpu() else 0,
-                                                     **r.resources}, "rollout", args=(model_path, _plain(r), cfg.seed), kwargs={"model_cfg": _plain(cfg.model)},
-                      kwargs_fn=lambda i: {"index": i}, env=ACTOR_ENV)
-
-
-def create_learners(cfg, model_path: str, per_rank_items: int):
-    """The learner ranks, with DeepSpeed set up (rank 0 chooses the rendezvous address)."""
-    import ray
-    from actors.group import ActorGroup
-    from learner.learner import Learner
-    lc = cfg.learner
-    learners = ActorGroup(Learner, lc.world_size, {"CPU": lc.cpus_per_rank, "GPU": lc.gpus_per_rank if _has_gpu() else 0,
-                                                   **lc.resources}, "learner", kwargs=dict(world_size=lc.world_size, model_path=model_path, model_cfg=_plain(cfg.model),
-                                                 cfg=_plain(lc), rollout_cfg=_plain(cfg.rollout), seed=cfg.seed,
-                                                 total_steps=cfg.trainer.max_steps, per_rank_items=per_rank_items),
-                          kwargs_fn=lambda i: {"rank": i}, env=ACTOR_ENV)
-    host, port = ray.get(learners.actors[0].address.remote())
-    ray.get(learners.call("setup", host, port))
-    return learners
-
-
-def create_roles(cfg, model_path: str):
-    """Rollout engines, learner ranks and reward workers, then the weight-broadcast group between
-    learner rank 0 and every engine worker."""
-    import ray
-    from actors.group import ActorGroup
-    from actors.reward_worker import RewardWorker
-    from learner.weight_sync import free_port
-    r, lc, rc = cfg.rollout, cfg.learner, cfg.reward
-    engines = create_engines(cfg, model_path)
-    learners = create_learners(cfg, model_path, cfg.trainer.prompts_per_step * r.num_generations // lc.world_size)
-    scorers = ActorGroup(RewardWorker, rc.num_workers, {"CPU": rc.cpus_per_worker, **rc.resources}, "reward",
-                         args=(dict(rc.funcs), rc.box_convention), env=ACTOR_ENV)
-    ray.get(engines.call("ready"))
-    workers = ray.get(engines.call("num_workers"))
-    world = 1 + sum(workers)
-    host = ray.get(learners.actors[0].address.remote())[0]
-    wport = free_port(host)
-    offsets = [1 + sum(workers[:i]) for i in range(len(workers))]
-    backend = "nccl" if _has_gpu() else "gloo"
-    ray.get([learners.actors[0].init_weight_group.remote(host, wport, world)]
-            + engines.call_each("init_weight_group", [(host, wport, o, world, backend) for o in offsets]))
-    return engines, learners, scorers
-
-
-def sft_loop(cfg, model_path: str, train: list, out_dir: pathlib.Path) -> dict:
-    """mode=sft: supervised fine-tuning on the answers (the warm start), same learner and data."""
-    import ray
-    from tqdm import tqdm
-
-    from data.sampler import PromptSampler
-    from trainer.monitor import Monitor
-    B = cfg.trainer.prompts_per_step
-    if B % cfg.learner.world_size:
-        raise SystemExit(f"trainer.prompts_per_step={B} must divide over learner.world_size={cfg.learner.world_size}")
-    learners = create_learners(cfg, model_path, B // cfg.learner.world_size)
-    sampler = PromptSampler(len(train), B, cfg.seed, cfg.data.shuffle, cfg.trainer.epochs)
-    monitor = Monitor(out_dir, cfg.wandb, _plain(cfg))
-    steps = min(cfg.trainer.max_steps, sampler.steps_available())
-    history = []
-    bar = tqdm(range(steps), desc="sft", dynamic_ncols=True)
-    for step in bar:
-        batch = [train[i] for i in sampler.next()]
-        row = {"step": step + 1, **ray.get(learners.call_sharded("sft_step", batch))[0], "prompt_ids": [p.id for p in batch]}
-        history.append(row)
-        monitor.log(row)
-        bar.set_postfix(loss=f"{row['sft_loss']:.3f}", acc=f"{row['token_acc']:.2f}")
-    monitor.close()
-    final = save_checkpoint(out_dir, steps, learners, sampler, history, cfg.trainer.keep_checkpoints)
-    print(f"\nsft done: {steps} steps; loss {history[0]['sft_loss']:.3f} -> {history[-1]['sft_loss']:.3f}; "
-          f"policy: {final / 'hf'} (use it as model.path)")
-    return {"steps": steps, "loss_first": history[0]["sft_loss"], "loss_last": history[-1]["sft_loss"],
-            "model_path": str(final / "hf")}
-
-
-def _has_gpu() -> bool:
-    import ray
-    return ray.cluster_resources().get("GPU", 0) > 0
 
 
 if __name__ == "__main__":

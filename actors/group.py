@@ -15,6 +15,15 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 
+_ROLE_OF: dict[str, str] = {}  # actor id (hex) -> group name, for every actor a group started
+
+
+def role_of(error: BaseException) -> str | None:
+    """The group name (``learner``, ``rollout``, ...) of the actor a ``RayActorError`` is about."""
+    actor_id = getattr(error, "actor_id", None)
+    return _ROLE_OF.get(actor_id) if actor_id else None
+
+
 def shard(items: Sequence, n: int) -> list[list]:
     """Split ``items`` into ``n`` contiguous shards whose sizes differ by at most one."""
     k, r = divmod(len(items), n)
@@ -58,8 +67,8 @@ class ActorGroup:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=self.pg, placement_group_bundle_index=i),
                 runtime_env={"env_vars": dict(env or {})}, name=f"{name}-{i}", max_restarts=max_restarts)
             per = kwargs_fn(i) if kwargs_fn else {}
-            self._spawn.append(lambda gen, opts=opts, per=per, i=i: remote_cls.options(
-                **{**opts, "name": f"{name}-{i}" + (f"-r{gen}" if gen else "")}).remote(*args, **(kwargs or {}), **per))
+            self._spawn.append(lambda gen, opts=opts, per=per, i=i: _registered(name, remote_cls.options(
+                **{**opts, "name": f"{name}-{i}" + (f"-r{gen}" if gen else "")}).remote(*args, **(kwargs or {}), **per)))
             self.actors.append(self._spawn[i](0))
         self.replacements = 0
 
@@ -89,3 +98,8 @@ class ActorGroup:
         for a in self.actors:
             ray.kill(a, no_restart=True)
         remove_placement_group(self.pg)
+
+
+def _registered(name: str, actor):
+    _ROLE_OF[actor._actor_id.hex()] = name
+    return actor

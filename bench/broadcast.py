@@ -41,7 +41,9 @@ def measure(model_dir: str, engines: int, tmp: str) -> tuple[int, float]:
                        pathlib.Path(tmp))
     orchestrator.start_ray(cfg, pathlib.Path(tmp) / "out")
     try:
-        eng, learners, _ = orchestrator.create_roles(cfg, model_dir)
+        from actors.roles import create_roles
+        pool, learners, _ = create_roles(cfg, model_dir)
+        eng = pool.engines
         meta = ray.get(learners.actors[0].weight_meta.remote())
         best, sent = float("inf"), 0
         for _ in range(3):

@@ -140,10 +140,10 @@ def score_rollouts(rollouts: list, task: str | None = None) -> tuple[dict, list[
     return metrics, records
 
 
-def run_eval(engines, prompts: list, task: str) -> tuple[dict, list[dict]]:
-    """Greedy answers for every prompt (sharded over the engines), then the metrics."""
-    import ray
-    rollouts = [r for part in ray.get(engines.call_sharded("generate", prompts, 1, True)) for r in part]
+def run_eval(pool, prompts: list, task: str) -> tuple[dict, list[dict]]:
+    """Greedy answers for every prompt (sharded over the engines of ``pool``, an
+    ``actors.engine_pool.EnginePool``), then the metrics."""
+    rollouts = pool.generate(prompts, 1, True)
     return score_rollouts(rollouts, task)
 
 

@@ -20,7 +20,9 @@ def roles(tiny_model, synthetic, tmp_path_factory):
         "rollout.num_generations=4", "trainer.prompts_per_step=2", "rollout.max_new_tokens=24", "reward.num_workers=1",
         f"trainer.output_dir={tmp_path_factory.mktemp('run')}"]), tmp_path_factory.mktemp("cache"))
     orchestrator.start_ray(cfg, pathlib.Path(cfg.trainer.output_dir))
-    engines, learners, scorers = orchestrator.create_roles(cfg, tiny_model)
+    from actors.roles import create_roles
+    pool, learners, scorers = create_roles(cfg, tiny_model)
+    engines = pool.engines
     prompts, _ = load_prompts(cfg.data.train_files, cfg.data.image_folders, "rec")
     yield cfg, engines, learners, prompts[:2]
     ray.shutdown()

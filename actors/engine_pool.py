@@ -1,0 +1,121 @@
+"""Driver side of the rollout engines: sharded generation that survives dead and hung engines.
+
+    pool = EnginePool(engines, learners, meta, timeout_s=600)
+    pool.connect()                                   # the learner -> engines weight-broadcast group
+    rollouts = pool.generate(pairs, on_shard=score)  # sharded; each shard handed on as it lands
+    pool.sync()                                      # push the learner's current weights
+
+A step's prompts are split over the engines. An engine that dies mid-generation, or gives nothing
+for ``timeout_s`` (``rollout.timeout_s``), is replaced in its own placement-group bundle; the
+weight-broadcast group is rebuilt with every engine, the learner pushes its current weights, and
+the shard is generated again with the same per-prompt seeds -- the samples the dead engine would
+have drawn, none lost, none twice. A shard that fails ``max_attempts`` times stops the run. The
+same happens when an engine dies while receiving weights. Without learners (``mode=eval``) a
+replaced engine keeps the weights it loads.
+"""
+from __future__ import annotations
+
+import time
+
+import ray
+
+from actors.group import shard
+
+
+class EnginePool:
+    def __init__(self, engines, learners=None, meta=None, timeout_s: float = 600.0, backend: str = "gloo",
+                 max_attempts: int = 3, probe_s: float = 30.0):
+        self.engines, self.learners, self.meta = engines, learners, meta
+        self.timeout_s, self.backend, self.max_attempts, self.probe_s = timeout_s, backend, max_attempts, probe_s
+        self.restarts = 0
+
+    # ------------------------------------------------------------------ weights
+    def connect(self) -> None:
+        """(Re)build the weight group: learner rank 0 plus every worker of every engine."""
+        if self.learners is None:
+            return
+        from learner.weight_sync import free_port
+        ray.get(self.engines.call("ready"))
+        workers = ray.get(self.engines.call("num_workers"))
+        host = ray.get(self.learners.actors[0].address.remote())[0]
+        port, world = free_port(host), 1 + sum(workers)
+        offsets = [1 + sum(workers[:i]) for i in range(len(workers))]
+        ray.get([self.learners.actors[0].init_weight_group.remote(host, port, world)]
+                + self.engines.call_each("init_weight_group", [(host, port, o, world, self.backend) for o in offsets]))
+
+    def sync(self) -> None:
+        """Push the learner's current weights to every engine; an engine lost on the way is replaced
+        (and gets the weights then)."""
+        if self.learners is None:
+            return
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                ray.get(self.learners.call("broadcast_weights") + self.engines.call("receive_weights", self.meta),
+                        timeout=self.timeout_s)
+                return
+            except (ray.exceptions.RayError, TimeoutError) as e:  # GetTimeoutError is a TimeoutError
+                if attempt == self.max_attempts:
+                    raise RuntimeError(f"weight broadcast failed {attempt} times; last error: {e}") from e
+                self._replace(self._unresponsive(), f"lost during the weight broadcast ({type(e).__name__})")
+                self.connect()
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, items: list, *args, on_shard=None) -> list:
+        """``engine.generate(shard, *args)`` on every engine; the rollouts in ``items`` order."""
+        parts = shard(items, self.engines.n)
+        results: list = [None] * len(parts)
+        pending = {self._submit(i, parts[i], args): (i, 1, time.monotonic()) for i in range(len(parts))}
+        failed: list[tuple[int, int]] = []
+        while pending or failed:
+            if not pending:  # everything that could land has landed: recover the rest, then resubmit
+                for i, attempt in failed:
+                    if attempt >= self.max_attempts:
+                        raise RuntimeError(f"rollout shard of engine {i} failed {attempt} times; the engine logs say why")
+                self._replace(sorted({i for i, _ in failed}), "died or hung mid-generation")
+                self.connect()
+                self.sync()
+                pending = {self._submit(i, parts[i], args): (i, a + 1, time.monotonic()) for i, a in failed}
+                failed = []
+                continue
+            deadline = min(t for _, _, t in pending.values()) + self.timeout_s
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.05, deadline - time.monotonic()))
+            if not done:  # the oldest call has run past the timeout: a hung engine is a dead one
+                now = time.monotonic()
+                for ref in [r for r, (_, _, t) in pending.items() if now - t >= self.timeout_s]:
+                    i, attempt, _ = pending.pop(ref)
+                    print(f"rollout engine {i} gave nothing for {self.timeout_s:.0f}s (rollout.timeout_s)", flush=True)
+                    failed.append((i, attempt))
+                continue
+            i, attempt, _ = pending.pop(done[0])
+            try:
+                results[i] = ray.get(done[0])
+            except ray.exceptions.RayActorError:
+                failed.append((i, attempt))
+                continue
+            if on_shard is not None:
+                on_shard(results[i])
+        return [r for part in results for r in part]
+
+    def _submit(self, i: int, part: list, args: tuple):
+        return self.engines.actors[i].generate.remote(part, *args)
+
+    # ------------------------------------------------------------------ recovery
+    def _unresponsive(self) -> list[int]:
+        """Engines that do not answer a liveness probe within ``probe_s`` (dead or stuck)."""
+        probes = {self.engines.actors[i].ready.remote(): i for i in range(self.engines.n)}
+        done, _ = ray.wait(list(probes), num_returns=len(probes), timeout=self.probe_s)
+        alive = set()
+        for ref in done:
+            try:
+                ray.get(ref)
+                alive.add(probes[ref])
+            except ray.exceptions.RayError:
+                pass
+        return [i for i in range(self.engines.n) if i not in alive]
+
+    def _replace(self, dead: list[int], why: str) -> None:
+        """Start a fresh engine in place of each of ``dead`` (the caller reconnects and syncs)."""
+        for i in dead:
+            print(f"rollout engine {i} {why}: replacing it", flush=True)
+            self.engines.replace(i)
+            self.restarts += 1

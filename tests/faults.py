@@ -1,0 +1,66 @@
+"""Fault injection for the end-to-end tests: the real engine and learner classes, made to die or
+hang once, on cue. Only the fault is fake; everything else runs for real.
+
+    FAULT_DIR=/tmp/f FAULT_ENGINE=exit@2,hang@4 FAULT_LEARNER=exit@3 python -m tests.faults conf=rec ...
+
+Calls are counted across every instance of a role in the run (a count file in ``FAULT_DIR``), so
+``exit@2`` kills the engine that serves the 2nd ``generate`` call of the run, and a replacement
+that regenerates is call 3. Each fault fires at most once.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import time
+
+from actors.rollout import RolloutEngine
+from learner.learner import Learner
+
+
+def _fault(role: str) -> str | None:
+    """Count this call of ``role``; the fault planned for it (``exit`` / ``hang``), once."""
+    root = pathlib.Path(os.environ["FAULT_DIR"])
+    counter = root / f"{role}.calls"
+    n = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(n))
+    for spec in filter(None, os.environ.get(f"FAULT_{role.upper()}", "").split(",")):
+        kind, at = spec.split("@")
+        fired = root / f"{role}.{kind}@{at}.fired"
+        if int(at) == n and not fired.exists():
+            fired.touch()
+            return kind
+    return None
+
+
+def _act(kind: str | None) -> None:
+    if kind == "exit":
+        os._exit(1)  # like a segfault or an OOM kill: no cleanup, no exception
+    if kind == "hang":
+        time.sleep(3600)
+
+
+class FaultyEngine(RolloutEngine):
+    def generate(self, prompts, n=None, greedy=False):
+        if not greedy:
+            _act(_fault("engine"))
+        return super().generate(prompts, n, greedy)
+
+
+class FaultyLearner(Learner):
+    def train_step(self, items):
+        _act(_fault("learner") if self.rank == 0 else None)
+        return super().train_step(items)
+
+
+def main(argv: list[str]) -> None:
+    import actors.rollout
+    import learner.learner
+    actors.rollout.RolloutEngine = FaultyEngine
+    learner.learner.Learner = FaultyLearner
+    import orchestrator
+    orchestrator.main(argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

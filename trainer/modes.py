@@ -1,0 +1,57 @@
+"""The two modes besides GRPO training (``orchestrator.py`` dispatches on ``mode``).
+
+- ``mode=eval``: greedy answers over ``data.val_files`` from the rollout engines; a JSON file of
+  every answer and a printed table.
+- ``mode=sft``: supervised fine-tuning on the reference answers with the same learner, config and
+  loaders (the warm start of the embedded default); the policy is saved in HF format.
+"""
+from __future__ import annotations
+
+import pathlib
+import time
+
+
+def eval_only(cfg, model_path: str, val: list, out_dir: pathlib.Path) -> dict:
+    from actors.engine_pool import EnginePool
+    from actors.roles import create_engines
+    from trainer import evaluate
+    pool = EnginePool(create_engines(cfg, model_path), timeout_s=cfg.rollout.timeout_s)
+    prompts = evaluate.subset(val, cfg.eval.max_samples, cfg.eval.subset_seed)
+    t0 = time.perf_counter()
+    metrics, records = evaluate.run_eval(pool, prompts, cfg.data.task)
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    path = out_dir / "eval_results.json"
+    evaluate.save(path, {**metrics, "model": model_path, "val_files": cfg.data.val_files}, records)
+    print(evaluate.format_table(metrics, f"{cfg.data.task} eval of {model_path}"))
+    print(f"results: {path}")
+    return metrics
+
+
+def sft_loop(cfg, model_path: str, train: list, out_dir: pathlib.Path, save_checkpoint) -> dict:
+    import ray
+    from tqdm import tqdm
+
+    from actors.roles import create_learners, plain
+    from data.sampler import PromptSampler
+    from trainer.monitor import Monitor
+    B = cfg.trainer.prompts_per_step
+    if B % cfg.learner.world_size:
+        raise SystemExit(f"trainer.prompts_per_step={B} must divide over learner.world_size={cfg.learner.world_size}")
+    learners = create_learners(cfg, model_path, B // cfg.learner.world_size)
+    sampler = PromptSampler(len(train), B, cfg.seed, cfg.data.shuffle, cfg.trainer.epochs)
+    monitor = Monitor(out_dir, cfg.wandb, plain(cfg))
+    steps = min(cfg.trainer.max_steps, sampler.steps_available())
+    history = []
+    bar = tqdm(range(steps), desc="sft", dynamic_ncols=True)
+    for step in bar:
+        batch = [train[i] for i in sampler.next()]
+        row = {"step": step + 1, **ray.get(learners.call_sharded("sft_step", batch))[0], "prompt_ids": [p.id for p in batch]}
+        history.append(row)
+        monitor.log(row)
+        bar.set_postfix(loss=f"{row['sft_loss']:.3f}", acc=f"{row['token_acc']:.2f}")
+    monitor.close()
+    final = save_checkpoint(out_dir, steps, learners, sampler, history, cfg.trainer.keep_checkpoints)
+    print(f"\nsft done: {steps} steps; loss {history[0]['sft_loss']:.3f} -> {history[-1]['sft_loss']:.3f}; "
+          f"policy: {final / 'hf'} (use it as model.path)")
+    return {"steps": steps, "loss_first": history[0]["sft_loss"], "loss_last": history[-1]["sft_loss"],
+            "model_path": str(final / "hf")}
