@@ -285,7 +285,7 @@ def start_ray(cfg, out_dir: pathlib.Path) -> None:
         print(f"port {c.dashboard_port} is taken: this run's Ray dashboard is at http://{c.dashboard_host}:{port}",
               flush=True)
     kw = dict(num_cpus=num_cpus, include_dashboard=c.include_dashboard, dashboard_host=c.dashboard_host,
-              dashboard_port=port, _temp_dir=str(tmp), runtime_env={"env_vars": env},
+              dashboard_port=port, _temp_dir=str(tmp), runtime_env={"env_vars": env}, _node_ip_address=c.node_host,
               log_to_driver=True, configure_logging=True, logging_level="WARNING")
     if c.metrics_port:
         kw["_metrics_export_port"] = c.metrics_port

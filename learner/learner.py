@@ -44,6 +44,16 @@ class Learner:
         import deepspeed.ops
         from transformers import AutoModelForImageTextToText, AutoProcessor
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        # the rendezvous store listens on master_addr only (torch's default server binds every
+        # interface); DeepSpeed then adopts the process group made from it
+        import datetime
+
+        import torch.distributed as dist
+        from learner.weight_sync import tcp_store
+        if not dist.is_initialized():  # (a test may build several learners in one process)
+            store = tcp_store(master_addr, master_port, is_master=self.rank == 0)
+            dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size,
+                                    timeout=datetime.timedelta(minutes=30))
         # DeepSpeed compiles its CPU shared-memory all-reduce (~40 s) at init_distributed, but
         # only its inference path uses it; training all-reduces go through gloo. Skip the build.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False

@@ -1,7 +1,7 @@
 """Learner side of the weight broadcast: rank 0 opens the group and sends tensors in order.
 
 Protocol (the engine side is ``actors/vllm_ext.py``): rank 0 of the learner creates a TCPStore
-and a process group (gloo on CPU, NCCL on GPU) with every engine worker, once. Per update it
+(listening on its own address only) and a process group (gloo on CPU, NCCL on GPU) with every engine worker, once. Per update it
 sends the list of ``(name, dtype, shape)`` through Ray, then broadcasts each tensor in that
 order. Names are the transformers ``state_dict`` names, which vLLM's loader maps itself.
 """
@@ -15,17 +15,31 @@ import torch.distributed as dist
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def tcp_store(host: str, port: int, is_master: bool, timeout_s: float = 600.0) -> dist.TCPStore:
+    """A TCPStore whose server listens on ``host`` only. torch's own server binds every interface
+    (``::``); here the master binds the socket itself and hands it over, so a loopback host stays
+    on loopback and a cluster node listens on its node address alone."""
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if not is_master:
+        return dist.TCPStore(host, port, None, is_master=False, timeout=timeout)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    return dist.TCPStore(host, port, None, is_master=True, timeout=timeout, wait_for_workers=False,
+                         master_listen_fd=sock.detach())  # the store's server owns the socket from here
 
 
 class WeightSender:
     """Rank 0 of the weight group (``world_size`` = 1 + number of engine workers)."""
 
     def __init__(self, host: str, port: int, world_size: int, backend: str = "gloo", timeout_s: float = 600.0):
-        self.store = dist.TCPStore(host, port, world_size, is_master=True, timeout=datetime.timedelta(seconds=timeout_s),
-                                   wait_for_workers=False)
+        self.store = tcp_store(host, port, is_master=True, timeout_s=timeout_s)
         self.world_size, self.backend = world_size, backend
         self.group = None
         self.timeout = datetime.timedelta(seconds=timeout_s)

@@ -163,3 +163,19 @@ def test_non_finite_gradient_is_skipped_under_every_zero_stage(tiny_model, synth
     hook.remove()
     m = lr.train_step(_items(tiny_model, synthetic))
     assert m["skipped_updates"] == 0 and lr.param_checksum(["lm_head"]) != {k: v for k, v in before.items() if "lm_head" in k}
+
+
+def test_the_learner_listens_on_its_own_address_only(tiny_model):
+    """Security: the DeepSpeed rendezvous store, gloo and the weight-sync store listen on the
+    address they were given (loopback here), never on every interface (torch's default)."""
+    import os
+
+    import psutil
+
+    from learner.weight_sync import WeightSender
+    lr = _learner(tiny_model, 2)
+    sender = WeightSender("127.0.0.1", free_port(), 1)
+    listening = [c.laddr for c in psutil.net_connections("inet") if c.pid == os.getpid() and c.status == "LISTEN"]
+    assert len(listening) >= 2, listening  # at least the two stores
+    assert all(a.ip == "127.0.0.1" for a in listening), listening
+    del lr, sender
