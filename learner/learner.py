@@ -93,6 +93,8 @@ class Learner:
         config = ds_config(self.cfg, self.cfg["micro_batch_size"], self.n_micro, self.world_size)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=opt, lr_scheduler=sched, config=config, model_parameters=params)
+        from learner.safe_load import install
+        install(self.engine)  # checkpoints load weights-only: data, never code
         self.ref = None
         if self.cfg["beta"] != 0:
             ref = AutoModelForImageTextToText.from_pretrained(self.model_path, **load).eval().requires_grad_(False)

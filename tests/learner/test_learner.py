@@ -179,3 +179,35 @@ def test_the_learner_listens_on_its_own_address_only(tiny_model):
     assert len(listening) >= 2, listening  # at least the two stores
     assert all(a.ip == "127.0.0.1" for a in listening), listening
     del lr, sender
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_checkpoints_round_trip_weights_only(tiny_model, synthetic, stage, tmp_path):
+    """Save, train on, load: the saved weights are back, read with torch.load(weights_only=True)."""
+    lr = _learner(tiny_model, 2, **{"learner.beta": 0.0, "learner.zero_stage": stage})
+    lr.train_step(_items(tiny_model, synthetic))
+    lr.save_checkpoint(str(tmp_path / "ckpt"))
+    saved = lr.param_checksum(["lm_head", "layers.0.mlp"])
+    lr.train_step(_items(tiny_model, synthetic))
+    assert lr.param_checksum(["lm_head", "layers.0.mlp"]) != saved
+    assert lr.load_checkpoint(str(tmp_path / "ckpt")) == 1
+    assert lr.param_checksum(["lm_head", "layers.0.mlp"]) == saved
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tiny_model, tmp_path):
+    """Security: a pickle that calls a function on load (here: writes a file) is not executed."""
+    import os
+    import pickle
+
+    from learner.safe_load import WeightsOnlyCheckpointEngine
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "mp_rank_00_model_states.pt"
+    torch.save({"module": {"w": torch.ones(1)}, "evil": Payload()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        WeightsOnlyCheckpointEngine(None).load(str(path))
+    assert not marker.exists()
