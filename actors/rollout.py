@@ -65,6 +65,7 @@ class RolloutEngine:
                        worker_extension_cls="actors.vllm_ext.WeightSync",
                        trust_remote_code=bool(model_cfg and model_cfg.get("trust_remote_code")), **mm_kwargs)
         self.start_s = time.perf_counter() - t0
+        self._reset_s = 0.0
         tok = self.processor.tokenizer
         self.banned_ids = sorted({tok.convert_tokens_to_ids(t) for t in VISION_TOKENS} - {None, tok.unk_token_id})
 
@@ -114,10 +115,16 @@ class RolloutEngine:
     def receive_weights(self, meta: list) -> int:
         """Receive a full update from the learner, then clear every cache that holds old results."""
         n = self.llm.collective_rpc("receive_weights", args=(meta,))[0]
+        t0 = time.perf_counter()
         self.llm.reset_prefix_cache()
         self.llm.reset_mm_cache()
         self.llm.llm_engine.reset_encoder_cache()
+        self._reset_s = time.perf_counter() - t0
         return n
+
+    def last_sync_timing(self) -> dict[str, float]:
+        """Seconds of the last weight update: receiving, reloading (worker 0), cache resets."""
+        return {**self.llm.collective_rpc("last_sync_timing")[0], "cache_reset_s": self._reset_s}
 
     def weight_checksum(self, names: list[str]) -> dict[str, float]:
         return self.llm.collective_rpc("weight_checksum", args=(names,))[0]

@@ -33,13 +33,21 @@ class WeightSync:
 
     def receive_weights(self, meta: list[tuple[str, str, tuple[int, ...]]]) -> int:
         """Receive every tensor named in ``meta`` from rank 0, in order, and reload in place."""
+        import time
+        t0 = time.perf_counter()
         received = []
         for name, dtype, shape in meta:
             t = torch.empty(shape, dtype=getattr(torch, dtype), device=self._wsync_device)
             self._wsync_group.broadcast(t, 0).wait()
             received.append((name, t))
+        t1 = time.perf_counter()
         self.reload_weights(weights_iterator=iter(received))
+        self._wsync_timing = {"receive_s": t1 - t0, "reload_s": time.perf_counter() - t1}
         return len(received)
+
+    def last_sync_timing(self) -> dict[str, float]:
+        """Seconds of the last update spent receiving tensors and reloading them into the model."""
+        return getattr(self, "_wsync_timing", {})
 
     def weight_checksum(self, names: list[str]) -> dict[str, float]:
         """Sum of the engine's parameters whose name contains any of ``names`` (for tests)."""

@@ -80,7 +80,8 @@ SIZES = {"tiny": (128, 2, 2, 1, 512, 64, 2, 2, 128),       # ~1M: the embedded d
          "30m": (512, 8, 8, 2, 1536, 256, 4, 4, 768),     # ~30M
          "50m": (640, 10, 10, 2, 2048, 256, 4, 4, 768),   # ~50M (~100 MB in bf16): weight-sync benchmark
          "250m": (1024, 16, 16, 4, 3072, 512, 8, 8, 1536),  # ~250M (~500 MB in bf16): weight-sync benchmark
-         "300m": (1024, 20, 16, 4, 3584, 512, 8, 8, 1536)}  # ~300M: benchmarks only
+         "300m": (1024, 20, 16, 4, 3584, 512, 8, 8, 1536),  # ~300M: benchmarks only
+         "400m": (1280, 20, 16, 4, 4096, 512, 8, 8, 1536)}  # ~400M: end-to-end benchmark against TRL
 
 
 def build(out_dir: str | os.PathLike, seed: int = 0, rope_theta: float = 20.0, size: str = "tiny") -> pathlib.Path:

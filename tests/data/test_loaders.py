@@ -135,3 +135,22 @@ def test_fuzzed_files_never_crash_and_never_lose_good_rows(tmp_path, folder, jun
     ids = [p.id for p in prompts]
     assert [i for i in ids if i.startswith("good")] == ["good0", "good1", "good2"]
     assert report.loaded == len(prompts)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(st.characters(codec="utf-8"), min_size=1, max_size=12), min_size=1, max_size=4),
+       st.booleans())
+def test_ovd_labels_in_any_unicode_load_and_score_exactly(tmp_path, folder, labels, ascii_escaped):
+    """Odd unicode labels (RTL, zero-width, combining marks, emoji, control characters, quotes,
+    JSON escapes) survive loading and a perfect answer naming them scores 1."""
+    from rewards import REGISTRY
+    items = [{"bbox_2d": [1 + 5 * i, 1, 20 + 5 * i, 20], "label": lab} for i, lab in enumerate(labels)]
+    solution = "```json\n" + json.dumps(items, ensure_ascii=ascii_escaped) + "\n```"
+    path = tmp_path / "u.jsonl"
+    path.write_text(json.dumps(_row("ok.png", solution, id="u"), ensure_ascii=ascii_escaped) + "\n", encoding="utf-8")
+    prompts, report = load_prompts(str(path), str(folder), "ovd")
+    assert [p.id for p in prompts] == ["u"] and report.loaded == 1
+    answer = "<think>x</think><answer>```json\n" + json.dumps(items, ensure_ascii=False) + "\n```</answer>"
+    for name in ("ovd_map", "ovd_odlength"):
+        value, failure = REGISTRY[name].evaluate(answer, prompts[0].solution)
+        assert failure is None and value == pytest.approx(1.0), (name, labels)

@@ -1,0 +1,182 @@
+"""End to end: GRPO training samples per second of this project against TRL's GRPOTrainer.
+
+    pip install -r bench/requirements.txt            # TRL, for this benchmark only
+    python -m bench.e2e                              # sizes 30m and 400m
+    python -m bench.e2e --sizes tiny 30m --steps 4 --prompts 2 --generations 4 --max-new-tokens 48
+
+Identical work on both sides: the same random Qwen2.5-VL built from a config, the same synthetic
+REC prompts and images in the same order, G samples per prompt, B prompts per step, the same
+completion cap, number of steps, learning rate, KL weight and rewards (this project's
+``rec_format`` + ``rec_iou``, handed to TRL as reward functions). TRL is used through its
+documented API (``GRPOConfig(use_cpu=True)``, HF ``generate``); a subclass only times its
+generation and reward calls. The first step of each system is warm-up and is not counted.
+Reports samples/s (completions trained per second), the ratio, and each system's time split:
+generation, reward, training (forward/backward/optimizer incl. reference log-probs), sync
+(weights to the engines; none in TRL, which generates with the training model) and other.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench.common import machine, save, table
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_ours(model_dir: str, syn: pathlib.Path, out: pathlib.Path, a) -> dict:
+    cmd = [sys.executable, "orchestrator.py", "conf=rec", f"model.path={model_dir}", f"data.synthetic.dir={syn}",
+           f"trainer.output_dir={out}", f"trainer.max_steps={a.steps + 1}", f"trainer.prompts_per_step={a.prompts}",
+           f"rollout.num_generations={a.generations}", f"rollout.max_new_tokens={a.max_new_tokens}",
+           f"learner.lr={a.lr}", f"learner.beta={a.beta}", f"learner.micro_batch_size={a.prompts * a.generations}",
+           "trainer.eval_steps=0", "trainer.save_steps=0", "trainer.report=false", "wandb.mode=disabled",
+           "cluster.include_dashboard=false", "data.shuffle=false", "reward.num_workers=1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"this project's run failed:\n{proc.stderr[-3000:]}")
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"time/step_s"' in x][1:]
+    total = sum(r["time/step_s"] for r in rows)
+    split = {k: sum(r[f"time/{k}_s"] for r in rows) for k in ("rollout", "reward", "train", "sync")}
+    return {"seconds": total, "samples": sum(r["items"] for r in rows), "generate": split["rollout"],
+            "reward": split["reward"], "train": split["train"], "sync": split["sync"],
+            "other": total - sum(split.values()), "completion_tokens": sum(r["completion_len/mean"] * r["items"] for r in rows)}
+
+
+def run_trl(model_dir: str, syn: pathlib.Path, out: pathlib.Path, a) -> dict:
+    """TRL's GRPOTrainer in this process (it is single-process on CPU)."""
+    import torch
+    from datasets import Dataset
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from data.images import model_input_size
+    from data.loaders import load_prompts
+    from data.prompts import messages
+    from rewards import REGISTRY
+    torch.set_num_threads(torch.get_num_threads())
+    processor = AutoProcessor.from_pretrained(model_dir)
+    prompts, _ = load_prompts(str(syn / "rec_train.jsonl"), str(syn), "rec")
+    n = a.prompts * (a.steps + 1)
+    rows = []
+    for p in prompts[:n]:
+        w, h = p.image_sizes[0]
+        msgs = messages(p.question, 1, "rec")  # an image placeholder; TRL puts the image in it
+        rows.append({"prompt": msgs, "image": Image.open(p.images[0]).convert("RGB"), "solution": p.solution,
+                     "image_size": [w, h], "input_size": list(model_input_size(processor.image_processor, w, h))})
+    data = Dataset.from_list(rows)
+
+    def reward(name):
+        def fn(completions, solution, image_size, input_size, **_):
+            out = []
+            for c, s, size, isize in zip(completions, solution, image_size, input_size):
+                text = c[0]["content"] if isinstance(c, list) else c
+                out.append(REGISTRY[name].evaluate(text, s, image_size=tuple(size), input_size=tuple(isize))[0])
+            return out
+        fn.__name__ = name
+        return fn
+
+    times = {"generate": 0.0, "reward": 0.0, "steps": []}
+
+    class Timed(GRPOTrainer):
+        def _generate(self, *args, **kw):
+            t0 = time.perf_counter()
+            try:
+                return super()._generate(*args, **kw)
+            finally:
+                times["generate"] += time.perf_counter() - t0 if len(times["steps"]) >= 1 else 0.0
+
+        def _calculate_rewards(self, *args, **kw):
+            t0 = time.perf_counter()
+            try:
+                return super()._calculate_rewards(*args, **kw)
+            finally:
+                times["reward"] += time.perf_counter() - t0 if len(times["steps"]) >= 1 else 0.0
+
+    class StepClock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times["steps"].append(time.perf_counter() - self.t0)
+
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    cfg = GRPOConfig(output_dir=str(out), use_cpu=True, per_device_train_batch_size=a.prompts * a.generations,
+                     num_generations=a.generations, max_completion_length=a.max_new_tokens, max_steps=a.steps + 1,
+                     learning_rate=a.lr, beta=a.beta, temperature=1.0, logging_steps=1, report_to="none",
+                     save_strategy="no", bf16=False, shuffle_dataset=False, seed=0, dataloader_num_workers=0)
+    trainer = Timed(model=model, reward_funcs=[reward("rec_format"), reward("rec_iou")], args=cfg,
+                    train_dataset=data, processing_class=processor, callbacks=[StepClock()])
+    trainer.train()
+    steps = times["steps"][1:]
+    total = sum(steps)
+    return {"seconds": total, "samples": len(steps) * a.prompts * a.generations, "generate": times["generate"],
+            "reward": times["reward"], "train": total - times["generate"] - times["reward"], "sync": 0.0, "other": 0.0}
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", nargs="+", default=["30m", "400m"])
+    ap.add_argument("--steps", type=int, default=3, help="timed steps (one more runs first as warm-up)")
+    ap.add_argument("--prompts", type=int, default=2, help="B: prompts per step")
+    ap.add_argument("--generations", type=int, default=4, help="G")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--beta", type=float, default=0.04)
+    ap.add_argument("--system", choices=["both", "ours", "trl"], default="both")
+    a = ap.parse_args(argv)
+    from data.synthetic import generate
+    from data.tiny_model import build
+    rows = []
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="e2e") as tmp:
+        tmp = pathlib.Path(tmp)
+        syn = tmp / "syn"
+        generate(syn, seed=0, n_train=max(64, a.prompts * (a.steps + 1)), n_val=4, n_ood=4, progress=False)
+        for size in a.sizes:
+            model_dir = str(build(tmp / size, seed=0, size=size))
+            params = json.loads((pathlib.Path(model_dir) / "BUILD.json").read_text())["parameters"]
+            res = {}
+            for system in (["ours", "trl"] if a.system == "both" else [a.system]):
+                print(f"[{size}] {system} ...", flush=True)
+                if system == "ours":
+                    res[system] = run_ours(model_dir, syn, tmp / f"ours-{size}", a)
+                else:  # a fresh process keeps TRL's threads and memory apart from the next size
+                    res[system] = _trl_subprocess(model_dir, syn, tmp / f"trl-{size}", a)
+            for system, r in res.items():
+                sps = r["samples"] / r["seconds"]
+                row = {"size": size, "params_M": params / 1e6, "system": "this project" if system == "ours" else "TRL GRPOTrainer",
+                       "samples_per_s": sps, **{f"{k}_%": 100 * r[k] / r["seconds"] for k in ("generate", "reward", "train", "sync", "other")}}
+                if "trl" in res and system == "ours":
+                    row["x_TRL"] = sps / (res["trl"]["samples"] / res["trl"]["seconds"])
+                rows.append(row)
+    print(f"\n## End to end vs TRL ({machine()['cpu']}, {machine()['cores']} cores, {machine()['date']}): "
+          f"B={a.prompts}, G={a.generations}, {a.max_new_tokens} new tokens, {a.steps} timed steps\n")
+    print(table(rows, ["size", "params_M", "system", "samples_per_s", "x_TRL", "generate_%", "reward_%", "train_%",
+                       "sync_%", "other_%"]))
+    print(f"\nsaved {save('e2e', rows)}")
+    return rows
+
+
+def _trl_subprocess(model_dir, syn, out, a) -> dict:
+    args = json.dumps({"model_dir": model_dir, "syn": str(syn), "out": str(out), **vars(a)})
+    proc = subprocess.run([sys.executable, "-c", "import json,sys; from bench.e2e import _trl_entry; _trl_entry(sys.argv[1])",
+                           args], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"the TRL run failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _trl_entry(args_json: str) -> None:
+    d = json.loads(args_json)
+    a = argparse.Namespace(**{k: v for k, v in d.items() if k not in ("model_dir", "syn", "out")})
+    res = run_trl(d["model_dir"], pathlib.Path(d["syn"]), pathlib.Path(d["out"]), a)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
