@@ -70,13 +70,14 @@ def _start_wandb(out_dir: pathlib.Path, cfg, run_config: dict):
 
 
 class HackWatch:
-    """Warns when predicted boxes per answer outgrow the ground truth, or completions keep growing.
+    """Warns when predicted boxes per answer outgrow the ground truth (box padding), collapse
+    towards none (answering None everywhere), or completions keep growing.
 
-    VLM-R1 saw OVD policies pad answers with redundant boxes under a plain mAP reward; both
-    signals are cheap to watch."""
+    VLM-R1 saw OVD policies pad answers with redundant boxes under a plain mAP reward; a policy
+    whose boxes rarely match learns the opposite (seen here, see README); all are cheap to watch."""
 
-    def __init__(self, window: int = 5, box_ratio: float = 1.5, length_ratio: float = 2.0):
-        self.window, self.box_ratio, self.length_ratio = window, box_ratio, length_ratio
+    def __init__(self, window: int = 5, box_ratio: float = 1.5, length_ratio: float = 2.0, empty_ratio: float = 0.1):
+        self.window, self.box_ratio, self.length_ratio, self.empty_ratio = window, box_ratio, length_ratio, empty_ratio
         self.boxes, self.lengths = deque(maxlen=window), deque(maxlen=window)
         self.first_length = None
         self.warned: set = set()
@@ -90,6 +91,10 @@ class HackWatch:
                 out.append(f"step {row.get('step')}: answers carry {pred:.2f} boxes for {gt:.2f} true ones "
                            f"({self.box_ratio}x for {self.window} steps): the box-padding reward hack? "
                            f"use ovd_odlength instead of ovd_map")
+            if len(self.boxes) == self.window and max(self.boxes) < self.empty_ratio and "none" not in self.warned:
+                out.append(f"step {row.get('step')}: answers carry {pred:.2f} boxes for {gt:.2f} true ones "
+                           f"(under {self.empty_ratio}x for {self.window} steps): the policy answers None to "
+                           f"everything (rewarded on images without targets)? check the share of such rows")
         length = row.get("completion_len/mean")
         if length is not None:
             self.first_length = self.first_length or length
@@ -99,6 +104,6 @@ class HackWatch:
                 out.append(f"step {row.get('step')}: completions average {length:.0f} tokens, "
                            f"{length / self.first_length:.1f}x the first step's")
         for msg in out:
-            self.warned.add("boxes" if "boxes" in msg else "length")
+            self.warned.add("none" if "None" in msg else "boxes" if "padding" in msg else "length")
             warnings.warn(msg, stacklevel=2)
         return out

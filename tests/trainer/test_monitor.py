@@ -22,6 +22,10 @@ def test_hack_watch_warns_on_box_padding_and_length_drift_only():
     with pytest.warns(UserWarning, match="box-padding"):
         out = [w.update({"step": s, "boxes/pred_per_answer": 4.0, "boxes/gt_per_answer": 1.5}) for s in range(4)]
     assert sum(len(o) for o in out) == 1  # warned once, not every step
+    none = HackWatch(window=3)
+    with pytest.warns(UserWarning, match="answers None to everything"):
+        out = [none.update({"step": s, "boxes/pred_per_answer": 0.05, "boxes/gt_per_answer": 1.0}) for s in range(5)]
+    assert sum(len(o) for o in out) == 1
     calm = HackWatch(window=3)
     assert all(not calm.update({"step": s, "boxes/pred_per_answer": 1.4, "boxes/gt_per_answer": 1.5,
                                 "completion_len/mean": 40 + s}) for s in range(10))
