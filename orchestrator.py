@@ -103,6 +103,7 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
         t0 = time.perf_counter()
         rollouts = engines.generate(list(zip(batch, seeds)), on_shard=scorer_pool.submit)
         phase["rollout"], phase["queue_depth"] = time.perf_counter() - t0, len(scorer_pool.pending)
+        phase["engine_restarts"] = engines.restarts
         times["rollout"] += phase["rollout"]
 
         # 2. score: every completion exactly once

@@ -22,6 +22,17 @@ def has_gpu() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def threads_env(configured) -> dict[str, str]:
+    """``OMP_NUM_THREADS`` for a role whose ``cpu_threads`` is set; otherwise Ray's own default
+    (the actor's reserved CPUs). Measured on 2 cores: giving the learner and the engine 2 threads
+    each made end-to-end training 1.4x slower than 1 each (their idle OpenMP threads compete).
+
+    >>> threads_env(3), threads_env(None)
+    ({'OMP_NUM_THREADS': '3'}, {})
+    """
+    return {"OMP_NUM_THREADS": str(int(configured))} if configured else {}
+
+
 def create_engines(cfg, model_path: str, gpu: bool | None = None):
     from actors.group import ActorGroup
     from actors.rollout import RolloutEngine
@@ -29,7 +40,8 @@ def create_engines(cfg, model_path: str, gpu: bool | None = None):
     gpu = has_gpu() if gpu is None else gpu
     bundle = {"CPU": r.cpus_per_engine, "GPU": r.devices_per_engine if gpu else 0, **r.resources}
     return ActorGroup(RolloutEngine, r.num_engines, bundle, "rollout", args=(model_path, plain(r), cfg.seed),
-                      kwargs={"model_cfg": plain(cfg.model)}, kwargs_fn=lambda i: {"index": i}, env=ACTOR_ENV)
+                      kwargs={"model_cfg": plain(cfg.model)}, kwargs_fn=lambda i: {"index": i},
+                      env={**ACTOR_ENV, **threads_env(r.cpu_threads)})
 
 
 def create_learners(cfg, model_path: str, per_rank_items: int, gpu: bool | None = None):
@@ -44,7 +56,7 @@ def create_learners(cfg, model_path: str, per_rank_items: int, gpu: bool | None 
                           kwargs=dict(world_size=lc.world_size, model_path=model_path, model_cfg=plain(cfg.model),
                                       cfg=plain(lc), rollout_cfg=plain(cfg.rollout), seed=cfg.seed,
                                       total_steps=cfg.trainer.max_steps, per_rank_items=per_rank_items),
-                          kwargs_fn=lambda i: {"rank": i}, env=ACTOR_ENV)
+                          kwargs_fn=lambda i: {"rank": i}, env={**ACTOR_ENV, **threads_env(lc.cpu_threads)})
     host, port = ray.get(learners.actors[0].address.remote())
     ray.get(learners.call("setup", host, port))
     return learners

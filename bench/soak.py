@@ -56,12 +56,14 @@ def sample(pid: int, metrics: pathlib.Path, every: float, out: list, stop: threa
 
 def analyse(samples: list, rows: list[dict], warmup: int) -> tuple[list[dict], dict]:
     """Per-process memory growth after warm-up, and step-time drift."""
-    by = {}
+    by, names = {}, {}
     for step, name, pid, rss in samples:
-        if step >= warmup:
-            by.setdefault((name, pid), []).append(rss)
+        if step >= warmup:  # a Ray worker's name shows its current task (ray::Learner.train_step): key by pid
+            by.setdefault(pid, []).append(rss)
+            names.setdefault(pid, name.split(".")[0])
     mem = []
-    for (name, pid), values in sorted(by.items()):
+    for pid, values in sorted(by.items(), key=lambda kv: names[kv[0]]):
+        name = names[pid]
         if len(values) < 3 or values[0] < 50:  # short-lived helpers and tiny processes say nothing
             continue
         mem.append({"process": name, "pid": pid, "rss_after_warmup_MiB": values[0], "rss_max_MiB": max(values),

@@ -19,6 +19,7 @@ def step_metrics(step, batch, rollouts, scored, failures, totals, tm, phase: dic
            "rollout/tokens_per_s": sum(lengths) / max(phase["rollout"], 1e-9), "time/step_s": phase["step"],
            **{f"time/{k}_s": phase[k] for k in ("rollout", "reward", "train", "sync")},
            "reward/queue_depth": phase["queue_depth"], "reward/worker_recoveries": phase["reward_recoveries"],
+           "rollout/engine_restarts": phase.get("engine_restarts", 0),
            "prompt_ids": [p.id for p in batch]}
     rec = [x for x in records if "hit" in x]
     if rec:  # REC accuracy of the sampled answers (IoU > 0.5), VLM-R1's criterion

@@ -89,6 +89,7 @@ def test_dead_and_hung_rollout_engine_is_replaced_resynced_and_its_prompts_regen
     assert (tmp_path / "engine.exit@2.fired").exists() and (tmp_path / "engine.hang@4.fired").exists()
     assert out.count("rollout engine 0 died or hung mid-generation: replacing it") == 2
     assert "gave nothing for 20s" in out
+    assert [r["rollout/engine_restarts"] for r in rows] == [0, 1, 2, 2]  # cumulative, logged every step
     # the replacement got the learner's current weights before regenerating: the same samples,
     # the same rewards and the same updates as the uninterrupted run
     _same_run(full, rows)
