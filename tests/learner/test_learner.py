@@ -211,3 +211,11 @@ def test_a_checkpoint_that_would_run_code_is_refused(tiny_model, tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         WeightsOnlyCheckpointEngine(None).load(str(path))
     assert not marker.exists()
+
+
+def test_an_sft_step_lowers_the_loss_on_a_fixed_batch(tiny_model, synthetic):
+    from data.loaders import load_prompts
+    prompts, _ = load_prompts(str(synthetic / "rec_train.jsonl"), str(synthetic), "rec")
+    lr = _learner(tiny_model, 4, **{"learner.beta": 0.0, "learner.lr": 3e-3})
+    losses = [lr.sft_step(prompts[:4])["sft_loss"] for _ in range(6)]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < 0.8 * losses[0], losses
