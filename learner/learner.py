@@ -10,6 +10,7 @@ Rank 0 also owns the weight broadcast to the rollout engines (``learner/weight_s
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -17,11 +18,13 @@ import torch
 
 from learner import grpo
 from learner.batch import TrainItem, collate
+from learner.checkpoint_io import CheckpointIO
 from learner.ds_config import ds_config
 from learner.optim import SkippableAdamW, lr_lambda
+from learner.weight_sync import buckets
 
 
-class Learner:
+class Learner(CheckpointIO):
     def __init__(self, rank: int, world_size: int, model_path: str, model_cfg, cfg, rollout_cfg, seed: int,
                  total_steps: int, per_rank_items: int):
         self.rank, self.world_size, self.model_path = rank, world_size, model_path
@@ -93,7 +96,7 @@ class Learner:
         config = ds_config(self.cfg, self.cfg["micro_batch_size"], self.n_micro, self.world_size)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=opt, lr_scheduler=sched, config=config, model_parameters=params)
-        from learner.safe_load import install
+        from learner.checkpoint_io import install
         install(self.engine)  # checkpoints load weights-only: data, never code
         self.ref = None
         if self.cfg["beta"] != 0:
@@ -319,66 +322,15 @@ class Learner:
         dtype = _engine_dtype(self.rollout_cfg["dtype"])
         named = list(self._named_weights())
         sent = 0
-        for bucket in _buckets(named, bucket_mb * 2**20, self._numel):
+        for bucket in buckets(named, bucket_mb * 2**20, self._numel):
             params = [p for _, p, _ in bucket]
             zero3 = any(hasattr(p, "ds_id") for p in params)
-            ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero3 else _nullcontext()
+            ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero3 else contextlib.nullcontext()
             with ctx, torch.no_grad():
                 if self.rank == 0:
                     sent += self.sender.send([(p + delta() if delta else p).detach().to(dtype)
                                               for _, p, delta in bucket])
         return sent
-
-    # ------------------------------------------------------------------ checkpoints
-    def _export_state(self) -> dict:
-        """Full HF state dict on rank 0 (gathered under ZeRO-3; LoRA merged under base names)."""
-        import deepspeed
-        model = self.engine.module
-        if self.lora:
-            base = model.get_base_model()
-            deltas = {f"{n}.weight": m for n, m in base.named_modules()
-                      if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer")}
-            named = [(n.replace(".base_layer.", "."), p) for n, p in base.named_parameters() if "lora_" not in n]
-        else:
-            deltas, named = {}, list(model.named_parameters())
-        out = {}
-        for bucket in _buckets([(n, p, None) for n, p in named], 256 * 2**20, self._numel):
-            params = [p for _, p, _ in bucket]
-            ctx = (deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-                   if any(hasattr(p, "ds_id") for p in params) else _nullcontext())
-            with ctx, torch.no_grad():
-                if self.rank == 0:
-                    for n, p, _ in bucket:
-                        t = p + deltas[n].get_delta_weight("default") if n in deltas else p
-                        out[n] = t.detach().to("cpu", copy=True).contiguous()
-        return out
-
-    def save_checkpoint(self, path: str) -> str | None:
-        """All ranks: DeepSpeed state (weights, optimizer, schedule, RNG) under ``path/deepspeed``;
-        rank 0 also writes the policy in HF format under ``path/hf``. Returns the hf dir on rank 0."""
-        import pathlib
-        from trainer.checkpoint import copy_processor_files
-        path = pathlib.Path(path)
-        client = {"torch_rng": torch.get_rng_state(), "steps_done": self.steps_done}
-        self.engine.save_checkpoint(str(path / "deepspeed"), tag="state", client_state=client, save_latest=False)
-        state = self._export_state()
-        if self.rank != 0:
-            return None
-        model = self.engine.module.get_base_model() if self.lora else self.engine.module
-        model.save_pretrained(path / "hf", state_dict=state, safe_serialization=True)
-        copy_processor_files(self.model_path, path / "hf")
-        return str(path / "hf")
-
-    def load_checkpoint(self, path: str) -> int:
-        """All ranks: restore the DeepSpeed state written by ``save_checkpoint``; returns steps done."""
-        import pathlib
-        _, client = self.engine.load_checkpoint(str(pathlib.Path(path) / "deepspeed"), tag="state",
-                                                load_optimizer_states=True, load_lr_scheduler_states=True)
-        if client is None:
-            raise FileNotFoundError(f"no DeepSpeed state under {path}/deepspeed")
-        torch.set_rng_state(client["torch_rng"])
-        self.steps_done = int(client["steps_done"])
-        return self.steps_done
 
     def param_checksum(self, names: list[str]) -> dict[str, float]:
         """Sum of each matching parameter (gathered under ZeRO-3), for tests."""
@@ -386,7 +338,7 @@ class Learner:
         out = {}
         for name, p in self.engine.module.named_parameters():
             if any(k in name for k in names):
-                ctx = deepspeed.zero.GatheredParameters([p]) if hasattr(p, "ds_id") else _nullcontext()
+                ctx = deepspeed.zero.GatheredParameters([p]) if hasattr(p, "ds_id") else contextlib.nullcontext()
                 with ctx:
                     out[name] = float(p.detach().float().sum())
         return out
@@ -397,23 +349,3 @@ class Learner:
 
 def _engine_dtype(name: str) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
-
-
-def _buckets(named, limit_bytes: float, numel):
-    bucket, size = [], 0.0
-    for item in named:
-        bucket.append(item)
-        size += numel(item[1]) * 4
-        if size >= limit_bytes:
-            yield bucket
-            bucket, size = [], 0.0
-    if bucket:
-        yield bucket
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

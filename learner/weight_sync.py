@@ -61,3 +61,17 @@ class WeightSender:
         for w in works:
             w.wait()
         return nbytes
+
+
+def buckets(named, limit_bytes: float, numel):
+    """Consecutive groups of ``(name, param, ...)`` items of about ``limit_bytes`` (fp32 sizes), so
+    that ZeRO-3 gathers, and the copies sent or saved, stay bounded in memory."""
+    bucket, size = [], 0.0
+    for item in named:
+        bucket.append(item)
+        size += numel(item[1]) * 4
+        if size >= limit_bytes:
+            yield bucket
+            bucket, size = [], 0.0
+    if bucket:
+        yield bucket

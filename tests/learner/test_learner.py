@@ -199,7 +199,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tiny_model, tmp_path):
     import os
     import pickle
 
-    from learner.safe_load import WeightsOnlyCheckpointEngine
+    from learner.checkpoint_io import WeightsOnlyCheckpointEngine
     marker = tmp_path / "pwned"
 
     class Payload:
