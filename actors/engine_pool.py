@@ -27,7 +27,11 @@ class EnginePool:
                  max_attempts: int = 3, probe_s: float = 30.0):
         self.engines, self.learners, self.meta = engines, learners, meta
         self.timeout_s, self.backend, self.max_attempts, self.probe_s = timeout_s, backend, max_attempts, probe_s
-        self.restarts = 0
+
+    @property
+    def restarts(self) -> int:
+        """Engines replaced so far in this run."""
+        return self.engines.replacements
 
     # ------------------------------------------------------------------ weights
     def connect(self) -> None:
@@ -118,4 +122,3 @@ class EnginePool:
         for i in dead:
             print(f"rollout engine {i} {why}: replacing it", flush=True)
             self.engines.replace(i)
-            self.restarts += 1

@@ -23,7 +23,8 @@ class WeightSync:
         """Join the weight group as rank ``rank_offset + local rank``; returns that rank."""
         local = getattr(self, "rank", 0) or 0
         rank = rank_offset + local
-        store = dist.TCPStore(host, port, None, is_master=False, timeout=datetime.timedelta(seconds=timeout_s))
+        from learner.weight_sync import tcp_store
+        store = tcp_store(host, port, is_master=False, timeout_s=timeout_s)
         if backend == "gloo":
             self._wsync_group = dist.ProcessGroupGloo(store, rank, world_size, datetime.timedelta(seconds=timeout_s))
         else:

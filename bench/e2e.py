@@ -59,7 +59,6 @@ def run_trl(model_dir: str, syn: pathlib.Path, out: pathlib.Path, a) -> dict:
     from data.loaders import load_prompts
     from data.prompts import messages
     from rewards import REGISTRY
-    torch.set_num_threads(torch.get_num_threads())
     processor = AutoProcessor.from_pretrained(model_dir)
     prompts, _ = load_prompts(str(syn / "rec_train.jsonl"), str(syn), "rec")
     n = a.prompts * (a.steps + 1)
@@ -83,20 +82,21 @@ def run_trl(model_dir: str, syn: pathlib.Path, out: pathlib.Path, a) -> dict:
 
     times = {"generate": 0.0, "reward": 0.0, "steps": []}
 
+    def timed(key, fn, *args, **kw):
+        """``fn(*args, **kw)``, its time added to ``times[key]`` once the warm-up step is over."""
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kw)
+        finally:
+            if times["steps"]:
+                times[key] += time.perf_counter() - t0
+
     class Timed(GRPOTrainer):
         def _generate(self, *args, **kw):
-            t0 = time.perf_counter()
-            try:
-                return super()._generate(*args, **kw)
-            finally:
-                times["generate"] += time.perf_counter() - t0 if len(times["steps"]) >= 1 else 0.0
+            return timed("generate", super()._generate, *args, **kw)
 
         def _calculate_rewards(self, *args, **kw):
-            t0 = time.perf_counter()
-            try:
-                return super()._calculate_rewards(*args, **kw)
-            finally:
-                times["reward"] += time.perf_counter() - t0 if len(times["steps"]) >= 1 else 0.0
+            return timed("reward", super()._calculate_rewards, *args, **kw)
 
     class StepClock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
@@ -164,7 +164,7 @@ def main(argv=None) -> list[dict]:
 
 def _trl_subprocess(model_dir, syn, out, a) -> dict:
     args = json.dumps({"model_dir": model_dir, "syn": str(syn), "out": str(out), **vars(a)})
-    proc = subprocess.run([sys.executable, "-c", "import json,sys; from bench.e2e import _trl_entry; _trl_entry(sys.argv[1])",
+    proc = subprocess.run([sys.executable, "-c", "import sys; from bench.e2e import _trl_entry; _trl_entry(sys.argv[1])",
                            args], cwd=REPO, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"the TRL run failed:\n{proc.stderr[-3000:]}")

@@ -186,12 +186,13 @@ class Learner(CheckpointIO):
                 # DeepSpeed averages gradients over ranks; the loss is already this shard's share of
                 # the whole-batch loss, so undo the average and skip its 1/GAS scaling
                 self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
-                if k == len(batches) - 1:
+                boundary = k == len(batches) - 1  # the accumulation boundary: this step() updates
+                if boundary:
                     own_norm = self._grad_norm() if self.cfg["zero_stage"] == 0 else None
                     # the optimizer skips the update if the loss or any gradient is non-finite on any rank
                     self.optimizer_core.skip_next = bad
                 self.engine.step()
-                if k == len(batches) - 1:
+                if boundary:
                     skipped += int(self._update_skipped())
                 if it == 0:
                     n = float(b["mask"].sum())

@@ -24,8 +24,9 @@ class SkippableAdamW(torch.optim.AdamW):
     last_skipped = False
 
     def step(self, closure=None):
-        bad = self.skip_next or any(p.grad is not None and not bool(torch.isfinite(p.grad).all())
-                                    for group in self.param_groups for p in group["params"])
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        bad = self.skip_next or not finite  # one host sync per step, not one per parameter
         self.skip_next, self.last_skipped = False, _any_rank(bad)
         if self.last_skipped:
             return None
