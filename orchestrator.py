@@ -74,71 +74,75 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     from learner.grpo import group_advantages
     from trainer import evaluate
     from trainer.monitor import Monitor
-    from trainer.summary import print_summary, step_metrics, summarize
+    from trainer.pipeline import generate_batch
+    from trainer.summary import CpuMeter, print_summary, step_metrics, summarize
 
     from actors.reward_worker import ScorerPool
     from actors.roles import create_roles, plain
-    G, B = cfg.rollout.num_generations, cfg.trainer.prompts_per_step
+    G, K = cfg.rollout.num_generations, cfg.trainer.max_staleness
     engines, learners, scorers = create_roles(cfg, model_path)  # engines: an EnginePool
     scorer_pool = ScorerPool(scorers, cfg.reward.chunk_size, cfg.reward.timeout_s)
-    sampler = PromptSampler(len(train), B, cfg.seed, cfg.data.shuffle, cfg.trainer.epochs)
+    sampler = PromptSampler(len(train), cfg.trainer.prompts_per_step, cfg.seed, cfg.data.shuffle, cfg.trainer.epochs)
     max_steps = min(cfg.trainer.max_steps, sampler.steps_available())
-    start, history = resume_if_asked(cfg, out_dir, learners, engines, sampler)
+    start, history, in_flight = resume_if_asked(cfg, out_dir, learners, engines, sampler, train)
     monitor = Monitor(out_dir, cfg.wandb, plain(cfg))
     eval_set = evaluate.subset(val, cfg.eval.train_samples, cfg.eval.subset_seed)
     if cfg.trainer.eval_steps and start == 0 and eval_set:
         run_periodic_eval(engines, eval_set, cfg, 0, out_dir, monitor)
     times = {"rollout": 0.0, "reward": 0.0, "train": 0.0, "sync": 0.0, "eval_ckpt": 0.0}
+    meter = CpuMeter([engines.engines, learners, scorers], machine_cores(cfg))
+
+    def next_batch(step: int):  # sample step's prompts; generate and score them with the engines' weights
+        return generate_batch(engines, scorer_pool, [train[i] for i in sampler.next()], step, engines.version, cfg.seed)
+
+    # the pipeline: with K > 0 the batches of steps start .. start+K-1 are generated before the
+    # first update (all with the weights of version `start`); a resumed run brings its own
+    while len(in_flight) < K and start + len(in_flight) < max_steps:
+        in_flight.append(next_batch(start + len(in_flight)))
     bar = tqdm(range(start, max_steps), desc="grpo", dynamic_ncols=True, initial=start, total=max_steps)
     bad_steps = 0
     t_run = time.perf_counter()
     for step in bar:
         t_step = time.perf_counter()
-        phase = {}
-        batch = [train[i] for i in sampler.next()]
-        seeds = [sample_seed(cfg.seed, step, p.id) for p in batch]
-
-        # 1. generate: prompts sharded over engines; scoring starts as each engine's shard lands
-        #    (a dead or hung engine is replaced, gets the current weights and regenerates its shard)
-        t0 = time.perf_counter()
-        rollouts = engines.generate(list(zip(batch, seeds)), on_shard=scorer_pool.submit)
-        phase["rollout"], phase["queue_depth"] = time.perf_counter() - t0, len(scorer_pool.pending)
-        phase["engine_restarts"] = engines.restarts
-        times["rollout"] += phase["rollout"]
-
-        # 2. score: every completion exactly once
-        t0 = time.perf_counter()
-        scored, failures = scorer_pool.collect()
-        phase["reward"] = time.perf_counter() - t0
-        times["reward"] += phase["reward"]
-        position = {p.id: i for i, p in enumerate(batch)}  # groups of G, in batch order
-        rollouts.sort(key=lambda r: (position[r.prompt.id], r.sample))
-        assert len(rollouts) == B * G == len(scored), "a completion was lost or duplicated"
-        phase["reward_recoveries"] = scorer_pool.recovered
-        totals = torch.tensor([scored[r.key]["total"] for r in rollouts], dtype=torch.float64)
-
-        # 3. advantages within each group of G, then the update on every learner rank
+        meter.start()
+        # 1. the batch this step trains: generated K steps ago (K = 0: now, with the current weights)
+        batch = in_flight.pop(0) if in_flight else next_batch(step)
+        assert batch.step == step and 0 <= step - batch.version <= K, "a sample is staler than trainer.max_staleness"
+        totals = torch.tensor([batch.scored[r.key]["total"] for r in batch.rollouts], dtype=torch.float64)
         adv = group_advantages(totals, G, cfg.learner.scale_rewards, cfg.learner.adv_eps)
-        items = [item_from_rollout(r, float(a)) for r, a in zip(rollouts, adv)]
+        items = [item_from_rollout(r, float(a)) for r, a in zip(batch.rollouts, adv)]
+
+        # 2. the learner ranks update the policy on it; meanwhile (K > 0) the engines generate and
+        #    the reward workers score the batch of step + K, with the weights of version `step`
         t0 = time.perf_counter()
-        train_metrics = ray.get(learners.call_sharded("train_step", items))[0]
+        update = learners.call_sharded("train_step", items)
+        if K and step + K < max_steps:
+            in_flight.append(next_batch(step + K))
+        t_wait = time.perf_counter()
+        train_metrics = ray.get(update)[0]
         bad_steps = bad_steps + 1 if train_metrics["skipped_updates"] == cfg.learner.num_iterations else 0
         if bad_steps >= cfg.trainer.max_bad_steps:
             raise SystemExit(f"{bad_steps} steps in a row had a non-finite loss or gradient and were skipped "
                              f"(trainer.max_bad_steps={cfg.trainer.max_bad_steps}); last good checkpoint: "
                              f"{out_dir / 'checkpoints'}. Lower learner.lr or check the rewards/data of these steps.")
-        phase["train"] = time.perf_counter() - t0
-        times["train"] += phase["train"]
+        phase = {**batch.times, "train": time.perf_counter() - t_wait, "generate_overlap": t_wait - t0}
+        if K == 0:  # the batch was generated inside this step, before the update
+            phase["rollout"], phase["reward"] = batch.times["rollout"], batch.times["reward"]
+        else:  # this step's generation ran beside the update: the driver's wall time is split that way
+            fresh = in_flight[-1].times if in_flight and in_flight[-1].step == step + K else {}
+            phase.update({"rollout": fresh.get("rollout", 0.0), "reward": fresh.get("reward", 0.0)})
 
-        # 4. push the new weights to every engine
+        # 3. push the new weights (version step + 1) to every engine
         t0 = time.perf_counter()
-        engines.sync()
+        engines.sync(version=step + 1)
         phase["sync"] = time.perf_counter() - t0
-        times["sync"] += phase["sync"]
+        meter.stop()
+        for k in ("rollout", "reward", "train", "sync"):
+            times[k] += phase[k]
 
-        # 5. log, then evaluate / checkpoint when due
+        # 4. log, then evaluate / checkpoint when due
         phase["step"] = time.perf_counter() - t_step
-        row = step_metrics(step + 1, batch, rollouts, scored, failures, totals, train_metrics, phase)
+        row = step_metrics(step + 1, batch, totals, train_metrics, phase)
         history.append(row)
         for warning in monitor.log(row):
             tqdm.write(f"WARNING: {warning}")
@@ -148,13 +152,13 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
         if cfg.trainer.eval_steps and eval_set and ((step + 1) % cfg.trainer.eval_steps == 0 or done_now):
             run_periodic_eval(engines, eval_set, cfg, step + 1, out_dir, monitor)
         if done_now or (cfg.trainer.save_steps and (step + 1) % cfg.trainer.save_steps == 0):
-            save_checkpoint(out_dir, step + 1, learners, sampler, history, cfg.trainer.keep_checkpoints)
+            save_checkpoint(out_dir, step + 1, learners, sampler, history, cfg.trainer.keep_checkpoints, in_flight)
         times["eval_ckpt"] += time.perf_counter() - t0
         if step + 1 == cfg.trainer.stop_after_steps:
             tqdm.write(f"stopped after step {step + 1} (trainer.stop_after_steps); continue with trainer.resume=auto")
             break
     monitor.close()
-    summary = summarize(history, times, time.perf_counter() - t_run)
+    summary = summarize(history, times, time.perf_counter() - t_run, meter.share(), K)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if cfg.trainer.report:
         from trainer.report import build_report
@@ -163,51 +167,67 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     return summary
 
 
+def machine_cores(cfg) -> float:
+    """Cores the run's utilisation is measured against: this machine's for a private local
+    cluster, the joined cluster's CPUs otherwise."""
+    import ray
+    if cfg.cluster.address:
+        return float(ray.cluster_resources().get("CPU", 1))
+    return float(os.cpu_count() or 1)
+
+
 def _import_driver_modules() -> None:
     """Import what the driver uses before ray.init: a Ray Jobs driver cannot rely on importing
     from its working directory afterwards (seen with Ray 2.60: ModuleNotFoundError mid-run)."""
     import actors.engine_pool, actors.group, actors.reward_worker, actors.roles, actors.rollout  # noqa: F401,E401
     import data.sampler, learner.batch, learner.grpo, learner.learner, learner.weight_sync  # noqa: F401,E401
-    import trainer.checkpoint, trainer.evaluate, trainer.modes, trainer.monitor, trainer.report, trainer.summary  # noqa: F401,E401
+    import trainer.checkpoint, trainer.evaluate, trainer.modes, trainer.monitor, trainer.pipeline  # noqa: F401,E401
+    import trainer.report, trainer.summary  # noqa: F401,E401
 
 
-def sample_seed(seed: int, step: int, prompt_id: str) -> int:
-    """The sampling seed of one prompt at one step: the same in a resumed run as in the original."""
-    import zlib
-    return zlib.crc32(f"{seed}/{step}/{prompt_id}".encode()) & 0x7FFFFFFF
-
-
-def resume_if_asked(cfg, out_dir, learners, engines, sampler) -> tuple[int, list]:
-    """Restore learner state, data position and metrics from a checkpoint; push its weights."""
+def resume_if_asked(cfg, out_dir, learners, engines, sampler, train) -> tuple[int, list, list]:
+    """Restore learner state, data position, metrics and the batches that were generated but not
+    yet trained (asynchronous runs) from a checkpoint; push its weights to the engines."""
     import ray
     from trainer import checkpoint
+    from trainer.pipeline import from_json
     if not cfg.trainer.resume:
-        return 0, []
+        return 0, [], []
     ckpt = checkpoint.latest(out_dir) if cfg.trainer.resume == "auto" else pathlib.Path(cfg.trainer.resume)
     if ckpt is None:
         print(f"trainer.resume=auto: no complete checkpoint in {out_dir}, starting fresh", flush=True)
-        return 0, []
+        return 0, [], []
     if not (ckpt / "COMPLETE").is_file():
         raise SystemExit(f"{ckpt} is not a complete checkpoint (no COMPLETE marker)")
     state = json.loads((ckpt / "state.json").read_text())
+    saved = state.get("in_flight", [])
+    if len(saved) > cfg.trainer.max_staleness:
+        raise SystemExit(f"{ckpt} holds {len(saved)} generated batches waiting for training, more than "
+                         f"trainer.max_staleness={cfg.trainer.max_staleness}: resume with "
+                         f"trainer.max_staleness={len(saved)} (or more) so that none is dropped")
     ray.get(learners.call("load_checkpoint", str(ckpt)))
     sampler.load_state(state["sampler"])
-    engines.sync()
     step, history = int(state["step"]), state["history"]
+    engines.sync(version=step)
+    by_id = {p.id: p for p in train}
+    in_flight = [from_json(b, by_id) for b in saved]
     metrics = out_dir / "metrics.jsonl"
     if metrics.exists():  # drop rows the interrupted run wrote after the checkpoint
         keep = [line for line in metrics.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
         metrics.write_text("".join(line + "\n" for line in keep))
-    print(f"resumed from {ckpt} at step {step}", flush=True)
-    return step, history
+    print(f"resumed from {ckpt} at step {step}" + (f" with {len(in_flight)} generated batches" if in_flight else ""),
+          flush=True)
+    return step, history, in_flight
 
 
-def save_checkpoint(out_dir, step, learners, sampler, history, keep) -> pathlib.Path:
+def save_checkpoint(out_dir, step, learners, sampler, history, keep, in_flight=()) -> pathlib.Path:
     import ray
     from trainer import checkpoint
+    from trainer.pipeline import to_json
     tmp = checkpoint.staging(out_dir, step)
     ray.get(learners.call("save_checkpoint", str(tmp)))
-    final = checkpoint.commit(tmp, step, {"step": step, "sampler": sampler.state(), "history": history})
+    final = checkpoint.commit(tmp, step, {"step": step, "sampler": sampler.state(), "history": history,
+                                          "in_flight": [to_json(b) for b in in_flight]})
     checkpoint.rotate(out_dir, keep)
     return final
 

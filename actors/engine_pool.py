@@ -3,7 +3,7 @@
     pool = EnginePool(engines, learners, meta, timeout_s=600)
     pool.connect()                                   # the learner -> engines weight-broadcast group
     rollouts = pool.generate(pairs, on_shard=score)  # sharded; each shard handed on as it lands
-    pool.sync()                                      # push the learner's current weights
+    pool.sync(version=7)                             # push the learner's current weights
 
 A step's prompts are split over the engines. An engine that dies mid-generation, or gives nothing
 for ``timeout_s`` (``rollout.timeout_s``), is replaced in its own placement-group bundle; the
@@ -24,9 +24,13 @@ from actors.group import shard
 
 class EnginePool:
     def __init__(self, engines, learners=None, meta=None, timeout_s: float = 600.0, backend: str = "gloo",
-                 max_attempts: int = 3, probe_s: float = 30.0):
+                 max_attempts: int = 3, probe_s: float = 30.0, asynchronous: bool = False):
         self.engines, self.learners, self.meta = engines, learners, meta
         self.timeout_s, self.backend, self.max_attempts, self.probe_s = timeout_s, backend, max_attempts, probe_s
+        # asynchronous: the learner may be mid-update while the engines generate, so a replaced
+        # engine gets the weights of the last sync (kept by learner rank 0), not the learner's current ones
+        self.asynchronous = asynchronous
+        self.version = 0  # updates the engines' weights have seen
 
     @property
     def restarts(self) -> int:
@@ -47,15 +51,16 @@ class EnginePool:
         ray.get([self.learners.actors[0].init_weight_group.remote(host, port, world)]
                 + self.engines.call_each("init_weight_group", [(host, port, o, world, self.backend) for o in offsets]))
 
-    def sync(self) -> None:
-        """Push the learner's current weights to every engine; an engine lost on the way is replaced
-        (and gets the weights then)."""
+    def sync(self, version: int | None = None) -> None:
+        """Push the learner's current weights (``version`` updates old) to every engine; an engine
+        lost on the way is replaced (and gets the weights then)."""
         if self.learners is None:
             return
         for attempt in range(1, self.max_attempts + 1):
             try:
-                ray.get(self.learners.call("broadcast_weights") + self.engines.call("receive_weights", self.meta),
-                        timeout=self.timeout_s)
+                ray.get(self.learners.call("broadcast_weights", keep=self.asynchronous)
+                        + self.engines.call("receive_weights", self.meta), timeout=self.timeout_s)
+                self.version = self.version if version is None else version
                 return
             except (ray.exceptions.RayError, TimeoutError) as e:  # GetTimeoutError is a TimeoutError
                 if attempt == self.max_attempts:
@@ -77,7 +82,7 @@ class EnginePool:
                         raise RuntimeError(f"rollout shard of engine {i} failed {attempt} times; the engine logs say why")
                 self._replace(sorted({i for i, _ in failed}), "died or hung mid-generation")
                 self.connect()
-                self.sync()
+                self._push_synced()
                 pending = {self._submit(i, parts[i], args): (i, a + 1, time.monotonic()) for i, a in failed}
                 failed = []
                 continue
@@ -99,6 +104,16 @@ class EnginePool:
             if on_shard is not None:
                 on_shard(results[i])
         return [r for part in results for r in part]
+
+    def _push_synced(self) -> None:
+        """Give every engine (a replaced one included) the weights of the last sync, so that a
+        regenerated shard is drawn from the same policy as the rest of its batch."""
+        if not self.asynchronous:
+            self.sync()  # the learner is idle between syncs: its current weights are the synced ones
+        elif self.learners is not None and self.version > 0:  # (version 0: replacements load it themselves)
+            # queued behind the learner's running update; rank 0 resends the copy it kept at the last sync
+            ray.get([self.learners.actors[0].resend_weights.remote()] + self.engines.call("receive_weights", self.meta),
+                    timeout=self.timeout_s)
 
     def _submit(self, i: int, part: list, args: tuple):
         return self.engines.actors[i].generate.remote(part, *args)

@@ -44,6 +44,11 @@ class RewardWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def cpu_seconds(self) -> float:
+        """CPU time this process has used, every thread included (for the utilisation figure)."""
+        import time
+        return time.process_time()
+
 
 def tasks_from_rollouts(rollouts) -> list[ScoreTask]:
     """Score tasks for rollouts (first image's sizes drive box rescaling, as in VLM-R1)."""

@@ -22,15 +22,27 @@ def has_gpu() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def threads_env(configured) -> dict[str, str]:
-    """``OMP_NUM_THREADS`` for a role whose ``cpu_threads`` is set; otherwise Ray's own default
-    (the actor's reserved CPUs). Measured on 2 cores: giving the learner and the engine 2 threads
-    each made end-to-end training 1.4x slower than 1 each (their idle OpenMP threads compete).
+def threads_env(configured, asynchronous: bool = True, reserved: float = 1, cores: int | None = None) -> dict[str, str]:
+    """``OMP_NUM_THREADS`` of a role (``conf.hardware.auto_threads``): ``configured`` if set; else,
+    on a private local cluster (``cores`` known), every core when the loop is synchronous (the
+    roles take turns) and the reserved CPUs when it is asynchronous (they run side by side); on a
+    cluster that was joined, Ray's own default (the reserved CPUs).
 
-    >>> threads_env(3), threads_env(None)
-    ({'OMP_NUM_THREADS': '3'}, {})
+    >>> threads_env(3), threads_env(None, asynchronous=False, cores=2), threads_env(None, asynchronous=True, cores=2)
+    ({'OMP_NUM_THREADS': '3'}, {'OMP_NUM_THREADS': '2'}, {'OMP_NUM_THREADS': '1'})
     """
-    return {"OMP_NUM_THREADS": str(int(configured))} if configured else {}
+    from conf.hardware import auto_threads
+    if not configured and cores is None:
+        return {}
+    return {"OMP_NUM_THREADS": str(auto_threads(configured, asynchronous, reserved, cores))}
+
+
+def _threads(cfg, section) -> dict[str, str]:
+    import os
+    cores = None if cfg.cluster.address else (cfg.cluster.num_cpus or os.cpu_count())
+    reserved = section.get("cpus_per_engine", section.get("cpus_per_rank", 1))
+    overlapping = cfg.mode == "train" and cfg.trainer.max_staleness > 0  # sft/eval run one role at a time
+    return threads_env(section.cpu_threads, overlapping, reserved, cores)
 
 
 def create_engines(cfg, model_path: str, gpu: bool | None = None):
@@ -41,7 +53,7 @@ def create_engines(cfg, model_path: str, gpu: bool | None = None):
     bundle = {"CPU": r.cpus_per_engine, "GPU": r.devices_per_engine if gpu else 0, **r.resources}
     return ActorGroup(RolloutEngine, r.num_engines, bundle, "rollout", args=(model_path, plain(r), cfg.seed),
                       kwargs={"model_cfg": plain(cfg.model)}, kwargs_fn=lambda i: {"index": i},
-                      env={**ACTOR_ENV, **threads_env(r.cpu_threads)})
+                      env={**ACTOR_ENV, **_threads(cfg, r)})
 
 
 def create_learners(cfg, model_path: str, per_rank_items: int, gpu: bool | None = None):
@@ -56,7 +68,7 @@ def create_learners(cfg, model_path: str, per_rank_items: int, gpu: bool | None 
                           kwargs=dict(world_size=lc.world_size, model_path=model_path, model_cfg=plain(cfg.model),
                                       cfg=plain(lc), rollout_cfg=plain(cfg.rollout), seed=cfg.seed,
                                       total_steps=cfg.trainer.max_steps, per_rank_items=per_rank_items),
-                          kwargs_fn=lambda i: {"rank": i}, env={**ACTOR_ENV, **threads_env(lc.cpu_threads)})
+                          kwargs_fn=lambda i: {"rank": i}, env={**ACTOR_ENV, **_threads(cfg, lc)})
     host, port = ray.get(learners.actors[0].address.remote())
     ray.get(learners.call("setup", host, port))
     return learners
@@ -75,7 +87,9 @@ def create_roles(cfg, model_path: str):
     learners = create_learners(cfg, model_path, cfg.trainer.prompts_per_step * r.num_generations // lc.world_size, gpu)
     scorers = ActorGroup(RewardWorker, rc.num_workers, {"CPU": rc.cpus_per_worker, **rc.resources}, "reward",
                          args=(dict(rc.funcs), rc.box_convention), env=ACTOR_ENV)
-    meta = ray.get(learners.actors[0].weight_meta.remote())
-    pool = EnginePool(engines, learners, meta, r.timeout_s, "nccl" if gpu else "gloo")
+    engine_dtype = ray.get(engines.actors[0].info.remote())["dtype"]
+    meta = ray.get(learners.actors[0].weight_meta.remote(engine_dtype))
+    pool = EnginePool(engines, learners, meta, r.timeout_s, "nccl" if gpu else "gloo",
+                      asynchronous=cfg.trainer.max_staleness > 0)
     pool.connect()
     return pool, learners, scorers

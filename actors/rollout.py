@@ -52,9 +52,11 @@ class RolloutEngine:
         if model_cfg is not None:
             proc_kw = {k: model_cfg[k] for k in ("min_pixels", "max_pixels") if model_cfg.get(k)}
         self.processor = AutoProcessor.from_pretrained(model_path, **proc_kw)
+        from conf.hardware import resolve_dtype
+        self.dtype, self.dtype_reason = resolve_dtype(cfg["dtype"], "rollout")
         t0 = time.perf_counter()
         mm_kwargs = {"mm_processor_kwargs": proc_kw} if proc_kw else {}
-        self.llm = LLM(model=model_path, dtype=cfg["dtype"], max_model_len=cfg["max_model_len"], seed=seed + index,
+        self.llm = LLM(model=model_path, dtype=self.dtype, max_model_len=cfg["max_model_len"], seed=seed + index,
                        limit_mm_per_prompt={"image": 4, "video": 0}, enforce_eager=cfg["enforce_eager"],
                        tensor_parallel_size=cfg["devices_per_engine"] if _has_gpu() else 1,
                        gpu_memory_utilization=cfg["gpu_memory_utilization"], logprobs_mode="processed_logprobs",
@@ -132,6 +134,15 @@ class RolloutEngine:
     def num_workers(self) -> int:
         """vLLM workers in this engine (tensor-parallel ranks), each a member of the weight group."""
         return self.cfg["devices_per_engine"] if _has_gpu() else 1
+
+    def info(self) -> dict:
+        """What this engine resolved from ``auto``: its dtype (and why) and its CPU threads."""
+        import torch
+        return {"dtype": self.dtype, "dtype_reason": self.dtype_reason, "threads": torch.get_num_threads()}
+
+    def cpu_seconds(self) -> float:
+        """CPU time this process has used, every thread included (for the utilisation figure)."""
+        return time.process_time()
 
     def ready(self) -> float:
         """Engine start-up time in seconds (also a cheap liveness probe)."""

@@ -20,11 +20,13 @@ CHOICES = {
     "mode": ["train", "eval", "sft"],
     "data.task": ["rec", "ovd"],
     "learner.zero_stage": [0, 1, 2, 3],
-    "learner.dtype": ["fp32", "bf16"],
+    "learner.dtype": ["auto", "fp32", "bf16"],
+    "learner.off_policy": ["bypass", "decoupled", "none"],
+    "learner.is_guard": ["truncate", "mask"],
     "learner.lr_schedule": ["constant", "linear", "cosine"],
     "learner.loss_agg": ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"],
     "reward.box_convention": ["vlm_r1", "continuous"],
-    "rollout.dtype": ["bfloat16", "float16", "float32", "auto"],
+    "rollout.dtype": ["auto", "bfloat16", "float16", "float32"],
     "wandb.mode": ["offline", "online", "disabled"],
 }
 
@@ -104,8 +106,21 @@ def load(argv: list[str] | None = None) -> DictConfig:
     cfg = OmegaConf.merge(base, *[layer for layer, _ in layers])
     cfg.reward.funcs = funcs
     _validate_funcs(cfg)
+    _validate_loop(cfg)
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def _validate_loop(cfg: DictConfig) -> None:
+    k = cfg.trainer.max_staleness
+    if not isinstance(k, int) or k < 0:
+        raise ConfigError(f"trainer.max_staleness={k!r} must be a whole number >= 0 (0: synchronous)")
+    if k > 0 and cfg.learner.off_policy == "none":
+        raise ConfigError(f"learner.off_policy=none treats samples as on-policy, but trainer.max_staleness={k} trains "
+                          "on samples up to that many updates old: use learner.off_policy=bypass or decoupled, "
+                          "or trainer.max_staleness=0")
+    if cfg.learner.is_cap <= 1.0:
+        raise ConfigError(f"learner.is_cap={cfg.learner.is_cap} must be above 1 (it caps importance weights)")
 
 
 def _validate_funcs(cfg: DictConfig) -> None:

@@ -39,7 +39,8 @@ def collate(items: list[TrainItem], image_processor, pad_id: int, banned: set[in
     """Model inputs plus the completion-aligned views the loss needs.
 
     Returns ``inputs`` (for the model, with ``logits_to_keep`` selecting only positions that
-    predict a completion token), ``targets`` ``[b, K]``, ``mask`` ``[b, K]`` and ``advantages`` ``[b]``."""
+    predict a completion token), ``targets`` ``[b, K]``, ``mask`` ``[b, K]``, ``advantages`` ``[b]``,
+    ``behaviour`` ``[b, K]`` (the engine's log-probs) and ``offsets`` (each item's first column)."""
     seqs, masks, starts = [], [], []
     for it in items:
         comp, cmask = sanitize(it.completion_token_ids, banned, pad_id)
@@ -73,5 +74,16 @@ def collate(items: list[TrainItem], image_processor, pad_id: int, banned: set[in
         if expected != found:
             raise ValueError(f"prompt token ids carry {found} image tokens but the images give {expected} "
                              f"features: the learner's image processor settings differ from the engine's")
+    offsets = [s - first - 1 for s in starts]  # column of each item's first completion token
     return {"inputs": inputs, "targets": input_ids[:, first + 1:], "mask": loss_mask[:, first + 1:],
-            "advantages": torch.tensor([it.advantage for it in items], dtype=torch.float32), "items": items}
+            "advantages": torch.tensor([it.advantage for it in items], dtype=torch.float32), "items": items,
+            "offsets": offsets, "behaviour": behaviour_logprobs(items, offsets, L - 1 - first)}
+
+
+def behaviour_logprobs(items: list[TrainItem], offsets: list[int], width: int) -> torch.Tensor:
+    """The engine's log-probs ``[b, width]``, aligned with the loss columns (0 elsewhere)."""
+    out = torch.zeros((len(items), width), dtype=torch.float32)
+    for i, (it, o) in enumerate(zip(items, offsets)):
+        if it.engine_logprobs:
+            out[i, o:o + len(it.engine_logprobs)] = torch.tensor(it.engine_logprobs, dtype=torch.float32)
+    return out

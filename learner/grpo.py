@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+IS_MODES = ("truncate", "mask", "none")
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool = True,
@@ -84,17 +85,63 @@ def _aggregate(x: torch.Tensor, mask: torch.Tensor, agg: str, norm: float,
     raise ValueError(f"unknown agg {agg!r}; use one of {AGG_MODES}")
 
 
+def importance_weights(prox_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor,
+                       cap: float = 2.0, mode: str = "truncate") -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-token importance weights ``w = pi_prox / mu`` of the behaviour policy ``mu`` (the
+    rollout engine's log-probs) against ``pi_prox``, guarded, and their statistics. ``[B, T]``.
+
+    ``mode="truncate"``: ``w = min(w, cap)`` (truncated IS, Yao et al. 2025); ``"mask"``: tokens
+    with ``w`` outside ``[1/cap, cap]`` get weight 0 (IcePop); ``"none"``: ``w`` as is. The result
+    carries no gradient. Metrics: ``is_mean`` / ``is_max`` (before the guard), ``is_guarded_frac``
+    (tokens truncated or masked) and ``mismatch_kl``, the k3 estimate of KL(mu || pi_prox) from
+    mu's own samples (``w - 1 - log w``, >= 0, 0 when engine and learner agree).
+
+    >>> w, m = importance_weights(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, -2.0]]), torch.ones(1, 2))
+    >>> w  # e^0 = 1 is kept; e^2 = 7.39 is truncated to 2
+    tensor([[1., 2.]])
+    >>> round(m["is_guarded_frac"], 2), round(m["is_max"], 2)
+    (0.5, 7.39)
+    """
+    if mode not in IS_MODES:
+        raise ValueError(f"unknown importance-weight guard {mode!r}; use one of {IS_MODES}")
+    with torch.no_grad():
+        log_w = (prox_logp - behaviour_logp).float()  # [B, T]
+        w = torch.exp(log_w)
+        if mode == "truncate":
+            guarded = w > cap
+            out = w.clamp(max=cap)
+        elif mode == "mask":
+            guarded = (w > cap) | (w < 1.0 / cap)
+            out = torch.where(guarded, torch.zeros_like(w), w)
+        else:
+            guarded, out = torch.zeros_like(w, dtype=torch.bool), w
+        m = mask.float()
+        n = m.sum().clamp(min=1.0)
+        metrics = {"is_mean": float((w * m).sum() / n), "is_max": float((w * m).max()) if m.any() else 1.0,
+                   "is_guarded_frac": float((guarded.float() * m).sum() / n),
+                   "mismatch_kl": float(((w - 1.0 - log_w) * m).sum() / n)}
+    return out * m, metrics
+
+
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
                 advantages: torch.Tensor, mask: torch.Tensor, clip_low: float = 0.2,
                 clip_high: float = 0.2, beta: float = 0.04, agg: str = "seq-mean-token-mean",
                 norm: float | None = None, global_tokens: float | None = None,
-                global_seqs: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                global_seqs: int | None = None, is_weight: torch.Tensor | None = None,
+                dual_clip: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO's clipped surrogate plus ``beta`` times the k3 KL to the reference policy.
 
     Per token: ``ratio = exp(logp - old_logp)``,
     ``pg = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A)``,
     ``kl = exp(ref - logp) - (ref - logp) - 1`` (k3, >= 0), ``loss_tok = pg + beta * kl``.
     Inputs are ``[B, T]`` except ``advantages`` ``[B]``; ``mask`` is 1 on completion tokens.
+
+    Off-policy use: ``old_logp`` is the anchor of the ratio -- the learner's own log-probs
+    on-policy, the engine's behaviour log-probs in "bypass" mode, a recomputed proximal policy in
+    "decoupled" mode, where ``is_weight`` (``[B, T]``, from ``importance_weights``) multiplies
+    each token's surrogate. ``dual_clip`` = c caps a negative-advantage token's surrogate at
+    ``c * |A|``: PPO's min() leaves ``ratio * |A|`` unbounded there, which is how a stale or
+    mismatched sample with a large ratio blows up an update (dual-clip PPO, Ye et al. 2020).
 
     ``agg`` (how tokens become one number):
     - ``"seq-mean-token-mean"``: mean over each sequence's tokens, then over sequences (TRL/VLM-R1);
@@ -114,6 +161,10 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tens
     ratio = torch.exp(logp - old_logp)  # [B, T]
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     pg_tok = -torch.minimum(ratio * adv, clipped * adv)  # [B, T]
+    if dual_clip is not None:
+        pg_tok = torch.where(adv < 0, torch.minimum(pg_tok, -dual_clip * adv), pg_tok)
+    if is_weight is not None:
+        pg_tok = pg_tok * is_weight.detach().to(pg_tok.dtype)
     norm = float(norm if norm is not None else mask.shape[-1])
     reduce = lambda x: _aggregate(x, mask, agg, norm, global_tokens, global_seqs)  # noqa: E731
     pg = reduce(pg_tok)
@@ -133,6 +184,8 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tens
             "clip_low_frac": float((low * mask).sum() / n),
             "clip_high_frac": float((high * mask).sum() / n),
             "ratio_mean": float((ratio * mask).sum() / n),
+            "dual_clip_frac": float((((ratio > dual_clip) & (adv < 0)).to(mask.dtype) * mask).sum() / n)
+            if dual_clip is not None else 0.0,
             "pg_loss": float(pg),
             "kl_loss": float(kl),
         }

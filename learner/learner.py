@@ -31,6 +31,9 @@ class Learner(CheckpointIO):
         self.model_cfg, self.cfg, self.rollout_cfg = dict(model_cfg), dict(cfg), dict(rollout_cfg)
         self.seed, self.total_steps, self.per_rank_items = seed, total_steps, per_rank_items
         self.sender = None
+        from conf.hardware import resolve_dtype
+        self.cfg["dtype"], self.dtype_reason = resolve_dtype(self.cfg["dtype"], "learner")
+        self.sync_dtype = torch.float32  # the engines' dtype, set by weight_meta
 
     # ------------------------------------------------------------------ setup
     def address(self) -> tuple[str, int]:
@@ -108,7 +111,8 @@ class Learner(CheckpointIO):
         self.steps_done = 0
         n_all = sum(self._numel(p) for p in self.engine.module.parameters())
         n_train = sum(self._numel(p) for p in self.engine.module.parameters() if p.requires_grad)
-        return {"parameters": n_all, "trainable": n_train, "micro_batches": self.n_micro, "pid": os.getpid()}
+        return {"parameters": n_all, "trainable": n_train, "micro_batches": self.n_micro, "pid": os.getpid(),
+                "dtype": self.cfg["dtype"], "dtype_reason": self.dtype_reason, "threads": torch.get_num_threads()}
 
     @staticmethod
     def _numel(p) -> int:
@@ -152,35 +156,44 @@ class Learner(CheckpointIO):
             b = collate(chunk, self.processor.image_processor, self.pad_id, self.banned, self.image_token_id)
             logp, _ = self._logp(self.engine, b, grad=False)
             for j, it in enumerate(chunk):
-                start = len(it.prompt_token_ids) - 1 - int(b["inputs"]["logits_to_keep"][0])
+                start = b["offsets"][j]
                 out.append(logp[j, start:start + len(it.completion_token_ids)].tolist())
         return out
 
     # ------------------------------------------------------------------ training
     def train_step(self, items: list[TrainItem]) -> dict:
-        """One GRPO step on this rank's items (``num_iterations`` optimizer steps)."""
+        """One GRPO step on this rank's items (``num_iterations`` optimizer steps).
+
+        ``learner.off_policy`` chooses the ratio's anchor: ``none``, the policy's own log-probs
+        before the update (on-policy; an old-log-prob pass only when ``num_iterations`` > 1);
+        ``bypass``, the engine's behaviour log-probs (no extra pass; the ratio corrects both
+        staleness and engine/learner mismatch, dual-clipped at ``is_cap``); ``decoupled``, a
+        recomputed proximal policy with truncated importance weights to the engine's (AReaL)."""
         import torch.distributed as dist
         batches = self._batches(items)
         counts = torch.tensor([sum(float(b["mask"].sum()) for b in batches), float(len(items))], dtype=torch.float64)
         dist.all_reduce(counts)
         g_tokens, g_seqs = float(counts[0]), int(counts[1])
         refs = [self._logp(self.ref, b, grad=False)[0] if self.ref is not None else None for b in batches]
-        mu = self.cfg["num_iterations"]
-        olds = [self._logp(self.engine, b, grad=False)[0] for b in batches] if mu > 1 else [None] * len(batches)
+        mu, mode, cap = self.cfg["num_iterations"], self.cfg["off_policy"], float(self.cfg["is_cap"])
+        recompute = mode == "decoupled" or (mode == "none" and mu > 1)
+        olds = [self._logp(self.engine, b, grad=False)[0] for b in batches] if recompute else [None] * len(batches)
         norm = self.cfg["loss_norm"] or self.rollout_cfg["max_new_tokens"]
         sums = {"loss": 0.0, "pg_loss": 0.0, "kl_loss": 0.0}
         tok = {"kl": 0.0, "clip_low_frac": 0.0, "clip_high_frac": 0.0, "ratio_mean": 0.0, "entropy": 0.0,
-               "engine_logp_abs_diff": 0.0}
-        n_tok, grad_norms = 0.0, []
+               "engine_logp_abs_diff": 0.0, "dual_clip_frac": 0.0, "is_mean": 0.0, "is_guarded_frac": 0.0,
+               "mismatch_kl": 0.0}
+        n_tok, grad_norms, is_max = 0.0, [], 0.0
         skipped = 0
         for it in range(mu):
             own_norm, bad = None, False  # bad: a non-finite loss on this rank
             for k, (b, ref, old) in enumerate(zip(batches, refs, olds)):
                 logp, ent = self._logp(self.engine, b, grad=True)
+                anchor, w, wm = self._anchor(mode, self.cfg["is_guard"], logp, old, b, cap)
                 loss, m = grpo.policy_loss(
-                    logp, old if old is not None else logp.detach(), ref, b["advantages"], b["mask"],
-                    self.cfg["clip_low"], self.cfg["clip_high"], self.cfg["beta"], self.cfg["loss_agg"], norm=norm,
-                    global_tokens=g_tokens, global_seqs=g_seqs)
+                    logp, anchor, ref, b["advantages"], b["mask"], self.cfg["clip_low"], self.cfg["clip_high"],
+                    self.cfg["beta"], self.cfg["loss_agg"], norm=norm, global_tokens=g_tokens, global_seqs=g_seqs,
+                    is_weight=w, dual_clip=cap if mode != "none" else None)
                 if not torch.isfinite(loss):  # keep the graph and the step count, send no gradient
                     bad, loss = True, (logp * 0.0).sum()
                 # DeepSpeed averages gradients over ranks; the loss is already this shard's share of
@@ -197,12 +210,15 @@ class Learner(CheckpointIO):
                 if it == 0:
                     n = float(b["mask"].sum())
                     n_tok += n
-                    for k in ("kl", "clip_low_frac", "clip_high_frac", "ratio_mean"):
-                        tok[k] += m[k] * n
+                    for key in ("kl", "clip_low_frac", "clip_high_frac", "ratio_mean", "dual_clip_frac"):
+                        tok[key] += m[key] * n
+                    for key in ("is_mean", "is_guarded_frac", "mismatch_kl"):
+                        tok[key] += wm[key] * n
+                    is_max = max(is_max, wm["is_max"])
                     tok["entropy"] += float((ent * b["mask"]).sum())
                     tok["engine_logp_abs_diff"] += self._engine_diff(b, logp)
-                    for k in ("pg_loss", "kl_loss"):
-                        sums[k] += m[k]
+                    for key in ("pg_loss", "kl_loss"):
+                        sums[key] += m[key]
                     sums["loss"] += float(loss.detach())
             gn = self.engine.get_global_grad_norm()
             gn = gn if gn is not None else own_norm
@@ -210,12 +226,30 @@ class Learner(CheckpointIO):
         self.steps_done += 1
         vec = torch.tensor([sums["loss"], sums["pg_loss"], sums["kl_loss"], n_tok] + [tok[k] for k in tok], dtype=torch.float64)
         dist.all_reduce(vec)
+        top = torch.tensor([is_max], dtype=torch.float64)
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
         total_tok = max(float(vec[3]), 1.0)
         out = {"loss": float(vec[0]), "pg_loss": float(vec[1]), "kl_loss": float(vec[2]), "tokens": float(vec[3])}
         out.update({k: float(vec[4 + i]) / total_tok for i, k in enumerate(tok)})
-        out.update({"grad_norm": grad_norms[-1], "lr": self.scheduler.get_last_lr()[0], "items": g_seqs,
-                    "skipped_updates": skipped})
+        for key in ("is_mean", "is_guarded_frac", "mismatch_kl", "dual_clip_frac"):
+            out[f"offpolicy/{key}"] = out.pop(key)
+        out.update({"offpolicy/is_max": float(top[0]), "grad_norm": grad_norms[-1],
+                    "lr": self.scheduler.get_last_lr()[0], "items": g_seqs, "skipped_updates": skipped})
         return out
+
+    @staticmethod
+    def _anchor(mode: str, guard: str, logp: torch.Tensor, old, b: dict, cap: float):
+        """(ratio anchor, per-token IS weight or None, IS metrics) for one micro-batch; see train_step."""
+        behaviour, mask = b["behaviour"], b["mask"]
+        if mode == "decoupled":
+            w, wm = grpo.importance_weights(old, behaviour, mask, cap, guard)
+            return old, w, wm
+        # bypass and none: the weights the engine's samples carry under the current policy
+        w, wm = grpo.importance_weights(logp.detach(), behaviour, mask, cap, guard)
+        if mode == "none":
+            return (old if old is not None else logp.detach()), None, wm
+        # bypass: the ratio itself is the IS weight; the mask variant also drops tokens outside [1/cap, cap]
+        return behaviour, ((w > 0).float() if guard == "mask" else None), wm
 
     def _update_skipped(self) -> bool:
         """Whether the step just taken left the weights alone: our optimizer refused it, or DeepSpeed's
@@ -270,10 +304,9 @@ class Learner(CheckpointIO):
 
     def _engine_diff(self, b: dict, logp: torch.Tensor) -> float:
         """Sum over masked tokens of |learner log-prob - engine log-prob| (the RL-for-VLM canary)."""
-        keep0 = int(b["inputs"]["logits_to_keep"][0])
         total = 0.0
         for j, it in enumerate(b["items"]):
-            start = len(it.prompt_token_ids) - 1 - keep0
+            start = b["offsets"][j]
             n = len(it.engine_logprobs)
             if n == 0:
                 continue
@@ -300,8 +333,9 @@ class Learner(CheckpointIO):
             if p.requires_grad:
                 yield name, p, None
 
-    def weight_meta(self) -> list[tuple[str, str, tuple[int, ...]]]:
-        dtype = _engine_dtype(self.rollout_cfg["dtype"])
+    def weight_meta(self, engine_dtype: str = "float32") -> list[tuple[str, str, tuple[int, ...]]]:
+        """``(name, dtype, shape)`` of every tensor an update sends, in order, in the engines' dtype."""
+        dtype = self.sync_dtype = _engine_dtype(engine_dtype)
         out = []
         for name, p, _ in self._named_weights():
             shape = tuple(p.ds_shape) if hasattr(p, "ds_shape") else tuple(p.shape)
@@ -317,21 +351,31 @@ class Learner(CheckpointIO):
         self.sender.connect()
         return world_size
 
-    def broadcast_weights(self, bucket_mb: float = 256.0) -> int:
-        """Send the current weights to every engine; all ranks must call (ZeRO-3 gathers)."""
+    def broadcast_weights(self, bucket_mb: float = 256.0, keep: bool = False) -> int:
+        """Send the current weights to every engine; all ranks must call (ZeRO-3 gathers). With
+        ``keep``, rank 0 keeps a copy of what it sent, for ``resend_weights``."""
         import deepspeed
-        dtype = _engine_dtype(self.rollout_cfg["dtype"])
+        dtype = self.sync_dtype
         named = list(self._named_weights())
-        sent = 0
+        sent, kept = 0, []
         for bucket in buckets(named, bucket_mb * 2**20, self._numel):
             params = [p for _, p, _ in bucket]
             zero3 = any(hasattr(p, "ds_id") for p in params)
             ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero3 else contextlib.nullcontext()
             with ctx, torch.no_grad():
                 if self.rank == 0:
-                    sent += self.sender.send([(p + delta() if delta else p).detach().to(dtype)
-                                              for _, p, delta in bucket])
+                    tensors = [(p + delta() if delta else p).detach().to(dtype, copy=keep) for _, p, delta in bucket]
+                    sent += self.sender.send(tensors)
+                    kept += tensors if keep else []
+        self._snapshot = kept if keep else None
         return sent
+
+    def resend_weights(self) -> int:
+        """Rank 0: send again the weights of the last ``broadcast_weights(keep=True)`` -- what a
+        replaced engine needs while this learner has already moved on (asynchronous training)."""
+        if getattr(self, "_snapshot", None) is None:
+            raise RuntimeError("resend_weights: no weights were kept at the last sync (broadcast_weights(keep=True))")
+        return self.sender.send(self._snapshot)
 
     def param_checksum(self, names: list[str]) -> dict[str, float]:
         """Sum of each matching parameter (gathered under ZeRO-3), for tests."""
@@ -346,6 +390,11 @@ class Learner(CheckpointIO):
 
     def pid(self) -> int:
         return os.getpid()
+
+    def cpu_seconds(self) -> float:
+        """CPU time this process has used, every thread included (for the utilisation figure)."""
+        import time
+        return time.process_time()
 
 
 def _engine_dtype(name: str) -> torch.dtype:

@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-MODULES = ["rewards", "rewards.boxes", "rewards.parse", "rewards.coco_ap", "learner.grpo", "learner.optim", "actors.roles",
+MODULES = ["conf.hardware", "rewards", "rewards.boxes", "rewards.parse", "rewards.coco_ap", "learner.grpo", "learner.optim", "actors.roles",
            "data.prompts"]
 
 

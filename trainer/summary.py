@@ -4,23 +4,28 @@ from __future__ import annotations
 import pathlib
 
 
-def step_metrics(step, batch, rollouts, scored, failures, totals, tm, phase: dict) -> dict:
+def step_metrics(step: int, batch, totals, tm: dict, phase: dict) -> dict:
+    """The flat metric row of one step: ``batch`` is the ``trainer.pipeline.Batch`` it trained on,
+    ``tm`` the learner's metrics, ``phase`` the driver's timings."""
     from trainer import evaluate
+    rollouts, scored = batch.rollouts, batch.scored
     names = sorted({n for r in rollouts for n in scored[r.key]["values"]})
     lengths = [len(r.completion_token_ids) for r in rollouts]
     records = [evaluate.record(r) for r in rollouts]
+    staleness = step - 1 - batch.version  # updates between the generating weights and the trained ones
     row = {"step": step, "reward/mean": float(totals.mean()), "reward/std": float(totals.std()),
            **{f"reward/{n}": sum(scored[r.key]["values"].get(n, 0.0) for r in rollouts) / len(rollouts) for n in names},
-           **{f"parse_failures/{k}": v for k, v in failures.items()},
+           **{f"parse_failures/{k}": v for k, v in batch.failures.items()},
            "completion_len/mean": sum(lengths) / len(lengths), "completion_len/max": max(lengths),
            "truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts),
            "boxes/pred_per_answer": sum(len(x["pred"]) for x in records) / len(records),
            "boxes/gt_per_answer": sum(len(x["gt"]) for x in records) / len(records),
-           "rollout/tokens_per_s": sum(lengths) / max(phase["rollout"], 1e-9), "time/step_s": phase["step"],
+           "rollout/tokens_per_s": sum(lengths) / max(batch.times["rollout"], 1e-9), "time/step_s": phase["step"],
            **{f"time/{k}_s": phase[k] for k in ("rollout", "reward", "train", "sync")},
            "reward/queue_depth": phase["queue_depth"], "reward/worker_recoveries": phase["reward_recoveries"],
            "rollout/engine_restarts": phase.get("engine_restarts", 0),
-           "prompt_ids": [p.id for p in batch]}
+           "staleness/max": staleness, "staleness/mean": float(staleness),
+           "prompt_ids": [p.id for p in batch.prompts]}
     rec = [x for x in records if "hit" in x]
     if rec:  # REC accuracy of the sampled answers (IoU > 0.5), VLM-R1's criterion
         row["accuracy"] = sum(x["hit"] for x in rec) / len(rec)
@@ -28,13 +33,16 @@ def step_metrics(step, batch, rollouts, scored, failures, totals, tm, phase: dic
     return row
 
 
-def summarize(history: list[dict], times: dict, wall: float) -> dict:
+def summarize(history: list[dict], times: dict, wall: float, cpu_share: float | None = None,
+              max_staleness: int = 0) -> dict:
     phases = sum(times.values())
     ids = [pid for row in history for pid in row.get("prompt_ids", [])]
     return {"steps": len(history), "samples": sum(row.get("items", 0) for row in history),
             "prompts": len(ids), "distinct_prompts": len(set(ids)),
             "reward_first": history[0]["reward/mean"] if history else None,
             "reward_last": history[-1]["reward/mean"] if history else None,
+            "max_staleness": max_staleness,
+            "cpu_utilisation": round(cpu_share, 3) if cpu_share is not None else None,
             "time_s": {**{k: round(v, 2) for k, v in times.items()}, "other": round(wall - phases, 2), "total": round(wall, 2)}}
 
 
@@ -45,6 +53,50 @@ def print_summary(s: dict, out_dir: pathlib.Path) -> None:
         print("\ndone: no steps to run (already at trainer.max_steps?)")
         return
     print(f"\ndone: {s['steps']} steps, {s['samples']} samples; reward {s['reward_first']:.3f} -> {s['reward_last']:.3f}")
-    print("time: " + ", ".join(f"{k} {share(k)}" for k in ("rollout", "reward", "train", "sync", "eval_ckpt", "other")))
+    print("time: " + ", ".join(f"{k} {share(k)}" for k in ("rollout", "reward", "train", "sync", "eval_ckpt", "other"))
+          + (f" (asynchronous, max_staleness={s['max_staleness']}: rollout and reward ran beside training; 'train' "
+             "is the wait for the learner after them)" if s.get("max_staleness") else ""))
+    if s.get("cpu_utilisation") is not None:
+        print(f"machine utilisation during training steps: {100 * s['cpu_utilisation']:.0f}% of the CPU cores "
+              "(process CPU time / wall time x cores)")
     print(f"metrics: {out_dir / 'metrics.jsonl'}  summary: {out_dir / 'summary.json'}"
           + (f"  report: {s['report']}" if s.get("report") else ""))
+
+
+class CpuMeter:
+    """Machine utilisation of the training loop: CPU seconds of every role process (and the
+    driver) over wall seconds x cores, counted only between ``start()`` and ``stop()`` (so
+    evaluations and checkpoints can be left out). A replaced actor starts counting from zero."""
+
+    def __init__(self, groups: list, cores: float):
+        self.groups, self.cores = groups, cores
+        self.cpu, self.wall = 0.0, 0.0
+        self._mark: tuple[dict, float, float] | None = None
+
+    def _sample(self) -> dict:
+        import ray
+        actors = [a for g in self.groups for a in g.actors]
+        try:
+            seconds = ray.get([a.cpu_seconds.remote() for a in actors], timeout=30)
+        except (ray.exceptions.RayError, TimeoutError):
+            return {}  # a role is dead or stuck: that interval is not counted
+        return {a._actor_id.hex(): s for a, s in zip(actors, seconds)}
+
+    def start(self) -> None:
+        import time
+        self._mark = (self._sample(), time.process_time(), time.perf_counter())
+
+    def stop(self) -> None:
+        import time
+        if self._mark is None:
+            return
+        before, driver0, wall0 = self._mark
+        now = self._sample()
+        if now and before:
+            self.cpu += sum(s - before.get(k, 0.0) for k, s in now.items()) + time.process_time() - driver0
+            self.wall += time.perf_counter() - wall0
+        self._mark = None
+
+    def share(self) -> float | None:
+        """CPU busy share of the measured intervals (1.0: every core busy all the time)."""
+        return self.cpu / (self.wall * self.cores) if self.wall > 0 else None

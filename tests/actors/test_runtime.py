@@ -63,7 +63,7 @@ def test_learner_scores_the_engines_exact_tokens(roles, tiny_model):
 
 def test_update_moves_the_policy_and_the_broadcast_carries_it(roles):
     cfg, engines, learners, prompts = roles
-    meta = ray.get(learners.actors[0].weight_meta.remote())
+    meta = ray.get(learners.actors[0].weight_meta.remote(ray.get(engines.actors[0].info.remote())["dtype"]))
     first = ray.get(engines.actors[0].generate.remote(prompts))
     before = ray.get(learners.actors[0].param_checksum.remote(["lm_head", "layers.0.mlp"]))
     engine_before = ray.get(engines.actors[0].weight_checksum.remote(["lm_head"]))

@@ -66,3 +66,29 @@ def test_config_values_are_never_executed(tmp_path):
     c = conf.resolve(conf.load(["trainer.output_dir=__import__('os').system('touch pwned')"]), tmp_path)
     assert c.trainer.output_dir == "__import__('os').system('touch pwned')"
     assert not pathlib.Path("pwned").exists()
+
+
+def test_asynchronous_settings_are_checked_before_anything_starts():
+    c = conf.load([])
+    assert c.trainer.max_staleness == 1 and c.learner.off_policy == "bypass"
+    assert c.rollout.dtype == "auto" and c.learner.dtype == "auto"
+    with pytest.raises(conf.ConfigError, match="off_policy=none treats samples as on-policy"):
+        conf.load(["learner.off_policy=none"])
+    assert conf.load(["learner.off_policy=none", "trainer.max_staleness=0"]).learner.off_policy == "none"
+    with pytest.raises(conf.ConfigError, match="max_staleness=-1 must be a whole number"):
+        conf.load(["trainer.max_staleness=-1"])
+    with pytest.raises(conf.ConfigError, match="is_cap=0.5 must be above 1"):
+        conf.load(["learner.is_cap=0.5"])
+    with pytest.raises(conf.ConfigError, match="learner.off_policy='ppo' is not one of"):
+        conf.load(["learner.off_policy=ppo"])
+
+
+def test_auto_dtype_follows_the_cpu_flags():
+    from conf.hardware import cpu_flags, native_bf16, resolve_dtype
+    assert resolve_dtype("auto", "rollout", {"avx2", "fma"}, gpu=False)[0] == "float32"
+    assert resolve_dtype("auto", "rollout", {"avx512f", "avx512_bf16"}, gpu=False)[0] == "bfloat16"
+    assert resolve_dtype("auto", "learner", {"amx_bf16"}, gpu=False) == ("bf16", "auto: CPU with amx_bf16: native bf16")
+    assert resolve_dtype("float32", "rollout", {"amx_bf16"}, gpu=False) == ("float32", "configured")
+    # this machine: the answer agrees with its own /proc/cpuinfo
+    flags = cpu_flags()
+    assert native_bf16(flags, gpu=False)[0] == bool({"avx512_bf16", "amx_bf16"} & flags)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from learner.grpo import (AGG_MODES, group_advantages, loss_denominators, policy_loss,
+from learner.grpo import (AGG_MODES, group_advantages, importance_weights, loss_denominators, policy_loss,
                           token_entropy, token_logprobs)
 
 E = math.e
@@ -210,3 +210,59 @@ def test_bad_arguments_raise_clear_errors():
         policy_loss(x, x, x, torch.zeros(1), x + 1, agg="mean")
     with pytest.raises(ValueError, match="G=3"):
         group_advantages(torch.zeros(4), 3)
+
+
+# ---------------------------------------------------------------------------- off-policy correction
+def test_dual_clip_bounds_a_stale_negative_advantage_token():
+    # a token the engine sampled at log-prob -5 that the policy now gives log-prob -1: ratio e^4 = 54.6.
+    # With A = -1, PPO's min() keeps ratio * |A| = 54.6 (this is what blows up at staleness 3);
+    # the dual clip at c = 3 caps it at 3 * |A| = 3 and sends no gradient through that token.
+    logp = torch.tensor([[-1.0]], requires_grad=True)
+    behaviour, adv, mask = torch.tensor([[-5.0]]), torch.tensor([-1.0]), torch.ones(1, 1)
+    plain, _ = policy_loss(logp, behaviour, None, adv, mask, beta=0.0)
+    assert float(plain.detach()) == pytest.approx(math.exp(4.0))
+    capped, m = policy_loss(logp, behaviour, None, adv, mask, beta=0.0, dual_clip=3.0)
+    assert float(capped.detach()) == pytest.approx(3.0) and m["dual_clip_frac"] == 1.0
+    capped.backward()
+    assert float(logp.grad) == 0.0
+
+
+def test_dual_clip_leaves_positive_advantages_and_small_ratios_alone():
+    logp = torch.tensor([[-1.0, -1.0, -2.0]])
+    old = torch.tensor([[-1.5, -5.0, -1.9]])  # ratios e^0.5, e^4, e^-0.1
+    adv, mask = torch.tensor([1.0]), torch.ones(1, 3)
+    a, _ = policy_loss(logp, old, None, adv, mask, beta=0.0)
+    b, m = policy_loss(logp, old, None, adv, mask, beta=0.0, dual_clip=3.0)
+    assert float(a) == float(b) and m["dual_clip_frac"] == 0.0  # A > 0: the PPO clip already binds
+    neg = torch.tensor([-1.0])
+    c, _ = policy_loss(logp, torch.tensor([[-1.2, -1.1, -1.9]]), None, neg, mask, beta=0.0)
+    d, _ = policy_loss(logp, torch.tensor([[-1.2, -1.1, -1.9]]), None, neg, mask, beta=0.0, dual_clip=3.0)
+    assert float(c) == float(d)  # ratios below c: unchanged
+
+
+def test_importance_weights_truncate_mask_and_mismatch_kl_by_hand():
+    prox = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    behaviour = torch.tensor([[0.0, -math.log(3.0), math.log(4.0), -0.1]])  # w = 1, 3, 1/4, e^0.1
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the last token is padding
+    w, m = importance_weights(prox, behaviour, mask, cap=2.0, mode="truncate")
+    assert w[0].tolist() == pytest.approx([1.0, 2.0, 0.25, 0.0])
+    assert m["is_max"] == pytest.approx(3.0) and m["is_guarded_frac"] == pytest.approx(1 / 3)
+    assert m["is_mean"] == pytest.approx((1 + 3 + 0.25) / 3)
+    # k3 = w - 1 - log w per token: 0, 2 - log 3, -0.75 + log 4
+    assert m["mismatch_kl"] == pytest.approx((0 + 2 - math.log(3) + (-0.75 + math.log(4))) / 3)
+    w, m = importance_weights(prox, behaviour, mask, cap=2.0, mode="mask")
+    assert w[0].tolist() == pytest.approx([1.0, 0.0, 0.0, 0.0])  # 3 > 2 and 1/4 < 1/2 are dropped
+    assert m["is_guarded_frac"] == pytest.approx(2 / 3)
+    _, m = importance_weights(prox, prox, mask)
+    assert m["mismatch_kl"] == 0.0 and m["is_mean"] == 1.0
+
+
+def test_is_weight_scales_each_tokens_surrogate():
+    logp = torch.tensor([[-1.0, -1.0]], requires_grad=True)
+    adv, mask = torch.tensor([2.0]), torch.ones(1, 2)
+    w = torch.tensor([[0.5, 2.0]])
+    loss, _ = policy_loss(logp, logp.detach(), None, adv, mask, beta=0.0, is_weight=w)
+    loss.backward()
+    # ratio 1: surrogate per token -A * w = -1, -4; seq-mean-token-mean: (-1 - 4) / 2
+    assert float(loss.detach()) == pytest.approx(-2.5)
+    assert logp.grad[0].tolist() == pytest.approx([-0.5, -2.0])  # d/dlogp of -ratio * A * w / 2

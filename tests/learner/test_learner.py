@@ -105,13 +105,48 @@ def test_lora_trains_adapters_only_and_sends_merged_base_weights(tiny_model, syn
         _learner(tiny_model, 4, **{"learner.lora.r": 4, "learner.zero_stage": 3})
 
 
-def test_num_iterations_reuses_old_logprobs(tiny_model, synthetic):
-    lr = _learner(tiny_model, 4, **{"learner.num_iterations": 2, "learner.beta": 0.0})
-    m = lr.train_step(_items(tiny_model, synthetic))
+def _engine_logprobs(lr, items):
+    """Give ``items`` the log-probs an engine holding ``lr``'s current weights would report."""
+    for it, lps in zip(items, lr.logprobs(items)):
+        it.engine_logprobs = lps
+    return items
+
+
+@pytest.mark.parametrize("mode", ["none", "bypass", "decoupled"])
+def test_num_iterations_reuses_old_logprobs(tiny_model, synthetic, mode):
+    lr = _learner(tiny_model, 4, **{"learner.num_iterations": 2, "learner.beta": 0.0, "learner.off_policy": mode,
+                                    "trainer.max_staleness": 0})
+    m = lr.train_step(_engine_logprobs(lr, _items(tiny_model, synthetic)))
     assert m["items"] == 4 and m["grad_norm"] > 0
-    # the first pass sees ratio 1 exactly (old = current); the step count reflects two optimizer steps
-    assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    # the first pass sees ratio 1 (old = current: recomputed, or the engine's log-probs of the same
+    # weights); the step count reflects two optimizer steps
+    assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert m["offpolicy/mismatch_kl"] == pytest.approx(0.0, abs=1e-6)
     assert lr.scheduler.last_epoch == 2
+
+
+def test_stale_samples_are_corrected_against_the_engines_logprobs(tiny_model, synthetic):
+    """Samples drawn by older weights: bypass takes the ratio against the engine's log-probs (so it
+    is not 1), decoupled recomputes a proximal policy (ratio 1) and weights tokens by pi_prox / mu;
+    both report the same mismatch, and the IS weights are exactly exp(pi - mu) of the same tokens."""
+    items = _items(tiny_model, synthetic)
+    stale = _learner(tiny_model, 4, **{"learner.beta": 0.0})
+    stale.train_step(_engine_logprobs(stale, _items(tiny_model, synthetic)))  # the "engine" is one update behind
+    out = {}
+    for mode in ("bypass", "decoupled"):
+        lr = _learner(tiny_model, 4, **{"learner.beta": 0.0, "learner.off_policy": mode})
+        lr.train_step(_engine_logprobs(lr, _items(tiny_model, synthetic)))  # one update ahead of the start
+        lps = lr.logprobs(items)
+        behaviour = _engine_logprobs(_learner(tiny_model, 4), [TrainItem(i.key, i.prompt_token_ids,
+                                     i.completion_token_ids, i.images, i.advantage, []) for i in items])
+        out[mode] = (lr.train_step(behaviour), lps, [i.engine_logprobs for i in behaviour])
+    (mb, lps, mu), (md, _, _) = out["bypass"], out["decoupled"]
+    assert mb["offpolicy/mismatch_kl"] > 1e-4  # the policy moved away from the sampling weights
+    assert mb["offpolicy/mismatch_kl"] == pytest.approx(md["offpolicy/mismatch_kl"], rel=1e-4)
+    assert mb["offpolicy/is_mean"] == pytest.approx(md["offpolicy/is_mean"], rel=1e-5)
+    ws = [math.exp(a - b) for x, y in zip(lps, mu) for a, b in zip(x[1:], y[1:])]  # first token: no loss
+    assert mb["offpolicy/is_max"] == pytest.approx(max(ws), rel=1e-4)
+    assert md["ratio_mean"] == pytest.approx(1.0, abs=1e-5) and abs(mb["ratio_mean"] - 1.0) > 1e-4
 
 
 @pytest.mark.parametrize("over", [{"learner.dtype": "bf16"}, {"learner.gradient_checkpointing": "true"},

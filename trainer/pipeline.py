@@ -1,0 +1,86 @@
+"""Batches between the engines and the learner: generated, scored, waiting to be trained.
+
+    b = generate_batch(engines, scorer_pool, prompts, step=7, version=6, seed=0)   # G samples each, scored
+    state = [to_json(b) for b in in_flight]      # into a checkpoint: nothing generated is lost
+    in_flight = [from_json(s, prompts_by_id) for s in state]
+
+With ``trainer.max_staleness`` K > 0 the engines generate the batch of step t+K while the learner
+trains step t, so up to K scored batches wait here. ``version`` is the number of updates the
+generating weights had seen; the learner trains a batch at version ``step``, so its staleness is
+``step - version`` (<= K, asserted by the orchestrator). A checkpoint stores these batches whole
+(token ids, texts, engine log-probs, scores) as JSON, so a resumed run trains exactly what the
+uninterrupted one would have, without regenerating from weights it no longer has.
+"""
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+
+
+def sample_seed(seed: int, step: int, prompt_id: str) -> int:
+    """The sampling seed of one prompt at one step: the same in a resumed run as in the original,
+    and the same whatever the staleness (a batch is seeded by the step that trains it)."""
+    return zlib.crc32(f"{seed}/{step}/{prompt_id}".encode()) & 0x7FFFFFFF
+
+
+@dataclass
+class Batch:
+    """One step's prompts with their G scored samples each, in prompt order then sample order."""
+    step: int                     # 0-based index of the step that trains it
+    prompts: list                 # data.loaders.Prompt
+    rollouts: list                # actors.rollout.Rollout, grouped by prompt
+    scored: dict                  # (prompt id, sample) -> {"total", "values"}
+    failures: dict                # "reward/reason" -> parse-failure count
+    version: int                  # updates the generating weights had seen
+    times: dict = field(default_factory=dict)  # rollout / reward seconds, queue depth, engine restarts
+
+
+def generate_batch(engines, scorer_pool, prompts: list, step: int, version: int, seed: int) -> Batch:
+    """Generate G samples per prompt on the engines (sharded; a dead engine is replaced) and score
+    each exactly once; scoring starts as each engine's shard lands."""
+    t0 = time.perf_counter()
+    pairs = [(p, sample_seed(seed, step, p.id)) for p in prompts]
+    rollouts = engines.generate(pairs, on_shard=scorer_pool.submit)
+    times = {"rollout": time.perf_counter() - t0, "queue_depth": len(scorer_pool.pending),
+             "engine_restarts": engines.restarts}
+    t0 = time.perf_counter()
+    scored, failures = scorer_pool.collect()
+    times["reward"] = time.perf_counter() - t0
+    times["reward_recoveries"] = scorer_pool.recovered
+    position = {p.id: i for i, p in enumerate(prompts)}  # groups of G, in batch order
+    rollouts.sort(key=lambda r: (position[r.prompt.id], r.sample))
+    if len(rollouts) != len(scored) or any(r.key not in scored for r in rollouts):
+        raise RuntimeError(f"step {step + 1}: {len(rollouts)} completions but {len(scored)} scores: one was lost "
+                           "or duplicated")
+    return Batch(step, list(prompts), rollouts, scored, failures, version, times)
+
+
+def to_json(b: Batch) -> dict:
+    """A JSON-safe copy of ``b`` (prompts by id; floats round-trip exactly through ``json``)."""
+    rollouts = []
+    for r in b.rollouts:
+        d = asdict(r)
+        d.pop("prompt")
+        rollouts.append({"prompt_id": r.prompt.id, **d})
+    scored = [[k[0], k[1], v["total"], v["values"]] for k, v in b.scored.items()]
+    return {"step": b.step, "prompt_ids": [p.id for p in b.prompts], "rollouts": rollouts, "scored": scored,
+            "failures": b.failures, "version": b.version, "times": b.times}
+
+
+def from_json(d: dict, prompts_by_id: dict) -> Batch:
+    """The batch ``to_json`` saved; its prompts looked up in this run's training data."""
+    from actors.rollout import Rollout
+    missing = [i for i in d["prompt_ids"] if i not in prompts_by_id]
+    if missing:
+        raise SystemExit(f"the checkpoint holds a generated batch for prompts {missing[:3]} that are not in this "
+                         "run's training data: resume with the data files the checkpoint was trained on")
+    rollouts = []
+    for r in d["rollouts"]:
+        r = dict(r)
+        prompt = prompts_by_id[r.pop("prompt_id")]
+        r["input_sizes"] = tuple(tuple(s) for s in r["input_sizes"])
+        rollouts.append(Rollout(prompt=prompt, **r))
+    scored = {(pid, int(s)): {"total": total, "values": values} for pid, s, total, values in d["scored"]}
+    return Batch(int(d["step"]), [prompts_by_id[i] for i in d["prompt_ids"]], rollouts, scored, dict(d["failures"]),
+                 int(d["version"]), dict(d["times"]))
