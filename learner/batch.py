@@ -87,3 +87,83 @@ def behaviour_logprobs(items: list[TrainItem], offsets: list[int], width: int) -
         if it.engine_logprobs:
             out[i, o:o + len(it.engine_logprobs)] = torch.tensor(it.engine_logprobs, dtype=torch.float32)
     return out
+
+
+# ---------------------------------------------------------------------------- shared prompts
+def groups_of(items: list[TrainItem]) -> list[list[TrainItem]]:
+    """Consecutive items that share one prompt (same prompt id, token ids and images)."""
+    out: list[list[TrainItem]] = []
+    for it in items:
+        head = out[-1][0] if out else None
+        if head is not None and head.key[0] == it.key[0] and head.prompt_token_ids == it.prompt_token_ids \
+                and head.images == it.images:
+            out[-1].append(it)
+        else:
+            out.append([it])
+    return out
+
+
+def collate_shared(items: list[TrainItem], image_processor, pad_id: int, banned: set[int], image_token_id: int,
+                   rope_index, dtype: torch.dtype = torch.float32) -> dict:
+    """Like ``collate``, but each group's prompt (and its images) is computed once.
+
+    One row per group: ``[left padding, prompt, slot 1, ..., slot G]``, every slot ``S`` wide
+    (the longest completion) and right-padded, so that the logits every row needs sit at the same
+    columns. A 4D mask lets a slot see the prompt and its own causal past, never another slot;
+    3D rotary positions come from ``rope_index(ids [1, P], mm_token_type_ids [1, P], image_grid_thw)``
+    on the prompt alone, and every slot restarts at the prompt's largest position + 1 -- what the
+    unshared sequence prompt + completion gets (not the prompt's token count: image tokens share
+    positions). The outputs ``targets`` / ``mask`` / ``behaviour`` are ``[n_items, S]`` in item
+    order, so the loss code is the same; gradients equal the unshared ones up to float round-off.
+    """
+    groups = groups_of(items)
+    R, G = len(groups), max(len(g) for g in groups)
+    S = max(len(it.completion_token_ids) for it in items)
+    P = max(len(g[0].prompt_token_ids) for g in groups)
+    L = P + G * S
+    input_ids = torch.full((R, L), pad_id, dtype=torch.long)
+    positions = torch.zeros((3, R, L), dtype=torch.long)
+    segment = torch.full((R, L), -2, dtype=torch.long)  # -2 left padding, -1 prompt, i slot i
+    images = [open_rgb(p) for g in groups for p in g[0].images]
+    vision = image_processor(images=images, return_tensors="pt") if images else None
+    n_img = 0
+    for r, g in enumerate(groups):
+        prompt = torch.tensor(g[0].prompt_token_ids, dtype=torch.long)
+        a = P - len(prompt)  # left padding: every prompt ends at column P
+        input_ids[r, a:P], segment[r, a:P] = prompt, -1
+        k = len(g[0].images)
+        grid = vision["image_grid_thw"][n_img:n_img + k] if vision is not None and k else None
+        n_img += k
+        pos = rope_index(prompt[None], (prompt[None] == image_token_id).long(), grid)  # [3, 1, len(prompt)]
+        positions[:, r, a:P] = pos[:, 0]
+        start = int(pos.max()) + 1
+        for i in range(G):
+            positions[:, r, P + i * S:P + (i + 1) * S] = start + torch.arange(S)
+            segment[r, P + i * S:P + (i + 1) * S] = i
+        for i, it in enumerate(g):
+            comp, _ = sanitize(it.completion_token_ids, banned, pad_id)
+            input_ids[r, P + i * S:P + i * S + len(comp)] = torch.tensor(comp, dtype=torch.long)
+    causal = torch.ones((L, L), dtype=torch.bool).tril()
+    same = segment[:, :, None] == segment[:, None, :]  # [R, L, L]
+    allowed = causal & (same | (segment == -1)[:, None, :])
+    mask4d = torch.zeros((R, 1, L, L), dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+    # logits of slot i: column P-1 predicts its first token, then its own columns
+    keep = torch.tensor([c for i in range(G) for c in [P - 1] + list(range(P + i * S, P + i * S + S - 1))])
+    inputs = {"input_ids": input_ids, "attention_mask": mask4d, "position_ids": positions, "logits_to_keep": keep}
+    if vision is not None:
+        inputs["pixel_values"], inputs["image_grid_thw"] = vision["pixel_values"], vision["image_grid_thw"]
+    rows = [r * G + i for r, g in enumerate(groups) for i in range(len(g))]  # (group row, slot) -> item
+    targets = torch.full((len(items), S), pad_id, dtype=torch.long)
+    loss_mask = torch.zeros((len(items), S), dtype=torch.float32)
+    ordered = [it for g in groups for it in g]
+    for j, it in enumerate(ordered):
+        comp, cmask = sanitize(it.completion_token_ids, banned, pad_id)
+        targets[j, :len(comp)] = torch.tensor(comp, dtype=torch.long)
+        loss_mask[j, :len(cmask)] = torch.tensor(cmask, dtype=torch.float32)
+    offsets = [0] * len(items)
+    lm_tokens = sum(len(g[0].prompt_token_ids) + sum(len(it.completion_token_ids) for it in g) for g in groups)
+    return {"inputs": inputs, "targets": targets, "mask": loss_mask, "rows": torch.tensor(rows), "slot": S,
+            "advantages": torch.tensor([it.advantage for it in ordered], dtype=torch.float32), "items": ordered,
+            "offsets": offsets, "behaviour": behaviour_logprobs(ordered, offsets, S),
+            "lm_tokens": lm_tokens, "lm_tokens_unshared": sum(len(it.prompt_token_ids) + len(it.completion_token_ids)
+                                                              for it in items)}

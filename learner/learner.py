@@ -17,7 +17,7 @@ import os
 import torch
 
 from learner import grpo
-from learner.batch import TrainItem, collate
+from learner.batch import TrainItem, collate, collate_shared
 from learner.checkpoint_io import CheckpointIO
 from learner.ds_config import ds_config
 from learner.optim import SkippableAdamW, lr_lambda
@@ -133,19 +133,39 @@ class Learner(CheckpointIO):
         ctx = torch.enable_grad() if grad else torch.no_grad()
         with ctx:
             logits = model(**batch["inputs"]).logits  # [b, K, V]
+            if "rows" in batch:  # shared prompts: [groups, G * S, V] -> one row of S per completion
+                logits = logits.reshape(-1, batch["slot"], logits.shape[-1])[batch["rows"]]
             logits = logits.float() / (temperature or self.rollout_cfg["temperature"])
             logp = grpo.token_logprobs(logits, batch["targets"])
             ent = grpo.token_entropy(logits.detach()) if grad else None
         return logp, ent
 
-    def _batches(self, items: list[TrainItem]) -> list[dict]:
+    def _batches(self, items: list[TrainItem], shared: bool = True) -> list[dict]:
         mbs = self.cfg["micro_batch_size"]
         chunks = [items[i:i + mbs] for i in range(0, len(items), mbs)]
         if len(chunks) != self.n_micro:
             raise ValueError(f"rank {self.rank} got {len(items)} items = {len(chunks)} micro-batches, expected "
                              f"{self.n_micro}; every step must give each rank the same number of completions")
+        return [self._collate(c, shared) for c in chunks]
+
+    def _collate(self, items: list[TrainItem], shared: bool) -> dict:
+        """Model inputs for one micro-batch; completions of one prompt share its forward pass when
+        ``learner.prefix_sharing`` is on and the model exposes its rotary index (Qwen2/2.5-VL)."""
         ip = self.processor.image_processor
-        return [collate(c, ip, self.pad_id, self.banned, self.image_token_id) for c in chunks]
+        rope = self._rope_index() if shared and self.cfg["prefix_sharing"] else None
+        if rope is None:
+            return collate(items, ip, self.pad_id, self.banned, self.image_token_id)
+        dtype = torch.bfloat16 if self.cfg["dtype"] == "bf16" else torch.float32
+        return collate_shared(items, ip, self.pad_id, self.banned, self.image_token_id, rope, dtype)
+
+    def _rope_index(self):
+        """``(ids, mm_token_type_ids, image_grid_thw) -> [3, 1, P]`` rotary positions, or None."""
+        model = self.engine.module
+        model = model.get_base_model() if self.lora else model
+        fn = getattr(getattr(model, "model", None), "get_rope_index", None)
+        if fn is None:
+            return None
+        return lambda ids, types, grid: fn(ids, mm_token_type_ids=types, image_grid_thw=grid)[0]
 
     def logprobs(self, items: list[TrainItem]) -> list[list[float]]:
         """The current policy's log-prob of every completion token (no update; for checks)."""
@@ -153,7 +173,7 @@ class Learner(CheckpointIO):
         out = []
         for i in range(0, len(items), mbs):
             chunk = items[i:i + mbs]
-            b = collate(chunk, self.processor.image_processor, self.pad_id, self.banned, self.image_token_id)
+            b = self._collate(chunk, shared=True)
             logp, _ = self._logp(self.engine, b, grad=False)
             for j, it in enumerate(chunk):
                 start = b["offsets"][j]
@@ -183,6 +203,9 @@ class Learner(CheckpointIO):
         tok = {"kl": 0.0, "clip_low_frac": 0.0, "clip_high_frac": 0.0, "ratio_mean": 0.0, "entropy": 0.0,
                "engine_logp_abs_diff": 0.0, "dual_clip_frac": 0.0, "is_mean": 0.0, "is_guarded_frac": 0.0,
                "mismatch_kl": 0.0}
+        lm = torch.tensor([[b.get("lm_tokens", 0), b.get("lm_tokens_unshared", 0), b["inputs"]["input_ids"].numel()]
+                           for b in batches], dtype=torch.float64).sum(0)  # language-model tokens per forward
+        dist.all_reduce(lm)
         n_tok, grad_norms, is_max = 0.0, [], 0.0
         skipped = 0
         for it in range(mu):
@@ -233,6 +256,9 @@ class Learner(CheckpointIO):
         out.update({k: float(vec[4 + i]) / total_tok for i, k in enumerate(tok)})
         for key in ("is_mean", "is_guarded_frac", "mismatch_kl", "dual_clip_frac"):
             out[f"offpolicy/{key}"] = out.pop(key)
+        if lm[1] > 0:  # prompt sharing: tokens one forward computes, against the same batch unshared
+            out.update({"learner/lm_tokens": float(lm[0]), "learner/lm_tokens_unshared": float(lm[1]),
+                        "learner/lm_tokens_padded": float(lm[2])})
         out.update({"offpolicy/is_max": float(top[0]), "grad_norm": grad_norms[-1],
                     "lr": self.scheduler.get_last_lr()[0], "items": g_seqs, "skipped_updates": skipped})
         return out
@@ -285,7 +311,7 @@ class Learner(CheckpointIO):
     def sft_step(self, prompts: list) -> dict:
         """One supervised step: token-mean cross-entropy of the target answers (all ranks)."""
         import torch.distributed as dist
-        batches = self._batches([self._sft_item(p) for p in prompts])
+        batches = self._batches([self._sft_item(p) for p in prompts], shared=False)
         counts = torch.tensor([sum(float(b["mask"].sum()) for b in batches)], dtype=torch.float64)
         dist.all_reduce(counts)
         total, correct = 0.0, 0.0

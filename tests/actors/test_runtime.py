@@ -118,6 +118,6 @@ def test_two_learner_ranks_zero3_and_two_engines(tmp_path, tiny_model, synthetic
     summary, rows, _ = _run(tmp_path, tiny_model, synthetic, "conf=rec", "trainer.max_steps=2", "learner.world_size=2",
                             "learner.zero_stage=3", "rollout.num_engines=2", "trainer.prompts_per_step=2",
                             "rollout.num_generations=4", "rollout.max_new_tokens=24", "reward.funcs.repetition=1.0",
-                            "learner.lr=1e-2")
+                            "learner.lr=1e-2", "trainer.max_staleness=0")
     assert summary["steps"] == 2 and summary["samples"] == 16 and summary["distinct_prompts"] == 4
     assert rows[0]["items"] == 8 and rows[1]["engine_logp_abs_diff"] < 0.05  # step 2 sampled from synced engines

@@ -32,12 +32,12 @@ def _items(tiny_model, synthetic, n=4, vision_junk=False):
     return items
 
 
-def _learner(tiny_model, mbs, **over):
+def _learner(tiny_model, mbs, per_rank_items=4, **over):
     from learner.learner import Learner
     c = conf.load([f"learner.micro_batch_size={mbs}", "learner.lr=1e-2", *[f"{k}={v}" for k, v in over.items()]])
     plain = lambda n: conf.OmegaConf.to_container(n, resolve=True)  # noqa: E731
     lr = Learner(0, 1, tiny_model, plain(c.model), plain(c.learner), plain(c.rollout), seed=0, total_steps=10,
-                 per_rank_items=4)
+                 per_rank_items=per_rank_items)
     lr.setup("127.0.0.1", free_port())
     return lr
 
@@ -144,7 +144,7 @@ def test_stale_samples_are_corrected_against_the_engines_logprobs(tiny_model, sy
     assert mb["offpolicy/mismatch_kl"] > 1e-4  # the policy moved away from the sampling weights
     assert mb["offpolicy/mismatch_kl"] == pytest.approx(md["offpolicy/mismatch_kl"], rel=1e-4)
     assert mb["offpolicy/is_mean"] == pytest.approx(md["offpolicy/is_mean"], rel=1e-5)
-    ws = [math.exp(a - b) for x, y in zip(lps, mu) for a, b in zip(x[1:], y[1:])]  # first token: no loss
+    ws = [math.exp(a - b) for x, y in zip(lps, mu) for a, b in zip(x, y)]
     assert mb["offpolicy/is_max"] == pytest.approx(max(ws), rel=1e-4)
     assert md["ratio_mean"] == pytest.approx(1.0, abs=1e-5) and abs(mb["ratio_mean"] - 1.0) > 1e-4
 
@@ -254,3 +254,53 @@ def test_an_sft_step_lowers_the_loss_on_a_fixed_batch(tiny_model, synthetic):
     lr = _learner(tiny_model, 4, **{"learner.beta": 0.0, "learner.lr": 3e-3})
     losses = [lr.sft_step(prompts[:4])["sft_loss"] for _ in range(6)]
     assert all(math.isfinite(x) for x in losses) and losses[-1] < 0.8 * losses[0], losses
+
+
+def _grouped_items(tiny_model, synthetic, prompts=2, G=3):
+    """G completions of different lengths per prompt, laid out group after group (as the engines return them)."""
+    base = _items(tiny_model, synthetic, n=prompts)
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for p in base:
+        for s in range(G):
+            comp = torch.randint(10, 300, (3 + 4 * s,), generator=g).tolist()
+            out.append(TrainItem((p.key[0], s), p.prompt_token_ids, comp, p.images, [1.0, -0.5, 0.25][s], []))
+    return out
+
+
+def _grads(lr, items):
+    """Gradient of sum(A * logp) over every completion token, with the learner's own batching."""
+    model = lr.engine.module
+    model.zero_grad(set_to_none=True)
+    for b in lr._batches(items):
+        logp, _ = lr._logp(model, b, grad=True)
+        (logp * b["mask"] * b["advantages"][:, None]).sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("mbs", [6, 2])  # whole groups per micro-batch, and groups split across micro-batches
+def test_shared_prompt_forward_equals_the_unshared_one_in_logprobs_and_gradients(tiny_model, synthetic, mbs):
+    items = _grouped_items(tiny_model, synthetic)
+    shared = _learner(tiny_model, mbs, 6, **{"learner.prefix_sharing": "true"})
+    plain = _learner(tiny_model, mbs, 6, **{"learner.prefix_sharing": "false"})
+    assert "rows" in shared._batches(items)[0] and "rows" not in plain._batches(items)[0]
+    a, b = shared.logprobs(items), plain.logprobs(items)
+    assert [len(x) for x in a] == [len(it.completion_token_ids) for it in items]
+    assert max(abs(x - y) for u, v in zip(a, b) for x, y in zip(u, v)) < 1e-5
+    ga, gb = _grads(shared, items), _grads(plain, items)
+    assert ga.keys() == gb.keys() and any("visual" in n for n in ga)  # the vision tower gets its gradient too
+    for n in ga:  # fp32 round-off: the shared prompt sums G completions' gradients in another order
+        assert torch.allclose(ga[n], gb[n], rtol=1e-4, atol=1e-6), (n, float((ga[n] - gb[n]).abs().max()))
+    assert sum(float(g.abs().sum()) for g in ga.values()) > 0
+
+
+def test_shared_prompts_cut_the_language_model_tokens(tiny_model, synthetic):
+    items = _grouped_items(tiny_model, synthetic, prompts=2, G=3)
+    for it in items:
+        it.engine_logprobs = [0.0] * len(it.completion_token_ids)
+    m = _learner(tiny_model, 6, 6, **{"learner.prefix_sharing": "true", "learner.beta": 0.0}).train_step(items)
+    prompts = [len(items[0].prompt_token_ids), len(items[3].prompt_token_ids)]
+    comps = sum(len(it.completion_token_ids) for it in items)
+    # unshared: every completion carries its prompt; shared: each prompt once
+    assert m["learner/lm_tokens_unshared"] == 3 * sum(prompts) + comps
+    assert m["learner/lm_tokens"] == sum(prompts) + comps
