@@ -81,6 +81,7 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     from actors.roles import create_roles, plain
     G, K = cfg.rollout.num_generations, cfg.trainer.max_staleness
     engines, learners, scorers = create_roles(cfg, model_path)  # engines: an EnginePool
+    chosen = describe_choices(cfg, engines.engines.info, learners.info)
     scorer_pool = ScorerPool(scorers, cfg.reward.chunk_size, cfg.reward.timeout_s)
     sampler = PromptSampler(len(train), cfg.trainer.prompts_per_step, cfg.seed, cfg.data.shuffle, cfg.trainer.epochs)
     max_steps = min(cfg.trainer.max_steps, sampler.steps_available())
@@ -159,12 +160,24 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
             break
     monitor.close()
     summary = summarize(history, times, time.perf_counter() - t_run, meter.share(), K)
+    summary["chosen"] = chosen
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if cfg.trainer.report:
         from trainer.report import build_report
         summary["report"] = str(build_report(out_dir))
     print_summary(summary, out_dir)
     return summary
+
+
+def describe_choices(cfg, engine: dict, learner: dict) -> dict:
+    """What ``auto`` resolved to on each role's machine, printed once and kept in summary.json."""
+    K = cfg.trainer.max_staleness
+    chosen = {"loop": f"asynchronous, max_staleness={K}" if K else "synchronous",
+              "rollout": f"{engine['dtype']} ({engine['dtype_reason']}), {engine['threads']} threads",
+              "learner": f"{learner['dtype']} ({learner['dtype_reason']}), {learner['threads']} threads, "
+                         f"off_policy={cfg.learner.off_policy}, prefix_sharing={cfg.learner.prefix_sharing}"}
+    print("; ".join(f"{k}: {v}" for k, v in chosen.items()), flush=True)
+    return chosen
 
 
 def machine_cores(cfg) -> float:

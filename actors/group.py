@@ -71,6 +71,7 @@ class ActorGroup:
                 **{**opts, "name": f"{name}-{i}" + (f"-r{gen}" if gen else "")}).remote(*args, **(kwargs or {}), **per)))
             self.actors.append(self._spawn[i](0))
         self.replacements = 0
+        self.info: dict = {}  # what the role reported at start-up (set by actors/roles.py)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
         """The same call on every actor."""

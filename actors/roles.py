@@ -70,7 +70,7 @@ def create_learners(cfg, model_path: str, per_rank_items: int, gpu: bool | None 
                                       total_steps=cfg.trainer.max_steps, per_rank_items=per_rank_items),
                           kwargs_fn=lambda i: {"rank": i}, env={**ACTOR_ENV, **_threads(cfg, lc)})
     host, port = ray.get(learners.actors[0].address.remote())
-    ray.get(learners.call("setup", host, port))
+    learners.info = ray.get(learners.call("setup", host, port))[0]  # rank 0's: sizes, dtype chosen and why, threads
     return learners
 
 
@@ -87,8 +87,8 @@ def create_roles(cfg, model_path: str):
     learners = create_learners(cfg, model_path, cfg.trainer.prompts_per_step * r.num_generations // lc.world_size, gpu)
     scorers = ActorGroup(RewardWorker, rc.num_workers, {"CPU": rc.cpus_per_worker, **rc.resources}, "reward",
                          args=(dict(rc.funcs), rc.box_convention), env=ACTOR_ENV)
-    engine_dtype = ray.get(engines.actors[0].info.remote())["dtype"]
-    meta = ray.get(learners.actors[0].weight_meta.remote(engine_dtype))
+    engines.info = ray.get(engines.actors[0].info.remote())  # dtype chosen and why, threads
+    meta = ray.get(learners.actors[0].weight_meta.remote(engines.info["dtype"]))
     pool = EnginePool(engines, learners, meta, r.timeout_s, "nccl" if gpu else "gloo",
                       asynchronous=cfg.trainer.max_staleness > 0)
     pool.connect()

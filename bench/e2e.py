@@ -3,6 +3,7 @@
     pip install -r bench/requirements.txt            # TRL, for this benchmark only
     python -m bench.e2e                              # sizes 30m and 400m
     python -m bench.e2e --sizes tiny 30m --steps 4 --prompts 2 --generations 4 --max-new-tokens 48
+    python -m bench.e2e --sizes 30m --variants async sync      # this project's loops only, against TRL
 
 Identical work on both sides: the same random Qwen2.5-VL built from a config, the same synthetic
 REC prompts and images in the same order, G samples per prompt, B prompts per step, the same
@@ -29,22 +30,40 @@ from bench.common import machine, save, table
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_ours(model_dir: str, syn: pathlib.Path, out: pathlib.Path, a) -> dict:
+VARIANTS = {  # this project's rows: name -> overrides (the defaults are dtype/threads auto, prefix sharing on)
+    "async": ["trainer.max_staleness=1"],
+    "sync": ["trainer.max_staleness=0"],
+    # the defaults before asynchronous training: bf16 engine whatever the CPU, one thread per role,
+    # no prompt sharing, the old-log-prob-free on-policy loss
+    "old-defaults": ["trainer.max_staleness=0", "rollout.dtype=bfloat16", "learner.dtype=fp32", "rollout.cpu_threads=1",
+                     "learner.cpu_threads=1", "learner.prefix_sharing=false", "learner.off_policy=none"],
+}
+
+
+def run_ours(model_dir: str, syn: pathlib.Path, out: pathlib.Path, a, overrides: list[str]) -> dict:
+    """Steps 2 .. N-1 of an N = steps + 2 step run are timed: the first is warm-up, and the last
+    has no next batch to generate beside it (asynchronous), so each timed step of either loop
+    generates one batch and trains one."""
     cmd = [sys.executable, "orchestrator.py", "conf=rec", f"model.path={model_dir}", f"data.synthetic.dir={syn}",
-           f"trainer.output_dir={out}", f"trainer.max_steps={a.steps + 1}", f"trainer.prompts_per_step={a.prompts}",
+           f"trainer.output_dir={out}", f"trainer.max_steps={a.steps + 2}", f"trainer.prompts_per_step={a.prompts}",
            f"rollout.num_generations={a.generations}", f"rollout.max_new_tokens={a.max_new_tokens}",
-           f"learner.lr={a.lr}", f"learner.beta={a.beta}", f"learner.micro_batch_size={a.prompts * a.generations}",
+           f"learner.lr={a.lr}", f"learner.beta={a.beta}", f"learner.micro_batch_size={a.generations}",
            "trainer.eval_steps=0", "trainer.save_steps=0", "trainer.report=false", "wandb.mode=disabled",
-           "cluster.include_dashboard=false", "data.shuffle=false", "reward.num_workers=1"]
+           "cluster.include_dashboard=false", "data.shuffle=false", "reward.num_workers=1", *overrides]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"this project's run failed:\n{proc.stderr[-3000:]}")
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"time/step_s"' in x][1:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"time/step_s"' in x][1:-1]
     total = sum(r["time/step_s"] for r in rows)
     split = {k: sum(r[f"time/{k}_s"] for r in rows) for k in ("rollout", "reward", "train", "sync")}
+    summary = json.loads((out / "summary.json").read_text())
+    lm = [r for r in rows if "learner/lm_tokens" in r]
     return {"seconds": total, "samples": sum(r["items"] for r in rows), "generate": split["rollout"],
             "reward": split["reward"], "train": split["train"], "sync": split["sync"],
-            "other": total - sum(split.values()), "completion_tokens": sum(r["completion_len/mean"] * r["items"] for r in rows)}
+            "other": total - sum(split.values()), "completion_tokens": sum(r["completion_len/mean"] * r["items"] for r in rows),
+            "util_%": 100 * summary["cpu_utilisation"] if summary.get("cpu_utilisation") else None,
+            "lm_token_share": (sum(r["learner/lm_tokens"] for r in lm) / sum(r["learner/lm_tokens_unshared"] for r in lm))
+            if lm else 1.0}
 
 
 def run_trl(model_dir: str, syn: pathlib.Path, out: pathlib.Path, a) -> dict:
@@ -124,11 +143,13 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--sizes", nargs="+", default=["30m", "400m"])
     ap.add_argument("--steps", type=int, default=3, help="timed steps (one more runs first as warm-up)")
     ap.add_argument("--prompts", type=int, default=2, help="B: prompts per step")
-    ap.add_argument("--generations", type=int, default=4, help="G")
+    ap.add_argument("--generations", type=int, default=8, help="G (VLM-R1: 8)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--beta", type=float, default=0.04)
     ap.add_argument("--system", choices=["both", "ours", "trl"], default="both")
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["async", "sync", "old-defaults"],
+                    help="this project's configurations to run (async: the default)")
     a = ap.parse_args(argv)
     from data.synthetic import generate
     from data.tiny_model import build
@@ -141,23 +162,34 @@ def main(argv=None) -> list[dict]:
             model_dir = str(build(tmp / size, seed=0, size=size))
             params = json.loads((pathlib.Path(model_dir) / "BUILD.json").read_text())["parameters"]
             res = {}
-            for system in (["ours", "trl"] if a.system == "both" else [a.system]):
+            systems = [f"ours:{v}" for v in a.variants] if a.system != "trl" else []
+            systems += ["trl"] if a.system != "ours" else []
+            for system in systems:
                 print(f"[{size}] {system} ...", flush=True)
-                if system == "ours":
-                    res[system] = run_ours(model_dir, syn, tmp / f"ours-{size}", a)
+                if system.startswith("ours:"):
+                    v = system.split(":", 1)[1]
+                    res[system] = run_ours(model_dir, syn, tmp / f"ours-{v}-{size}", a, VARIANTS[v])
                 else:  # a fresh process keeps TRL's threads and memory apart from the next size
                     res[system] = _trl_subprocess(model_dir, syn, tmp / f"trl-{size}", a)
             for system, r in res.items():
                 sps = r["samples"] / r["seconds"]
-                row = {"size": size, "params_M": params / 1e6, "system": "this project" if system == "ours" else "TRL GRPOTrainer",
-                       "samples_per_s": sps, **{f"{k}_%": 100 * r[k] / r["seconds"] for k in ("generate", "reward", "train", "sync", "other")}}
-                if "trl" in res and system == "ours":
+                name = f"this project, {system.split(':', 1)[1]}" if system.startswith("ours:") else "TRL GRPOTrainer"
+                row = {"size": size, "params_M": params / 1e6, "system": name, "samples_per_s": sps,
+                       "util_%": r.get("util_%"), "lm_tokens": r.get("lm_token_share"),
+                       **{f"{k}_%": 100 * r[k] / r["seconds"] for k in ("generate", "reward", "train", "sync", "other")}}
+                if "trl" in res and system != "trl":
                     row["x_TRL"] = sps / (res["trl"]["samples"] / res["trl"]["seconds"])
+                if "ours:sync" in res and system.startswith("ours:") and system != "ours:sync":
+                    row["x_sync"] = sps / (res["ours:sync"]["samples"] / res["ours:sync"]["seconds"])
                 rows.append(row)
-    print(f"\n## End to end vs TRL ({machine()['cpu']}, {machine()['cores']} cores, {machine()['date']}): "
+    from conf.hardware import describe_cpu
+    print(f"\n## End to end vs TRL ({describe_cpu()}, {machine()['date']}): "
           f"B={a.prompts}, G={a.generations}, {a.max_new_tokens} new tokens, {a.steps} timed steps\n")
-    print(table(rows, ["size", "params_M", "system", "samples_per_s", "x_TRL", "generate_%", "reward_%", "train_%",
-                       "sync_%", "other_%"]))
+    print(table(rows, ["size", "params_M", "system", "samples_per_s", "x_TRL", "x_sync", "util_%", "lm_tokens",
+                       "generate_%", "reward_%", "train_%", "sync_%", "other_%"]))
+    print("\nlm_tokens: language-model tokens the learner computes per step, as a share of the same batch without "
+          "prompt sharing. Asynchronous rows: generate/reward run beside training, so train_% is only the wait for "
+          "the learner after them; util_%: CPU time of every process / (wall time x cores) over the training steps.")
     print(f"\nsaved {save('e2e', rows)}")
     return rows
 

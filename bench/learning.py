@@ -84,6 +84,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--warm-steps", type=int, default=0,
                     help="extra REC supervised steps on top of builtin:tiny before the arms (0: builtin:tiny as is)")
     ap.add_argument("--ovd-steps", type=int, default=100, help="training steps of each OVD run (0: skip OVD)")
+    ap.add_argument("--staleness", type=int, nargs="+", default=[1, 0],
+                    help="trainer.max_staleness of the GRPO arm (the first) and of the arms compared with it")
     ap.add_argument("--out", default="outputs/learning")
     ap.add_argument("--fresh", action="store_true", help="delete --out first")
     args = ap.parse_args(argv)
@@ -111,13 +113,16 @@ def main(argv=None) -> dict:
     for seed in args.seeds:
         common = ["conf=rec", f"seed={seed}", f"model.path={warm}", f"trainer.max_steps={S}",
                   f"trainer.prompts_per_step={B}", f"trainer.save_steps={S}", "trainer.keep_checkpoints=1"]
-        g = run_stage(f"grpo_rec_s{seed}", out, [*common, f"learner.lr={args.grpo_lr}", f"learner.beta={args.beta}",
-                                                  f"rollout.num_generations={args.generations}", val2,
-                                                  f"trainer.eval_steps={S}", "eval.train_samples=100000"],
-                      "summary.json", log)
-        results["grpo"].append(split_metrics(eval_records(g / "eval" / f"step_{S:06d}.json")))
-        results["curves"][f"grpo_rec_s{seed}"] = [{k: r.get(k) for k in ("step", "reward/rec_iou", "reward/rec_format", "accuracy")}
-                                                 for r in rows_of(g) if "reward/rec_iou" in r]
+        for k in args.staleness:  # the first is the GRPO arm of the tables; others are compared to it
+            name = f"grpo_rec_s{seed}" + (f"_k{k}" if k != args.staleness[0] else "")
+            g = run_stage(name, out, [*common, f"learner.lr={args.grpo_lr}", f"learner.beta={args.beta}",
+                                      f"rollout.num_generations={args.generations}", val2, f"trainer.max_staleness={k}",
+                                      f"trainer.eval_steps={S}", "eval.train_samples=100000"], "summary.json", log)
+            results.setdefault(f"grpo_k{k}", []).append(split_metrics(eval_records(g / "eval" / f"step_{S:06d}.json")))
+            results["curves"][name] = [{k: r.get(k) for k in ("step", "reward/rec_iou", "reward/rec_format", "accuracy")}
+                                       for r in rows_of(g) if "reward/rec_iou" in r]
+        g = out / f"grpo_rec_s{seed}"
+        results["grpo"] = results[f"grpo_k{args.staleness[0]}"]
         s = run_stage(f"sft_rec_s{seed}", out, ["mode=sft", *common, f"learner.lr={args.sft_lr}", "learner.beta=0"],
                       "checkpoints", log)
         hf = sorted((s / "checkpoints").glob("step_*"))[-1] / "hf"
@@ -179,6 +184,20 @@ def tables(res: dict, args) -> str:
               f"points (target +10), mean IoU {d(res['grpo'], 'in', 'iou') - d([res['base']], 'in', 'iou'):+.3f} (target +0.10)",
               f"GRPO - SFT, out-of-domain: accuracy {100 * (d(res['grpo'], 'ood', 'hit') - d(res['sft'], 'ood', 'hit')):+.1f} "
               f"points, mean IoU {d(res['grpo'], 'ood', 'iou') - d(res['sft'], 'ood', 'iou'):+.3f} (target > 0)"]
+    if len(args.staleness) > 1:
+        lines += ["", "GRPO at each trainer.max_staleness (same seeds, prompts and steps):", "",
+                  "| max_staleness | in-domain acc | in-domain mIoU | out-of-domain acc | out-of-domain mIoU |",
+                  "|---|---|---|---|---|"]
+        for k in args.staleness:
+            arm = res[f"grpo_k{k}"]
+            lines.append(f"| {k} | " + " | ".join(_fmt(_pool(arm, s, m)) for s in ("in", "ood") for m in ("hit", "iou")) + " |")
+        k0, k1 = args.staleness[0], args.staleness[1]
+        for s, m in (("in", "hit"), ("in", "iou")):
+            a, b = _pool(res[f"grpo_k{k0}"], s, m), _pool(res[f"grpo_k{k1}"], s, m)
+            diff = mean_se(a)[0] - mean_se(b)[0]
+            se = math.sqrt(mean_se(a)[1] ** 2 + mean_se(b)[1] ** 2)
+            lines.append(f"max_staleness {k0} - {k1}, in-domain {'accuracy' if m == 'hit' else 'mean IoU'}: "
+                         f"{diff:+.3f} ({diff / se if se else float('nan'):+.1f} standard errors; target: within 2)")
     if res.get("ovd_odlength"):
         lines += ["", f"OVD: GRPO for {args.ovd_steps} steps; sampled answers (mean of the first / last 10 steps) and "
                   "greedy val (300 images) before / after", "",

@@ -56,6 +56,8 @@ def print_summary(s: dict, out_dir: pathlib.Path) -> None:
     print("time: " + ", ".join(f"{k} {share(k)}" for k in ("rollout", "reward", "train", "sync", "eval_ckpt", "other"))
           + (f" (asynchronous, max_staleness={s['max_staleness']}: rollout and reward ran beside training; 'train' "
              "is the wait for the learner after them)" if s.get("max_staleness") else ""))
+    for role, what in s.get("chosen", {}).items():
+        print(f"{role}: {what}")
     if s.get("cpu_utilisation") is not None:
         print(f"machine utilisation during training steps: {100 * s['cpu_utilisation']:.0f}% of the CPU cores "
               "(process CPU time / wall time x cores)")
