@@ -22,27 +22,32 @@ def has_gpu() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def threads_env(configured, asynchronous: bool = True, reserved: float = 1, cores: int | None = None) -> dict[str, str]:
+def threads_env(configured, asynchronous: bool = True, reserved: float = 1, cores: int | None = None,
+                role: str = "rollout") -> dict[str, str]:
     """``OMP_NUM_THREADS`` of a role (``conf.hardware.auto_threads``): ``configured`` if set; else,
     on a private local cluster (``cores`` known), every core when the loop is synchronous (the
-    roles take turns) and the reserved CPUs when it is asynchronous (they run side by side); on a
-    cluster that was joined, Ray's own default (the reserved CPUs).
+    roles take turns); when it is asynchronous, the engine's reserved CPUs and every core for the
+    learner. On a cluster that was joined, Ray's own default (the reserved CPUs).
 
     >>> threads_env(3), threads_env(None, asynchronous=False, cores=2), threads_env(None, asynchronous=True, cores=2)
     ({'OMP_NUM_THREADS': '3'}, {'OMP_NUM_THREADS': '2'}, {'OMP_NUM_THREADS': '1'})
+    >>> threads_env(None, asynchronous=True, cores=2, role="learner"), threads_env(None, cores=None)
+    ({'OMP_NUM_THREADS': '2'}, {})
     """
     from conf.hardware import auto_threads
     if not configured and cores is None:
         return {}
-    return {"OMP_NUM_THREADS": str(auto_threads(configured, asynchronous, reserved, cores))}
+    return {"OMP_NUM_THREADS": str(auto_threads(configured, asynchronous, reserved, cores, role))}
 
 
-def _threads(cfg, section) -> dict[str, str]:
+def _threads(cfg, section, role: str) -> dict[str, str]:
     import os
     cores = None if cfg.cluster.address else (cfg.cluster.num_cpus or os.cpu_count())
+    peers = section.get("num_engines", section.get("world_size", 1))  # actors of this role sharing the machine
+    cores = None if cores is None else max(1, cores // peers)
     reserved = section.get("cpus_per_engine", section.get("cpus_per_rank", 1))
     overlapping = cfg.mode == "train" and cfg.trainer.max_staleness > 0  # sft/eval run one role at a time
-    return threads_env(section.cpu_threads, overlapping, reserved, cores)
+    return threads_env(section.cpu_threads, overlapping, reserved, cores, role)
 
 
 def create_engines(cfg, model_path: str, gpu: bool | None = None):
@@ -53,7 +58,7 @@ def create_engines(cfg, model_path: str, gpu: bool | None = None):
     bundle = {"CPU": r.cpus_per_engine, "GPU": r.devices_per_engine if gpu else 0, **r.resources}
     return ActorGroup(RolloutEngine, r.num_engines, bundle, "rollout", args=(model_path, plain(r), cfg.seed),
                       kwargs={"model_cfg": plain(cfg.model)}, kwargs_fn=lambda i: {"index": i},
-                      env={**ACTOR_ENV, **_threads(cfg, r)})
+                      env={**ACTOR_ENV, **_threads(cfg, r, "rollout")})
 
 
 def create_learners(cfg, model_path: str, per_rank_items: int, gpu: bool | None = None):
@@ -68,7 +73,7 @@ def create_learners(cfg, model_path: str, per_rank_items: int, gpu: bool | None 
                           kwargs=dict(world_size=lc.world_size, model_path=model_path, model_cfg=plain(cfg.model),
                                       cfg=plain(lc), rollout_cfg=plain(cfg.rollout), seed=cfg.seed,
                                       total_steps=cfg.trainer.max_steps, per_rank_items=per_rank_items),
-                          kwargs_fn=lambda i: {"rank": i}, env={**ACTOR_ENV, **_threads(cfg, lc)})
+                          kwargs_fn=lambda i: {"rank": i}, env={**ACTOR_ENV, **_threads(cfg, lc, "learner")})
     host, port = ray.get(learners.actors[0].address.remote())
     learners.info = ray.get(learners.call("setup", host, port))[0]  # rank 0's: sizes, dtype chosen and why, threads
     return learners

@@ -1,7 +1,7 @@
 """What ``auto`` means on the device a role runs on: its compute dtype and its CPU threads.
 
     dtype, why = resolve_dtype("auto", "rollout")     # ("float32", "CPU without avx512_bf16/amx_bf16: ...")
-    threads = auto_threads(None, asynchronous=True, reserved=1)
+    threads = auto_threads(None, asynchronous=True, reserved=1, role="learner")
 
 bf16 pays only where the device computes it natively: GPUs with bf16 units, CPUs with
 AVX-512-BF16 or AMX. An AVX2-only CPU emulates bf16 matmuls several times slower than fp32
@@ -66,19 +66,27 @@ def resolve_dtype(value: str, role: str, flags: set[str] | None = None, gpu: boo
     return NAMES[role]["bf16" if ok else "fp32"], f"auto: {why}"
 
 
-def auto_threads(configured: int | None, asynchronous: bool, reserved: float, cores: int | None = None) -> int:
+def auto_threads(configured: int | None, asynchronous: bool, reserved: float, cores: int | None = None,
+                 role: str = "rollout") -> int:
     """OpenMP/torch threads of a role: ``configured`` if set; otherwise, when the loop is
-    synchronous (roles take turns), every core of the machine; when it is asynchronous (engine
-    and learner run at the same time), the role's reserved CPUs, so that they do not compete.
+    synchronous (roles take turns), every core of the machine; when it is asynchronous (engine and
+    learner run side by side), the engine keeps to its reserved CPUs while the learner still gets
+    every core: on CPUs the update costs two to three times the generation of the same samples, so
+    an engine that finishes its batch early would otherwise leave its core idle. Measured on 2
+    cores (30M model, G=8): learner 2 + engine 1 threads 1.35 samples/s at 95% CPU, against 1.29
+    at 72% with 1 + 1 and 0.91 with 2 + 2.
 
-    >>> auto_threads(None, asynchronous=False, reserved=1, cores=8), auto_threads(None, True, 1, 8), auto_threads(3, True, 1, 8)
-    (8, 1, 3)
+    >>> auto_threads(None, asynchronous=False, reserved=1, cores=8), auto_threads(3, True, 1, 8)
+    (8, 3)
+    >>> auto_threads(None, True, 1, 8, role="rollout"), auto_threads(None, True, 1, 8, role="learner")
+    (1, 8)
     """
     if configured:
         return int(configured)
-    if asynchronous:
+    cores = max(1, cores if cores is not None else len(os.sched_getaffinity(0)))
+    if asynchronous and role == "rollout":
         return max(1, int(reserved))
-    return max(1, cores if cores is not None else len(os.sched_getaffinity(0)))
+    return cores
 
 
 def describe_cpu() -> str:
