@@ -74,7 +74,7 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     from learner.grpo import group_advantages
     from trainer import evaluate
     from trainer.monitor import Monitor
-    from trainer.pipeline import generate_batch
+    from trainer.pipeline import check_staleness, generate_batch
     from trainer.summary import CpuMeter, print_summary, step_metrics, summarize
 
     from actors.reward_worker import ScorerPool
@@ -108,14 +108,13 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
         meter.start()
         # 1. the batch this step trains: generated K steps ago (K = 0: now, with the current weights)
         batch = in_flight.pop(0) if in_flight else next_batch(step)
-        assert batch.step == step and 0 <= step - batch.version <= K, "a sample is staler than trainer.max_staleness"
+        check_staleness(batch, step, K)
         totals = torch.tensor([batch.scored[r.key]["total"] for r in batch.rollouts], dtype=torch.float64)
         adv = group_advantages(totals, G, cfg.learner.scale_rewards, cfg.learner.adv_eps)
         items = [item_from_rollout(r, float(a)) for r, a in zip(batch.rollouts, adv)]
 
         # 2. the learner ranks update the policy on it; meanwhile (K > 0) the engines generate and
         #    the reward workers score the batch of step + K, with the weights of version `step`
-        t0 = time.perf_counter()
         update = learners.call_sharded("train_step", items)
         if K and step + K < max_steps:
             in_flight.append(next_batch(step + K))
@@ -126,12 +125,11 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
             raise SystemExit(f"{bad_steps} steps in a row had a non-finite loss or gradient and were skipped "
                              f"(trainer.max_bad_steps={cfg.trainer.max_bad_steps}); last good checkpoint: "
                              f"{out_dir / 'checkpoints'}. Lower learner.lr or check the rewards/data of these steps.")
-        phase = {**batch.times, "train": time.perf_counter() - t_wait, "generate_overlap": t_wait - t0}
-        if K == 0:  # the batch was generated inside this step, before the update
-            phase["rollout"], phase["reward"] = batch.times["rollout"], batch.times["reward"]
-        else:  # this step's generation ran beside the update: the driver's wall time is split that way
-            fresh = in_flight[-1].times if in_flight and in_flight[-1].step == step + K else {}
-            phase.update({"rollout": fresh.get("rollout", 0.0), "reward": fresh.get("reward", 0.0)})
+        # K = 0: this step generated its own batch before the update; K > 0: it generated step + K's
+        # beside the update, and the driver's wall time splits that way
+        fresh = batch.times if K == 0 else (in_flight[-1].times if in_flight and in_flight[-1].step == step + K else {})
+        phase = {**batch.times, "train": time.perf_counter() - t_wait,
+                 "rollout": fresh.get("rollout", 0.0), "reward": fresh.get("reward", 0.0)}
 
         # 3. push the new weights (version step + 1) to every engine
         t0 = time.perf_counter()

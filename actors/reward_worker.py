@@ -25,16 +25,18 @@ class ScoreTask:
 
 
 class RewardWorker:
-    def __init__(self, funcs: dict[str, float], box_convention: str = "vlm_r1"):
+    def __init__(self, funcs: dict[str, float], box_convention: str = "vlm_r1", params: dict | None = None):
+        from rewards import validate_params
         self.funcs = dict(funcs)
         self.box_convention = box_convention
+        self.params = validate_params(params or {})  # reward -> {parameter: value}
 
     def score(self, tasks: list[ScoreTask]) -> dict:
         """``{"keys", "totals", "values", "failures"}`` for the chunk, in input order; ``failures``
         counts parse failures as ``{"reward/reason": n}``."""
         totals, values, failures = [], [], collections.Counter()
         for t in tasks:
-            s = score_one(t.completion, t.solution, self.funcs, t.accu_method, image_size=t.image_size,
+            s = score_one(t.completion, t.solution, self.funcs, t.accu_method, self.params, image_size=t.image_size,
                           input_size=t.input_size, box_convention=self.box_convention)
             totals.append(s.total)
             values.append(s.values)

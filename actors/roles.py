@@ -91,7 +91,7 @@ def create_roles(cfg, model_path: str):
     engines = create_engines(cfg, model_path, gpu)
     learners = create_learners(cfg, model_path, cfg.trainer.prompts_per_step * r.num_generations // lc.world_size, gpu)
     scorers = ActorGroup(RewardWorker, rc.num_workers, {"CPU": rc.cpus_per_worker, **rc.resources}, "reward",
-                         args=(dict(rc.funcs), rc.box_convention), env=ACTOR_ENV)
+                         args=(dict(rc.funcs), rc.box_convention, plain(rc.params)), env=ACTOR_ENV)
     engines.info = ray.get(engines.actors[0].info.remote())  # dtype chosen and why, threads
     meta = ray.get(learners.actors[0].weight_meta.remote(engines.info["dtype"]))
     pool = EnginePool(engines, learners, meta, r.timeout_s, "nccl" if gpu else "gloo",

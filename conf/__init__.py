@@ -15,7 +15,7 @@ import pathlib
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent
-FREE_KEYS = {"reward.funcs", "rollout.resources", "learner.resources", "reward.resources"}  # user-named keys
+FREE_KEYS = {"reward.funcs", "reward.params", "rollout.resources", "learner.resources", "reward.resources"}  # user-named keys
 CHOICES = {
     "mode": ["train", "eval", "sft"],
     "data.task": ["rec", "ovd"],
@@ -124,11 +124,15 @@ def _validate_loop(cfg: DictConfig) -> None:
 
 
 def _validate_funcs(cfg: DictConfig) -> None:
-    from rewards import validate_funcs
+    from rewards import validate_funcs, validate_params
     try:
         validate_funcs(dict(cfg.reward.funcs))
     except (KeyError, ValueError) as e:
         raise ConfigError(f"reward.funcs: {e.args[0]}") from None
+    try:
+        validate_params(OmegaConf.to_container(cfg.reward.params, resolve=True))
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"reward.params: {e.args[0]}") from None
 
 
 def resolve(cfg: DictConfig, cache_root: pathlib.Path) -> DictConfig:

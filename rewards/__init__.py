@@ -19,7 +19,16 @@ ovd_map50              [0, 1]     COCO AP50 of the predicted list for this image
 ovd_odlength           [0, 1]     ``ovd_map * min(1, n_gt / n_pred)``
 ovd_weighted_sum       [0, 1]     0.7 * matched IoU + 0.3 * (1 - (miss + false-alarm) / 2)
 repetition             [-1, 0]    ``-(1 - unique / total)`` over (box, label) items
+rec_giou               [0, 1]     ``(1 + GIoU) / 2`` of the first answer box (ranks misses too)
+rec_iou_thresh         [0, 1]     ``rec_iou`` where it reaches ``iou_threshold`` (0.5), else 0
+ovd_precision          [0, 1]     matched / predicted boxes, one-to-one at ``iou_threshold``
+ovd_recall             [0, 1]     matched / ground-truth boxes, one-to-one at ``iou_threshold``
+ovd_f1                 [0, 1]     harmonic mean of ``ovd_precision`` and ``ovd_recall``
+ovd_count              (0, 1]     ``base ** |n_pred - n_gt|`` (V-Triune's size penalty, base 0.6)
 =====================  =========  ==========================================================
+
+The last six are in ``rewards.grounding``; their parameters (``iou_threshold``, ``base``) are
+set per reward with ``reward.params`` (``RewardFn.params`` lists each one's defaults).
 
 Worked example (a REC completion scored by the config ``{rec_format: 1.0, rec_iou: 1.0}``):
 
@@ -35,7 +44,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import ovd, rec
+from . import grounding, ovd, rec
 
 
 class RewardFn:
@@ -43,8 +52,10 @@ class RewardFn:
 
     A class rather than a closure so that rewards pickle by reference (Ray ships them)."""
 
-    def __init__(self, name: str, detail: Callable, low: float, high: float, accuracy: bool):
+    def __init__(self, name: str, detail: Callable, low: float, high: float, accuracy: bool,
+                 params: dict | None = None):
         self.name, self.detail, self.low, self.high, self.accuracy = name, detail, low, high, accuracy
+        self.params = dict(params or {})  # numeric parameters it accepts, with their defaults
         self.__doc__ = detail.__doc__
 
     def __call__(self, completion: str, solution: str, **info) -> float:
@@ -81,6 +92,15 @@ REGISTRY: dict[str, RewardFn] = {
         RewardFn("ovd_odlength", ovd.ovd_odlength_detail, 0.0, 1.0, accuracy=True),
         RewardFn("ovd_weighted_sum", ovd.ovd_weighted_sum_detail, 0.0, 1.0, accuracy=True),
         RewardFn("repetition", ovd.repetition_detail, -1.0, 0.0, accuracy=False),
+        RewardFn("rec_giou", grounding.rec_giou_detail, 0.0, 1.0, accuracy=True),
+        RewardFn("rec_iou_thresh", grounding.rec_iou_thresh_detail, 0.0, 1.0, accuracy=True,
+                 params={"iou_threshold": 0.5}),
+        RewardFn("ovd_precision", grounding.ovd_precision_detail, 0.0, 1.0, accuracy=True,
+                 params={"iou_threshold": 0.5}),
+        RewardFn("ovd_recall", grounding.ovd_recall_detail, 0.0, 1.0, accuracy=True,
+                 params={"iou_threshold": 0.5}),
+        RewardFn("ovd_f1", grounding.ovd_f1_detail, 0.0, 1.0, accuracy=True, params={"iou_threshold": 0.5}),
+        RewardFn("ovd_count", grounding.ovd_count_detail, 0.0, 1.0, accuracy=False, params={"base": 0.6}),
     ]
 }
 
@@ -110,6 +130,24 @@ def validate_funcs(funcs: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def validate_params(params: dict) -> dict[str, dict[str, float]]:
+    """Check a ``reward.params`` mapping (reward name -> {parameter: value}); returns it with names
+    resolved and values as floats. Only parameters a reward declares are accepted."""
+    out = {}
+    for name, values in (params or {}).items():
+        fn = REGISTRY[resolve(name)]
+        if not isinstance(values, dict):
+            raise ValueError(f"reward.params.{name}: expected a mapping of parameter -> number, got {values!r}")
+        for key, value in values.items():
+            if key not in fn.params:
+                known = ", ".join(fn.params) or "none"
+                raise ValueError(f"reward.params.{name}.{key}: {fn.name} has no parameter {key!r} (it takes: {known})")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"reward.params.{name}.{key}: must be a finite number, got {value!r}")
+        out[fn.name] = {k: float(v) for k, v in values.items()}
+    return out
+
+
 @dataclass
 class Scored:
     """One completion's rewards: weighted ``total``, each reward's value, and parse failures."""
@@ -119,9 +157,10 @@ class Scored:
 
 
 def score(completion: str, solution: str, funcs: dict[str, float],
-          accu_method: str | None = None, **info) -> Scored:
+          accu_method: str | None = None, params: dict | None = None, **info) -> Scored:
     """Weighted sum of the configured rewards. A row's ``accu_method`` (its
-    ``accu_reward_method``) replaces the configured accuracy reward(s), keeping their weight."""
+    ``accu_reward_method``) replaces the configured accuracy reward(s), keeping their weight.
+    ``params`` (reward name -> {parameter: value}, see ``validate_params``) reach their reward only."""
     plan = dict(funcs)
     if accu_method:
         override = resolve(accu_method)
@@ -130,7 +169,7 @@ def score(completion: str, solution: str, funcs: dict[str, float],
         plan[override] = plan.get(override, 0.0) + weight
     values, failures, total = {}, {}, 0.0
     for name, weight in plan.items():
-        value, failure = REGISTRY[name].evaluate(completion, solution, **info)
+        value, failure = REGISTRY[name].evaluate(completion, solution, **info, **(params or {}).get(name, {}))
         values[name] = value
         total += weight * value
         if failure is not None:
@@ -138,4 +177,4 @@ def score(completion: str, solution: str, funcs: dict[str, float],
     return Scored(total=total, values=values, failures=failures)
 
 
-__all__ = ["REGISTRY", "ALIASES", "RewardFn", "Scored", "score", "resolve", "validate_funcs"]
+__all__ = ["REGISTRY", "ALIASES", "RewardFn", "Scored", "score", "resolve", "validate_funcs", "validate_params"]

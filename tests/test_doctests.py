@@ -4,8 +4,8 @@ import importlib
 
 import pytest
 
-MODULES = ["conf.hardware", "rewards", "rewards.boxes", "rewards.parse", "rewards.coco_ap", "learner.grpo", "learner.optim", "actors.roles",
-           "data.prompts"]
+MODULES = ["conf.hardware", "rewards", "rewards.boxes", "rewards.parse", "rewards.coco_ap", "rewards.grounding", "learner.grpo", "learner.optim", "actors.roles",
+           "data.prompts", "trainer.pipeline"]
 
 
 @pytest.mark.parametrize("name", MODULES)

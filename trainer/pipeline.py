@@ -7,7 +7,7 @@
 With ``trainer.max_staleness`` K > 0 the engines generate the batch of step t+K while the learner
 trains step t, so up to K scored batches wait here. ``version`` is the number of updates the
 generating weights had seen; the learner trains a batch at version ``step``, so its staleness is
-``step - version`` (<= K, asserted by the orchestrator). A checkpoint stores these batches whole
+``step - version`` (<= K, checked by ``check_staleness``). A checkpoint stores these batches whole
 (token ids, texts, engine log-probs, scores) as JSON, so a resumed run trains exactly what the
 uninterrupted one would have, without regenerating from weights it no longer has.
 """
@@ -54,6 +54,23 @@ def generate_batch(engines, scorer_pool, prompts: list, step: int, version: int,
         raise RuntimeError(f"step {step + 1}: {len(rollouts)} completions but {len(scored)} scores: one was lost "
                            "or duplicated")
     return Batch(step, list(prompts), rollouts, scored, failures, version, times)
+
+
+def check_staleness(batch: Batch, step: int, max_staleness: int) -> None:
+    """Refuse to train ``batch`` at ``step`` unless it belongs to that step and its samples are at most
+    ``max_staleness`` updates old (a broken schedule fails loudly instead of training on stale data).
+
+    >>> check_staleness(Batch(3, [], [], {}, {}, version=2), step=3, max_staleness=1)
+    >>> check_staleness(Batch(3, [], [], {}, {}, version=1), step=3, max_staleness=1)
+    Traceback (most recent call last):
+    RuntimeError: step 4: the batch was generated with weights of version 1, 2 updates old; trainer.max_staleness=1
+    """
+    age = step - batch.version
+    if batch.step != step:
+        raise RuntimeError(f"step {step + 1}: the pipeline handed over the batch of step {batch.step + 1}")
+    if not 0 <= age <= max_staleness:
+        raise RuntimeError(f"step {step + 1}: the batch was generated with weights of version {batch.version}, "
+                           f"{age} updates old; trainer.max_staleness={max_staleness}")
 
 
 def to_json(b: Batch) -> dict:

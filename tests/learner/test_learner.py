@@ -33,8 +33,11 @@ def _items(tiny_model, synthetic, n=4, vision_junk=False):
 
 
 def _learner(tiny_model, mbs, per_rank_items=4, **over):
+    """A learner in fp32 unless asked otherwise: ``auto`` would pick bf16 on a CPU with native bf16,
+    and the exactness checks here compare to fp32 round-off."""
     from learner.learner import Learner
-    c = conf.load([f"learner.micro_batch_size={mbs}", "learner.lr=1e-2", *[f"{k}={v}" for k, v in over.items()]])
+    c = conf.load([f"learner.micro_batch_size={mbs}", "learner.lr=1e-2", "learner.dtype=fp32",
+                   *[f"{k}={v}" for k, v in over.items()]])
     plain = lambda n: conf.OmegaConf.to_container(n, resolve=True)  # noqa: E731
     lr = Learner(0, 1, tiny_model, plain(c.model), plain(c.learner), plain(c.rollout), seed=0, total_steps=10,
                  per_rank_items=per_rank_items)
