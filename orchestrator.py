@@ -75,6 +75,8 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     from trainer import evaluate
     from trainer.monitor import Monitor
     from trainer.pipeline import check_staleness, generate_batch
+    from rewards import validate_funcs, validate_params
+    from rewards.schedule import RuleSchedule
     from trainer.summary import CpuMeter, print_summary, step_metrics, summarize
 
     from actors.reward_worker import ScorerPool
@@ -86,6 +88,9 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     sampler = PromptSampler(len(train), cfg.trainer.prompts_per_step, cfg.seed, cfg.data.shuffle, cfg.trainer.epochs)
     max_steps = min(cfg.trainer.max_steps, sampler.steps_available())
     start, history, in_flight = resume_if_asked(cfg, out_dir, learners, engines, sampler, train)
+    rules = RuleSchedule(validate_funcs(dict(cfg.reward.funcs)), validate_params(plain(cfg.reward.params)),
+                         plain(cfg.reward.schedules), max_steps)
+    rules.replay(history)  # a resumed run: on_metric schedules continue from the saved rows
     monitor = Monitor(out_dir, cfg.wandb, plain(cfg))
     eval_set = evaluate.subset(val, cfg.eval.train_samples, cfg.eval.subset_seed)
     if cfg.trainer.eval_steps and start == 0 and eval_set:
@@ -94,7 +99,9 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     meter = CpuMeter([engines.engines, learners, scorers], machine_cores(cfg))
 
     def next_batch(step: int):  # sample step's prompts; generate and score them with the engines' weights
-        return generate_batch(engines, scorer_pool, [train[i] for i in sampler.next()], step, engines.version, cfg.seed)
+        now = rules.rules(step)  # and the reward rules of now (scheduled weights and parameters)
+        return generate_batch(engines, scorer_pool, [train[i] for i in sampler.next()], step, engines.version,
+                              cfg.seed, now if rules else None, rules.scalars(now))
 
     # the pipeline: with K > 0 the batches of steps start .. start+K-1 are generated before the
     # first update (all with the weights of version `start`); a resumed run brings its own
@@ -141,7 +148,11 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
 
         # 4. log, then evaluate / checkpoint when due
         phase["step"] = time.perf_counter() - t_step
-        row = step_metrics(step + 1, batch, totals, train_metrics, phase)
+        row = {**step_metrics(step + 1, batch, totals, train_metrics, phase), **batch.rules}
+        events = rules.observe(step, row)  # scheduled rule changes taking effect from the next step
+        if events:
+            row["rule_events"] = events
+            tqdm.write("\n".join(f"reward rule change: {e}" for e in events))
         history.append(row)
         for warning in monitor.log(row):
             tqdm.write(f"WARNING: {warning}")

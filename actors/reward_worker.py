@@ -31,12 +31,14 @@ class RewardWorker:
         self.box_convention = box_convention
         self.params = validate_params(params or {})  # reward -> {parameter: value}
 
-    def score(self, tasks: list[ScoreTask]) -> dict:
+    def score(self, tasks: list[ScoreTask], rules=None) -> dict:
         """``{"keys", "totals", "values", "failures"}`` for the chunk, in input order; ``failures``
-        counts parse failures as ``{"reward/reason": n}``."""
+        counts parse failures as ``{"reward/reason": n}``. ``rules`` (``rewards.schedule.Rules``: the
+        weights and parameters of the step being scored) replaces the configured ones when given."""
+        funcs, params = (self.funcs, self.params) if rules is None else (rules.funcs, rules.params)
         totals, values, failures = [], [], collections.Counter()
         for t in tasks:
-            s = score_one(t.completion, t.solution, self.funcs, t.accu_method, self.params, image_size=t.image_size,
+            s = score_one(t.completion, t.solution, funcs, t.accu_method, params, image_size=t.image_size,
                           input_size=t.input_size, box_convention=self.box_convention)
             totals.append(s.total)
             values.append(s.values)
@@ -70,26 +72,27 @@ class ScorerPool:
 
     def __init__(self, group, chunk: int, timeout_s: float, max_attempts: int = 3):
         self.group, self.chunk, self.timeout_s, self.max_attempts = group, chunk, timeout_s, max_attempts
-        self.pending: dict = {}  # ref -> (tasks, worker index, actor handle, submit time, attempt)
+        self.pending: dict = {}  # ref -> (tasks, worker index, actor handle, submit time, attempt, rules)
         self.next = 0
         self.recovered = 0
 
-    def submit(self, rollouts) -> None:
+    def submit(self, rollouts, rules=None) -> None:
+        """Score ``rollouts`` (with ``rules``, the step's scheduled weights and parameters, if any)."""
         tasks = tasks_from_rollouts(rollouts)
         for i in range(0, len(tasks), self.chunk):
-            self._send(tasks[i:i + self.chunk], 1)
+            self._send(tasks[i:i + self.chunk], 1, rules)
 
-    def _send(self, tasks, attempt: int) -> None:
+    def _send(self, tasks, attempt: int, rules) -> None:
         import time
         i = self.next % self.group.n
         self.next += 1
         actor = self.group.actors[i]
-        self.pending[actor.score.remote(tasks)] = (tasks, i, actor, time.monotonic(), attempt)
+        self.pending[actor.score.remote(tasks, rules)] = (tasks, i, actor, time.monotonic(), attempt, rules)
 
     def _recover(self, refs: list, why: str) -> None:
         """Replace the worker behind ``refs`` (once, whoever noticed first) and resend their chunks."""
         for ref in refs:
-            tasks, i, actor, _, attempt = self.pending.pop(ref)
+            tasks, i, actor, _, attempt, rules = self.pending.pop(ref)
             if attempt >= self.max_attempts:
                 raise RuntimeError(f"reward chunk {[t.key for t in tasks][:4]}... failed {attempt} times (last: worker "
                                    f"{why}); a completion in it may crash the reward code: see the worker logs")
@@ -97,7 +100,7 @@ class ScorerPool:
                 print(f"reward worker {i} {why}: replacing it and rescoring its chunks", flush=True)
                 self.group.replace(i)
             self.recovered += 1
-            self._send(tasks, attempt + 1)
+            self._send(tasks, attempt + 1, rules)
 
     def collect(self) -> tuple[dict, dict]:
         """({key: {"total", "values"}}, {reward/reason: parse-failure count}) for everything submitted."""
@@ -106,7 +109,7 @@ class ScorerPool:
         import ray
         out, failures = {}, collections.Counter()
         while self.pending:
-            deadline = min(t for _, _, _, t, _ in self.pending.values()) + self.timeout_s
+            deadline = min(v[3] for v in self.pending.values()) + self.timeout_s
             ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=max(0.05, deadline - time.monotonic()))
             if not ready:
                 now = time.monotonic()

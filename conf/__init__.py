@@ -15,7 +15,7 @@ import pathlib
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent
-FREE_KEYS = {"reward.funcs", "reward.params", "rollout.resources", "learner.resources", "reward.resources"}  # user-named keys
+FREE_KEYS = {"reward.funcs", "reward.params", "reward.schedules", "rollout.resources", "learner.resources", "reward.resources"}  # user-named keys
 CHOICES = {
     "mode": ["train", "eval", "sft"],
     "data.task": ["rec", "ovd"],
@@ -130,9 +130,15 @@ def _validate_funcs(cfg: DictConfig) -> None:
     except (KeyError, ValueError) as e:
         raise ConfigError(f"reward.funcs: {e.args[0]}") from None
     try:
-        validate_params(OmegaConf.to_container(cfg.reward.params, resolve=True))
+        params = validate_params(OmegaConf.to_container(cfg.reward.params, resolve=True))
     except (KeyError, ValueError) as e:
         raise ConfigError(f"reward.params: {e.args[0]}") from None
+    from rewards.schedule import RuleSchedule
+    try:
+        RuleSchedule(validate_funcs(dict(cfg.reward.funcs)), params,
+                     OmegaConf.to_container(cfg.reward.schedules, resolve=True), total_steps=1)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(e.args[0] if str(e.args[0]).startswith("reward.") else f"reward.schedules: {e.args[0]}") from None
 
 
 def resolve(cfg: DictConfig, cache_root: pathlib.Path) -> DictConfig:

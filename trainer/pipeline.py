@@ -34,14 +34,17 @@ class Batch:
     failures: dict                # "reward/reason" -> parse-failure count
     version: int                  # updates the generating weights had seen
     times: dict = field(default_factory=dict)  # rollout / reward seconds, queue depth, engine restarts
+    rules: dict = field(default_factory=dict)  # the scheduled reward values it was scored with (rule/...)
 
 
-def generate_batch(engines, scorer_pool, prompts: list, step: int, version: int, seed: int) -> Batch:
+def generate_batch(engines, scorer_pool, prompts: list, step: int, version: int, seed: int, rules=None,
+                   rule_values: dict | None = None) -> Batch:
     """Generate G samples per prompt on the engines (sharded; a dead engine is replaced) and score
-    each exactly once; scoring starts as each engine's shard lands."""
+    each exactly once, with ``rules`` (the step's scheduled reward weights and parameters; their
+    ``rule/...`` scalars in ``rule_values``) if given; scoring starts as each engine's shard lands."""
     t0 = time.perf_counter()
     pairs = [(p, sample_seed(seed, step, p.id)) for p in prompts]
-    rollouts = engines.generate(pairs, on_shard=scorer_pool.submit)
+    rollouts = engines.generate(pairs, on_shard=lambda shard: scorer_pool.submit(shard, rules))
     times = {"rollout": time.perf_counter() - t0, "queue_depth": len(scorer_pool.pending),
              "engine_restarts": engines.restarts}
     t0 = time.perf_counter()
@@ -53,7 +56,7 @@ def generate_batch(engines, scorer_pool, prompts: list, step: int, version: int,
     if len(rollouts) != len(scored) or any(r.key not in scored for r in rollouts):
         raise RuntimeError(f"step {step + 1}: {len(rollouts)} completions but {len(scored)} scores: one was lost "
                            "or duplicated")
-    return Batch(step, list(prompts), rollouts, scored, failures, version, times)
+    return Batch(step, list(prompts), rollouts, scored, failures, version, times, dict(rule_values or {}))
 
 
 def check_staleness(batch: Batch, step: int, max_staleness: int) -> None:
@@ -82,7 +85,7 @@ def to_json(b: Batch) -> dict:
         rollouts.append({"prompt_id": r.prompt.id, **d})
     scored = [[k[0], k[1], v["total"], v["values"]] for k, v in b.scored.items()]
     return {"step": b.step, "prompt_ids": [p.id for p in b.prompts], "rollouts": rollouts, "scored": scored,
-            "failures": b.failures, "version": b.version, "times": b.times}
+            "failures": b.failures, "version": b.version, "times": b.times, "rules": b.rules}
 
 
 def from_json(d: dict, prompts_by_id: dict) -> Batch:
@@ -100,4 +103,4 @@ def from_json(d: dict, prompts_by_id: dict) -> Batch:
         rollouts.append(Rollout(prompt=prompt, **r))
     scored = {(pid, int(s)): {"total": total, "values": values} for pid, s, total, values in d["scored"]}
     return Batch(int(d["step"]), [prompts_by_id[i] for i in d["prompt_ids"]], rollouts, scored, dict(d["failures"]),
-                 int(d["version"]), dict(d["times"]))
+                 int(d["version"]), dict(d["times"]), dict(d.get("rules", {})))

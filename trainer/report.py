@@ -24,6 +24,7 @@ CURVES = [
     ("boxes", "boxes per answer", lambda k: k.startswith("boxes/")),
     ("loss", "loss and gradient", lambda k: k in ("loss", "grad_norm", "entropy")),
     ("time", "seconds per step", lambda k: k in ("time/step_s",)),
+    ("rules", "scheduled reward weights and parameters", lambda k: k.startswith("rule/")),
 ]
 
 
@@ -34,7 +35,9 @@ def _rows(run: pathlib.Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _plot(rows: list[dict], name: str, title: str, pick, out: pathlib.Path) -> str | None:
+def _plot(rows: list[dict], name: str, title: str, pick, out: pathlib.Path, events=()) -> str | None:
+    """One PNG of the picked keys over steps; ``events`` (step, text) are dashed vertical lines: the
+    reward rule changes, drawn on every curve so their effect can be read off."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -45,6 +48,8 @@ def _plot(rows: list[dict], name: str, title: str, pick, out: pathlib.Path) -> s
     for k in keys:
         pts = [(r["step"], r[k]) for r in rows if k in r and isinstance(r[k], (int, float))]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None, ms=3, label=k)
+    for i, (step, _) in enumerate(events):
+        ax.axvline(step, color="grey", ls="--", lw=0.8, label="reward rule change" if i == 0 else None)
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
@@ -86,9 +91,11 @@ def build_report(run_dir) -> pathlib.Path:
     rows = _rows(run)
     train_rows = [r for r in rows if "reward/mean" in r]
     eval_rows = [r for r in rows if any(k.startswith("eval/") for k in r)]
+    # a change logged at step s takes effect from step s + 1: the line marks where it starts
+    events = [(r["step"] + 0.5, e) for r in train_rows for e in r.get("rule_events", [])]
     plots = []
     for name, title, pick in CURVES:
-        png = _plot(eval_rows if name == "eval" else train_rows, name, title, pick, out)
+        png = _plot(eval_rows if name == "eval" else train_rows, name, title, pick, out, events)
         if png:
             plots.append((title, png))
     evals = sorted((run / "eval").glob("step_*.json")) if (run / "eval").is_dir() else []
@@ -119,6 +126,7 @@ def build_report(run_dir) -> pathlib.Path:
 figure{{margin:0;border:1px solid #ddd;padding:.5em}} figcaption{{font-size:12px}} code{{font-size:11px;word-break:break-all}}</style>
 </head><body><h1>Run report: {html.escape(str(run))}</h1>
 <p>Green: ground truth. Red: the model's boxes (rescaled to original pixels).</p><pre>{head}</pre>
+{'<h2>Reward rule changes</h2><ul>' + ''.join(f'<li>after step {int(st)}: {html.escape(e)}</li>' for st, e in events) + '</ul>' if events else ''}
 <h2>Curves</h2><div class=plots>{''.join(f'<figure><img src="{p}" alt="{html.escape(t)}"><figcaption>{html.escape(t)}</figcaption></figure>' for t, p in plots)}</div>
 {''.join(sections) or '<p>No evaluation yet (trainer.eval_steps=0?).</p>'}
 <p id=status>checking images...</p>

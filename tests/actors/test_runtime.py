@@ -100,8 +100,10 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
     # the default shape: 4 long OVD prompts x G=8 per step (the seeded-sampling crash of a split prefill,
     # fixed in actors/rollout.py, depended on which prompts overflowed a step's token budget: it hit at
     # step 10 of the default run and is not reproduced by two steps here; the run itself was checked)
+    # and a reward rule that changes during the run: the repetition penalty counts at step 1, not from step 2
     summary, rows, stdout = _run(tmp_path, tiny_model, synthetic, "conf=ovd", "trainer.max_steps=2",
-                                 "rollout.max_new_tokens=32", "reward.funcs.repetition=1.0")
+                                 "rollout.max_new_tokens=32", "reward.funcs.repetition=1.0",
+                                 "reward.schedules.repetition.weight={kind: warmup, at: 1, value: 0.0, before: 1.0}")
     assert summary["steps"] == 2 and summary["samples"] == 2 * 4 * 8
     assert summary["prompts"] == summary["distinct_prompts"] == 8  # no prompt repeated within the epoch
     assert [r["items"] for r in rows] == [32, 32]  # every completion entered the update exactly once
@@ -112,6 +114,11 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
             assert key in r
         assert r["engine_logp_abs_diff"] < 0.05
     assert "done: 2 steps, 64 samples" in stdout
+    assert [r["rule/repetition/weight"] for r in rows] == [1.0, 0.0]
+    assert rows[0]["rule_events"] == ["reward.schedules.repetition.weight: 1 -> 0 from step 2 (step schedule)"]
+    assert "reward rule change: reward.schedules.repetition.weight: 1 -> 0" in stdout
+    for r, w in zip(rows, (1.0, 0.0)):  # the workers scored each step with that step's weight
+        assert r["reward/mean"] == pytest.approx(r["reward/format"] + r["reward/ovd_odlength"] + w * r["reward/repetition"])
 
 
 def test_two_learner_ranks_zero3_and_two_engines(tmp_path, tiny_model, synthetic):

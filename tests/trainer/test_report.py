@@ -13,7 +13,8 @@ from trainer.report import build_report
 def _fake_run(run, images):
     rows = [{"step": s, "reward/mean": 0.1 * s, "reward/rec_iou": 0.05 * s, "kl": 0.01 * s, "loss": 0.2,
              "completion_len/mean": 30 + s, "boxes/pred_per_answer": 1.0, "boxes/gt_per_answer": 1.0,
-             "time/step_s": 3.0} for s in range(1, 6)]
+             "time/step_s": 3.0, "rule/rec_iou_thresh/iou_threshold": 0.5 if s <= 3 else 0.75} for s in range(1, 6)]
+    rows[2]["rule_events"] = ["reward.schedules.rec_iou_thresh.iou_threshold: 0.5 -> 0.75 from step 4 (step schedule)"]
     rows += [{"step": s, "eval/accuracy": 0.1 + 0.05 * s, "eval/mean_iou": 0.2} for s in (0, 5)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run / "eval").mkdir()
@@ -44,6 +45,8 @@ def test_report_files_and_gallery(tmp_path):
     assert drawn.getpixel((10 * 2, 20 * 2)) == (0, 160, 0)  # the green ground-truth edge, image scaled x2
     page = path.read_text()
     assert "Validation at step 0" in page and "Validation at step 5" in page
+    assert "rules.png" in names  # scheduled values drawn, and the change listed (and marked on every curve)
+    assert "<li>after step 3: reward.schedules.rec_iou_thresh.iou_threshold: 0.5 -&gt; 0.75 from step 4" in page
 
 
 def _chromium():

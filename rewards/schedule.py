@@ -1,0 +1,223 @@
+"""Rules that change during a run: schedules for reward weights and reward parameters.
+
+The reward of a completion at step t is ``sum_k w_k(t) * R_k(completion, solution; theta_k(t))``.
+Each weight ``w_k`` (``reward.funcs``) and each numeric parameter ``theta_k`` (``reward.params``)
+may follow a schedule under ``reward.schedules.<reward>.<weight | parameter>``:
+
+    reward:
+      schedules:
+        rec_iou_thresh:                        # V-Triune: 0.85 for 10% of training, 0.95 to 25%, then 0.99
+          iou_threshold: {kind: piecewise, by: progress, points: [[0, 0.85], [0.1, 0.95], [0.25, 0.99]]}
+        format:
+          weight: {kind: linear, by: step, start: 0, end: 200, from: 1.0, to: 0.2}
+        ovd_count:
+          weight: {kind: warmup, at: 50, value: 0.5}        # off (0) before step 50, then 0.5
+
+Kinds (``by``: ``step``, 0-based, the default; or ``progress`` = step / total steps, in [0, 1]):
+
+``constant``   ``value``
+``piecewise``  ``points: [[at, value], ...]``: the value of the last point at or before now
+``linear``     ``start, end, from, to``: ``from`` until ``start``, ``to`` after ``end``, linear between
+``cosine``     the same ends, half a cosine between (flat at both ends)
+``warmup``     ``at, value`` (and ``before``, default 0): ``before`` until ``at``, ``value`` from it
+``on_metric``  ``metric, values: [v0, v1, ...], above | below: bar, patience: N``: starts at v0 and
+               advances one value each time the logged ``metric`` (a ``metrics.jsonl`` key such as
+               ``reward/rec_iou``) has been past the bar for N steps in a row (the count restarts
+               after each advance). This is the one kind with state; it is saved in checkpoints.
+
+Pure functions of (step, progress) except ``on_metric``, whose state is a function of the logged
+rows, which every checkpoint holds; so a resumed run (``replay`` of the saved rows) computes
+what the uninterrupted run did. The values reach the reward workers with every chunk they score
+(``Rules``); reward functions stay pure and see only their parameters.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+KINDS = ("constant", "piecewise", "linear", "cosine", "warmup", "on_metric")
+_REQUIRED = {"constant": ("value",), "piecewise": ("points",), "linear": ("start", "end", "from", "to"),
+             "cosine": ("start", "end", "from", "to"), "warmup": ("at", "value"),
+             "on_metric": ("metric", "values", "patience")}
+_OPTIONAL = {"kind", "by", "before", "above", "below"}
+
+
+def _number(where: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{where}: must be a finite number, got {value!r}")
+    return float(value)
+
+
+class Schedule:
+    """One scheduled value. ``value(step, progress)``; ``observe(row)`` for ``on_metric``.
+
+    >>> s = Schedule("x", {"kind": "piecewise", "by": "progress", "points": [[0, 0.85], [0.1, 0.95], [0.25, 0.99]]})
+    >>> [s.value(0, p) for p in (0.0, 0.099, 0.1, 0.5)]
+    [0.85, 0.85, 0.95, 0.99]
+    >>> Schedule("w", {"kind": "linear", "start": 10, "end": 20, "from": 1.0, "to": 0.0}).value(15, 0.0)
+    0.5
+    """
+
+    def __init__(self, name: str, spec: dict):
+        self.name = name
+        spec = dict(spec)
+        kind = spec.get("kind")
+        if kind not in KINDS:
+            raise ValueError(f"{name}.kind={kind!r}: use one of {list(KINDS)}")
+        missing = [k for k in _REQUIRED[kind] if k not in spec]
+        unknown = [k for k in spec if k not in _OPTIONAL and k not in _REQUIRED[kind]]
+        if any(isinstance(k, bool) for k in unknown):  # YAML 1.1 reads the keys off/on/yes/no as booleans
+            unknown = [f"{k} (YAML reads off/on/yes/no keys as booleans)" if isinstance(k, bool) else k for k in unknown]
+        if missing or unknown:
+            raise ValueError(f"{name}: a {kind} schedule takes {list(_REQUIRED[kind])}"
+                             f"{' (missing ' + ', '.join(missing) + ')' if missing else ''}"
+                             f"{' (unknown ' + ', '.join(map(str, unknown)) + ')' if unknown else ''}")
+        self.kind, self.by = kind, spec.get("by", "step")
+        if self.by not in ("step", "progress"):
+            raise ValueError(f"{name}.by={self.by!r}: use step or progress")
+        self.spec = spec
+        if kind == "piecewise":
+            pts = spec["points"]
+            if not isinstance(pts, (list, tuple)) or not pts or any(not isinstance(p, (list, tuple)) or len(p) != 2
+                                                                    for p in pts):
+                raise ValueError(f"{name}.points: a non-empty list of [at, value] pairs, got {pts!r}")
+            self.points = [(_number(f"{name}.points", a), _number(f"{name}.points", v)) for a, v in pts]
+            if [a for a, _ in self.points] != sorted(a for a, _ in self.points):
+                raise ValueError(f"{name}.points: the 'at' values must increase, got {pts!r}")
+        elif kind in ("linear", "cosine"):
+            self.start, self.end = _number(f"{name}.start", spec["start"]), _number(f"{name}.end", spec["end"])
+            self.v0, self.v1 = _number(f"{name}.from", spec["from"]), _number(f"{name}.to", spec["to"])
+            if not self.end > self.start:
+                raise ValueError(f"{name}: end ({self.end}) must be after start ({self.start})")
+        elif kind == "warmup":
+            self.at, self.on = _number(f"{name}.at", spec["at"]), _number(f"{name}.value", spec["value"])
+            self.off = _number(f"{name}.before", spec.get("before", 0.0))
+        elif kind == "constant":
+            self.const = _number(f"{name}.value", spec["value"])
+        else:  # on_metric
+            values = spec["values"]
+            if not isinstance(values, (list, tuple)) or not values:
+                raise ValueError(f"{name}.values: a non-empty list of the values to step through, got {values!r}")
+            self.values = [_number(f"{name}.values", v) for v in values]
+            if ("above" in spec) == ("below" in spec):
+                raise ValueError(f"{name}: an on_metric schedule takes exactly one of above / below")
+            self.metric = str(spec["metric"])
+            self.bar = _number(f"{name}.bar", spec.get("above", spec.get("below")))
+            self.sign = 1.0 if "above" in spec else -1.0
+            self.patience = int(_number(f"{name}.patience", spec["patience"]))
+            if self.patience < 1:
+                raise ValueError(f"{name}.patience must be at least 1")
+        self.stage, self.streak = 0, 0  # on_metric state
+
+    def value(self, step: int, progress: float) -> float:
+        t = float(step if self.by == "step" else progress)
+        if self.kind == "constant":
+            return self.const
+        if self.kind == "piecewise":
+            current = self.points[0][1]
+            for at, v in self.points:
+                if t >= at:
+                    current = v
+            return current
+        if self.kind == "warmup":
+            return self.on if t >= self.at else self.off
+        if self.kind in ("linear", "cosine"):
+            x = min(1.0, max(0.0, (t - self.start) / (self.end - self.start)))
+            if self.kind == "cosine":
+                x = (1.0 - math.cos(math.pi * x)) / 2.0
+            return self.v0 + (self.v1 - self.v0) * x
+        return self.values[self.stage]
+
+    def observe(self, row: dict) -> str | None:
+        """Advance an ``on_metric`` schedule on one logged row; a description when it moved."""
+        if self.kind != "on_metric" or self.stage + 1 >= len(self.values):
+            return None
+        v = row.get(self.metric)
+        past = isinstance(v, (int, float)) and math.isfinite(v) and self.sign * (v - self.bar) > 0
+        self.streak = self.streak + 1 if past else 0
+        if self.streak < self.patience:
+            return None
+        self.stage, self.streak = self.stage + 1, 0
+        op = ">" if self.sign > 0 else "<"
+        return (f"{self.name}: {self.values[self.stage - 1]:g} -> {self.values[self.stage]:g} "
+                f"({self.metric} {op} {self.bar:g} for {self.patience} steps)")
+
+
+@dataclass
+class Rules:
+    """What the reward workers score with: weights per reward and parameters per reward."""
+    funcs: dict[str, float]
+    params: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class RuleSchedule:
+    """Every schedule of a run, over the configured weights and parameters.
+
+    >>> rs = RuleSchedule({"rec_iou": 1.0, "ovd_count": 0.0}, {},
+    ...                   {"ovd_count": {"weight": {"kind": "warmup", "at": 2, "value": 0.5}}}, total_steps=10)
+    >>> [rs.rules(s).funcs["ovd_count"] for s in range(4)]
+    [0.0, 0.0, 0.5, 0.5]
+    >>> rs.scalars(rs.rules(2))
+    {'rule/ovd_count/weight': 0.5}
+    """
+
+    def __init__(self, funcs: dict, params: dict, schedules: dict, total_steps: int):
+        from . import REGISTRY, resolve
+        self.funcs, self.params, self.total = dict(funcs), {k: dict(v) for k, v in params.items()}, max(1, total_steps)
+        self.schedules: dict[tuple[str, str], Schedule] = {}
+        for reward, per in (schedules or {}).items():
+            name = resolve(reward)
+            if not isinstance(per, dict):
+                raise ValueError(f"reward.schedules.{reward}: expected {{weight | parameter: schedule}}, got {per!r}")
+            for what, spec in per.items():
+                where = f"reward.schedules.{reward}.{what}"
+                if what != "weight" and what not in REGISTRY[name].params:
+                    known = ", ".join(["weight", *REGISTRY[name].params])
+                    raise ValueError(f"{where}: {name} has no parameter {what!r} (schedulable: {known})")
+                if what == "weight" and name not in self.funcs:
+                    raise ValueError(f"{where}: {name} is not in reward.funcs; add it there (weight 0.0 to start off)")
+                if not isinstance(spec, dict):
+                    raise ValueError(f"{where}: expected a schedule mapping such as {{kind: constant, value: 1}}")
+                self.schedules[(name, what)] = Schedule(where, spec)
+        self.last: dict[tuple[str, str], float] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.schedules)
+
+    def rules(self, step: int) -> Rules:
+        """The weights and parameters for the batch that trains at ``step`` (0-based)."""
+        funcs, params = dict(self.funcs), {k: dict(v) for k, v in self.params.items()}
+        progress = min(1.0, step / self.total)
+        for (name, what), s in self.schedules.items():
+            v = s.value(step, progress)
+            if what == "weight":
+                funcs[name] = v
+            else:
+                params.setdefault(name, {})[what] = v
+        return Rules(funcs, params)
+
+    def scalars(self, rules: Rules) -> dict[str, float]:
+        """``rule/<reward>/<weight | parameter>`` of every scheduled value, as ``rules`` has them."""
+        return {f"rule/{n}/{w}": (rules.funcs[n] if w == "weight" else rules.params[n][w]) for n, w in self.schedules}
+
+    def observe(self, step: int, row: dict) -> list[str]:
+        """Feed the row logged for ``step`` (``on_metric`` schedules advance on it); returns the
+        events, in words: every stepwise value (piecewise, warmup, on_metric) that changes for the
+        next step. Linear and cosine ramps change every step and are logged as scalars only."""
+        events = []
+        progress = lambda t: min(1.0, t / self.total)  # noqa: E731
+        for s in self.schedules.values():
+            if s.kind == "on_metric":
+                if (moved := s.observe(row)):
+                    events.append(moved)
+            elif s.kind in ("piecewise", "warmup"):
+                a, b = s.value(step, progress(step)), s.value(step + 1, progress(step + 1))
+                if a != b:
+                    events.append(f"{s.name}: {a:g} -> {b:g} from step {step + 2} ({s.by} schedule)")
+        return events
+
+    def replay(self, history: list[dict]) -> None:
+        """Rebuild the state of ``on_metric`` schedules from the rows a checkpoint holds: their state
+        is a function of the logged rows, so a resumed run continues exactly where it stopped."""
+        for row in history:
+            self.observe(int(row["step"]) - 1, row)
