@@ -74,16 +74,20 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     from learner.grpo import group_advantages
     from trainer import evaluate
     from trainer.monitor import Monitor
-    from trainer.pipeline import check_staleness, generate_batch
-    from rewards import validate_funcs, validate_params
+    from trainer.pipeline import BatchSource, check_staleness
+    from trainer.sampling import DynamicSampler
+    from rewards import resolve, validate_funcs, validate_params
     from rewards.schedule import RuleSchedule
     from trainer.summary import CpuMeter, print_summary, step_metrics, summarize
 
     from actors.reward_worker import ScorerPool
-    from actors.roles import create_roles, plain
-    G, K = cfg.rollout.num_generations, cfg.trainer.max_staleness
+    from actors.roles import create_roles, has_gpu, plain
+    from conf.hardware import resolve_staleness
+    K, why = resolve_staleness(cfg.trainer.max_staleness, has_gpu(), bool(cfg.cluster.address), cfg.learner.off_policy)
+    cfg.trainer.max_staleness = K  # auto -> a number, before the roles are sized for it
+    G = cfg.rollout.num_generations
     engines, learners, scorers = create_roles(cfg, model_path)  # engines: an EnginePool
-    chosen = describe_choices(cfg, engines.engines.info, learners.info)
+    chosen = describe_choices(cfg, engines.engines.info, learners.info, why)
     scorer_pool = ScorerPool(scorers, cfg.reward.chunk_size, cfg.reward.timeout_s)
     sampler = PromptSampler(len(train), cfg.trainer.prompts_per_step, cfg.seed, cfg.data.shuffle, cfg.trainer.epochs)
     max_steps = min(cfg.trainer.max_steps, sampler.steps_available())
@@ -98,15 +102,16 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     times = {"rollout": 0.0, "reward": 0.0, "train": 0.0, "sync": 0.0, "eval_ckpt": 0.0}
     meter = CpuMeter([engines.engines, learners, scorers], machine_cores(cfg))
 
-    def next_batch(step: int):  # sample step's prompts; generate and score them with the engines' weights
-        now = rules.rules(step)  # and the reward rules of now (scheduled weights and parameters)
-        return generate_batch(engines, scorer_pool, [train[i] for i in sampler.next()], step, engines.version,
-                              cfg.seed, now if rules else None, rules.scalars(now))
+    ds = cfg.rollout.dynamic_sampling
+    # next_batch(step): step's prompts, generated and scored with the engines' weights of now and
+    # the step's reward rules (with dynamic sampling: groups without spread refilled); None: data used up
+    next_batch = BatchSource(engines, scorer_pool, train, sampler, rules, cfg.seed, DynamicSampler(
+        cfg.trainer.prompts_per_step, ds.min_std, ds.max_rounds, ds.metric and resolve(ds.metric)) if ds.enabled else None)
 
     # the pipeline: with K > 0 the batches of steps start .. start+K-1 are generated before the
     # first update (all with the weights of version `start`); a resumed run brings its own
-    while len(in_flight) < K and start + len(in_flight) < max_steps:
-        in_flight.append(next_batch(start + len(in_flight)))
+    while len(in_flight) < K and start + len(in_flight) < max_steps and (b := next_batch(start + len(in_flight))):
+        in_flight.append(b)
     bar = tqdm(range(start, max_steps), desc="grpo", dynamic_ncols=True, initial=start, total=max_steps)
     bad_steps = 0
     t_run = time.perf_counter()
@@ -115,6 +120,10 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
         meter.start()
         # 1. the batch this step trains: generated K steps ago (K = 0: now, with the current weights)
         batch = in_flight.pop(0) if in_flight else next_batch(step)
+        if batch is None:  # dynamic sampling's refills used prompts the later steps would have had
+            tqdm.write(f"the training data is used up after {step} steps (dynamic sampling refilled groups with "
+                       "extra prompts): raise trainer.epochs to train longer")
+            break
         check_staleness(batch, step, K)
         totals = torch.tensor([batch.scored[r.key]["total"] for r in batch.rollouts], dtype=torch.float64)
         adv = group_advantages(totals, G, cfg.learner.scale_rewards, cfg.learner.adv_eps)
@@ -123,8 +132,8 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
         # 2. the learner ranks update the policy on it; meanwhile (K > 0) the engines generate and
         #    the reward workers score the batch of step + K, with the weights of version `step`
         update = learners.call_sharded("train_step", items)
-        if K and step + K < max_steps:
-            in_flight.append(next_batch(step + K))
+        if K and step + K < max_steps and (b := next_batch(step + K)):
+            in_flight.append(b)
         t_wait = time.perf_counter()
         train_metrics = ray.get(update)[0]
         bad_steps = bad_steps + 1 if train_metrics["skipped_updates"] == cfg.learner.num_iterations else 0
@@ -178,10 +187,10 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     return summary
 
 
-def describe_choices(cfg, engine: dict, learner: dict) -> dict:
+def describe_choices(cfg, engine: dict, learner: dict, loop_reason: str = "set") -> dict:
     """What ``auto`` resolved to on each role's machine, printed once and kept in summary.json."""
     K = cfg.trainer.max_staleness
-    chosen = {"loop": f"asynchronous, max_staleness={K}" if K else "synchronous",
+    chosen = {"loop": (f"asynchronous, max_staleness={K}" if K else "synchronous") + f" ({loop_reason})",
               "rollout": f"{engine['dtype']} ({engine['dtype_reason']}), {engine['threads']} threads",
               "learner": f"{learner['dtype']} ({learner['dtype_reason']}), {learner['threads']} threads, "
                          f"off_policy={cfg.learner.off_policy}, prefix_sharing={cfg.learner.prefix_sharing}"}
@@ -204,7 +213,7 @@ def _import_driver_modules() -> None:
     import actors.engine_pool, actors.group, actors.reward_worker, actors.roles, actors.rollout  # noqa: F401,E401
     import data.sampler, learner.batch, learner.grpo, learner.learner, learner.weight_sync  # noqa: F401,E401
     import trainer.checkpoint, trainer.evaluate, trainer.modes, trainer.monitor, trainer.pipeline  # noqa: F401,E401
-    import trainer.report, trainer.summary  # noqa: F401,E401
+    import trainer.report, trainer.sampling, trainer.summary, rewards.schedule  # noqa: F401,E401
 
 
 def resume_if_asked(cfg, out_dir, learners, engines, sampler, train) -> tuple[int, list, list]:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent
 FREE_KEYS = {"reward.funcs", "reward.params", "reward.schedules", "rollout.resources", "learner.resources", "reward.resources"}  # user-named keys
+MIXED = {"trainer.max_staleness"}  # keys taking "auto" or a number
 CHOICES = {
     "mode": ["train", "eval", "sft"],
     "data.task": ["rec", "ovd"],
@@ -58,6 +59,8 @@ def _check_keys(layer, known: dict[str, object], source: str) -> None:
 
 
 def _check_value(key: str, value, default) -> None:
+    if key in MIXED:
+        return  # auto or a number: checked by _validate_loop
     if key == "data.task" and isinstance(value, str) and all(t in CHOICES[key] for t in value.split(":")):
         return  # one task per data file
     if key in CHOICES and value not in CHOICES[key]:
@@ -113,12 +116,27 @@ def load(argv: list[str] | None = None) -> DictConfig:
 
 def _validate_loop(cfg: DictConfig) -> None:
     k = cfg.trainer.max_staleness
-    if not isinstance(k, int) or k < 0:
-        raise ConfigError(f"trainer.max_staleness={k!r} must be a whole number >= 0 (0: synchronous)")
+    if k == "auto":
+        k = 0  # resolved when the cluster is known (conf.hardware.resolve_staleness); never above 0 with none
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError(f"trainer.max_staleness={k!r} must be auto or a whole number >= 0 (0: synchronous)")
     if k > 0 and cfg.learner.off_policy == "none":
         raise ConfigError(f"learner.off_policy=none treats samples as on-policy, but trainer.max_staleness={k} trains "
                           "on samples up to that many updates old: use learner.off_policy=bypass or decoupled, "
                           "or trainer.max_staleness=0")
+    ds = cfg.rollout.dynamic_sampling
+    if not (isinstance(ds.max_rounds, int) and ds.max_rounds >= 0) or not ds.min_std >= 0:
+        raise ConfigError(f"rollout.dynamic_sampling: max_rounds ({ds.max_rounds!r}) must be a whole number >= 0 and "
+                          f"min_std ({ds.min_std!r}) >= 0")
+    if ds.metric is not None:
+        from rewards import resolve, validate_funcs
+        try:
+            name = resolve(ds.metric)
+        except KeyError as e:
+            raise ConfigError(f"rollout.dynamic_sampling.metric: {e.args[0]}") from None
+        if name not in validate_funcs(dict(cfg.reward.funcs)):
+            raise ConfigError(f"rollout.dynamic_sampling.metric={ds.metric!r} is not scored in this run: add it to "
+                              f"reward.funcs (weight 0.0 scores it without paying it) or set metric to null")
     if cfg.learner.is_cap <= 1.0:
         raise ConfigError(f"learner.is_cap={cfg.learner.is_cap} must be above 1 (it caps importance weights)")
 

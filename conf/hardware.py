@@ -2,6 +2,7 @@
 
     dtype, why = resolve_dtype("auto", "rollout")     # ("float32", "CPU without avx512_bf16/amx_bf16: ...")
     threads = auto_threads(None, asynchronous=True, reserved=1, role="learner")
+    K, why = resolve_staleness("auto", gpu=False, joined=False)  # (0, "auto: one CPU machine, ...")
 
 bf16 pays only where the device computes it natively: GPUs with bf16 units, CPUs with
 AVX-512-BF16 or AMX. An AVX2-only CPU emulates bf16 matmuls several times slower than fp32
@@ -87,6 +88,29 @@ def auto_threads(configured: int | None, asynchronous: bool, reserved: float, co
     if asynchronous and role == "rollout":
         return max(1, int(reserved))
     return cores
+
+
+def resolve_staleness(value, gpu: bool, joined: bool, off_policy: str = "bypass") -> tuple[int, str]:
+    """``trainer.max_staleness`` as a number, and why. ``auto`` overlaps rollout and training
+    (K = 1) where the roles have devices of their own -- GPUs, or a Ray cluster that was joined,
+    whose nodes each role may have to itself -- and keeps the synchronous loop (K = 0) on one CPU
+    machine, where both roles share the same cores: there the synchronous loop already keeps them
+    busy (90% of 2 cores at 30M) and overlapping only splits them (measured in ``bench.e2e``).
+
+    >>> resolve_staleness("auto", gpu=True, joined=False)
+    (1, 'auto: rollout and learner on devices of their own overlap')
+    >>> resolve_staleness("auto", gpu=False, joined=False)[0], resolve_staleness(2, gpu=False, joined=False)
+    (0, (2, 'set'))
+    >>> resolve_staleness("auto", gpu=True, joined=True, off_policy="none")[0]
+    0
+    """
+    if value != "auto":
+        return int(value), "set"
+    if off_policy == "none":
+        return 0, "auto: learner.off_policy=none trains on-policy only"
+    if gpu or joined:
+        return 1, "auto: rollout and learner on devices of their own overlap"
+    return 0, "auto: one CPU machine, rollout and learner share its cores and take turns with all of them"
 
 
 def describe_cpu() -> str:

@@ -33,6 +33,17 @@ class PromptSampler:
         self.pos += self.batch_size
         return batch
 
+    def take(self, n: int) -> list[int] | None:
+        """Up to ``n`` more indices in the same order (dynamic sampling's refills), never crossing
+        into the next epoch within one call (so no index repeats within a step); None when used up."""
+        if self.pos >= self.n:
+            self.epoch, self.pos = self.epoch + 1, 0
+        if self.epoch >= self.epochs or n <= 0:
+            return None
+        out = self._order(self.epoch)[self.pos:self.pos + n]
+        self.pos += len(out)
+        return out
+
     def state(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos}
 

@@ -59,6 +59,37 @@ def generate_batch(engines, scorer_pool, prompts: list, step: int, version: int,
     return Batch(step, list(prompts), rollouts, scored, failures, version, times, dict(rule_values or {}))
 
 
+class BatchSource:
+    """Where each step's batch comes from: the next prompts of the data order, generated and scored
+    with the engines' current weights and the step's reward rules (``rewards.schedule``); with
+    dynamic sampling (``trainer.sampling.DynamicSampler``), groups without spread are refilled.
+    ``source(step)`` is None when the data is used up."""
+
+    def __init__(self, engines, scorer_pool, train: list, sampler, rules, seed: int, dynamic=None):
+        self.engines, self.scorer_pool, self.train, self.sampler = engines, scorer_pool, train, sampler
+        self.rules, self.seed, self.dynamic = rules, seed, dynamic
+
+    def __call__(self, step: int) -> Batch | None:
+        first = self.sampler.next()
+        if first is None:
+            return None
+        now = self.rules.rules(step)
+        seen = {self.train[i].id for i in first}
+
+        def generate(indices: list[int]) -> Batch:
+            return generate_batch(self.engines, self.scorer_pool, [self.train[i] for i in indices], step,
+                                  self.engines.version, self.seed, now if self.rules else None, self.rules.scalars(now))
+
+        def more(n: int) -> Batch | None:  # the next n prompts of the data order not already in this step
+            indices = self.sampler.take(n)
+            indices = [i for i in indices or [] if self.train[i].id not in seen]
+            seen.update(self.train[i].id for i in indices)
+            return generate(indices) if indices else None
+
+        batch = generate(first)
+        return self.dynamic.fill(batch, more) if self.dynamic else batch
+
+
 def check_staleness(batch: Batch, step: int, max_staleness: int) -> None:
     """Refuse to train ``batch`` at ``step`` unless it belongs to that step and its samples are at most
     ``max_staleness`` updates old (a broken schedule fails loudly instead of training on stale data).

@@ -25,7 +25,8 @@ def step_metrics(step: int, batch, totals, tm: dict, phase: dict) -> dict:
            "reward/queue_depth": phase["queue_depth"], "reward/worker_recoveries": phase["reward_recoveries"],
            "rollout/engine_restarts": phase.get("engine_restarts", 0),
            "staleness/max": staleness, "staleness/mean": float(staleness),
-           "prompt_ids": [p.id for p in batch.prompts]}
+           "prompt_ids": [p.id for p in batch.prompts],
+           **{k: v for k, v in batch.times.items() if k.startswith("sampling/")}}
     rec = [x for x in records if "hit" in x]
     if rec:  # REC accuracy of the sampled answers (IoU > 0.5), VLM-R1's criterion
         row["accuracy"] = sum(x["hit"] for x in rec) / len(rec)

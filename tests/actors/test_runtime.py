@@ -103,7 +103,8 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
     # and a reward rule that changes during the run: the repetition penalty counts at step 1, not from step 2
     summary, rows, stdout = _run(tmp_path, tiny_model, synthetic, "conf=ovd", "trainer.max_steps=2",
                                  "rollout.max_new_tokens=32", "reward.funcs.repetition=1.0",
-                                 "reward.schedules.repetition.weight={kind: warmup, at: 1, value: 0.0, before: 1.0}")
+                                 "reward.schedules.repetition.weight={kind: warmup, at: 1, value: 0.0, before: 1.0}",
+                                 "rollout.dynamic_sampling.enabled=true")  # and dynamic sampling on
     assert summary["steps"] == 2 and summary["samples"] == 2 * 4 * 8
     assert summary["prompts"] == summary["distinct_prompts"] == 8  # no prompt repeated within the epoch
     assert [r["items"] for r in rows] == [32, 32]  # every completion entered the update exactly once
@@ -114,6 +115,11 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
             assert key in r
         assert r["engine_logp_abs_diff"] < 0.05
     assert "done: 2 steps, 64 samples" in stdout
+    for r in rows:  # dynamic sampling: whole steps of 4 groups, refilled with fresh prompts or completed
+        assert r["sampling/prompts_generated"] >= 4 and 0 <= r["sampling/rounds"] <= 3
+        assert r["sampling/extra_generations"] == (r["sampling/prompts_generated"] - 4) * 8
+        assert r["sampling/filled"] == 4 - round(r["sampling/signal_frac"] * 4)
+        assert r["sampling/filled"] == 0 or r["sampling/rounds"] == 3 or r["sampling/data_exhausted"]
     assert [r["rule/repetition/weight"] for r in rows] == [1.0, 0.0]
     assert rows[0]["rule_events"] == ["reward.schedules.repetition.weight: 1 -> 0 from step 2 (step schedule)"]
     assert "reward rule change: reward.schedules.repetition.weight: 1 -> 0" in stdout

@@ -70,13 +70,16 @@ def test_config_values_are_never_executed(tmp_path):
 
 def test_asynchronous_settings_are_checked_before_anything_starts():
     c = conf.load([])
-    assert c.trainer.max_staleness == 1 and c.learner.off_policy == "bypass"
+    assert c.trainer.max_staleness == "auto" and c.learner.off_policy == "bypass"
     assert c.rollout.dtype == "auto" and c.learner.dtype == "auto"
+    assert conf.load(["trainer.max_staleness=2"]).trainer.max_staleness == 2
     with pytest.raises(conf.ConfigError, match="off_policy=none treats samples as on-policy"):
-        conf.load(["learner.off_policy=none"])
+        conf.load(["learner.off_policy=none", "trainer.max_staleness=1"])
+    assert conf.load(["learner.off_policy=none"]).learner.off_policy == "none"  # auto: synchronous with none
     assert conf.load(["learner.off_policy=none", "trainer.max_staleness=0"]).learner.off_policy == "none"
-    with pytest.raises(conf.ConfigError, match="max_staleness=-1 must be a whole number"):
-        conf.load(["trainer.max_staleness=-1"])
+    for bad in ("-1", "fast", "true", "1.5"):
+        with pytest.raises(conf.ConfigError, match="must be auto or a whole number"):
+            conf.load([f"trainer.max_staleness={bad}"])
     with pytest.raises(conf.ConfigError, match="is_cap=0.5 must be above 1"):
         conf.load(["learner.is_cap=0.5"])
     with pytest.raises(conf.ConfigError, match="learner.off_policy='ppo' is not one of"):
