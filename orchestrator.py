@@ -93,7 +93,7 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     max_steps = min(cfg.trainer.max_steps, sampler.steps_available())
     start, history, in_flight = resume_if_asked(cfg, out_dir, learners, engines, sampler, train)
     rules = RuleSchedule(validate_funcs(dict(cfg.reward.funcs)), validate_params(plain(cfg.reward.params)),
-                         plain(cfg.reward.schedules), max_steps)
+                         plain(cfg.reward.schedules), max_steps, plain(cfg.reward.triggers))
     rules.replay(history)  # a resumed run: on_metric schedules continue from the saved rows
     monitor = Monitor(out_dir, cfg.wandb, plain(cfg))
     eval_set = evaluate.subset(val, cfg.eval.train_samples, cfg.eval.subset_seed)

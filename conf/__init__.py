@@ -15,7 +15,7 @@ import pathlib
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent
-FREE_KEYS = {"reward.funcs", "reward.params", "reward.schedules", "rollout.resources", "learner.resources", "reward.resources"}  # user-named keys
+FREE_KEYS = {"reward.funcs", "reward.params", "reward.schedules", "reward.triggers", "rollout.resources", "learner.resources", "reward.resources"}  # user-named keys
 MIXED = {"trainer.max_staleness"}  # keys taking "auto" or a number
 CHOICES = {
     "mode": ["train", "eval", "sft"],
@@ -154,7 +154,8 @@ def _validate_funcs(cfg: DictConfig) -> None:
     from rewards.schedule import RuleSchedule
     try:
         RuleSchedule(validate_funcs(dict(cfg.reward.funcs)), params,
-                     OmegaConf.to_container(cfg.reward.schedules, resolve=True), total_steps=1)
+                     OmegaConf.to_container(cfg.reward.schedules, resolve=True), total_steps=1,
+                     triggers=OmegaConf.to_container(cfg.reward.triggers, resolve=True))
     except (KeyError, ValueError) as e:
         raise ConfigError(e.args[0] if str(e.args[0]).startswith("reward.") else f"reward.schedules: {e.args[0]}") from None
 

@@ -143,6 +143,80 @@ class Schedule:
                 f"({self.metric} {op} {self.bar:g} for {self.patience} steps)")
 
 
+class Trigger:
+    """A detected hack switches its counter-rule on: ``monitor`` (a logged metric, e.g. the
+    ``hack/...`` signals of every step) past ``above`` (or ``below``) for ``patience`` steps in a
+    row turns the trigger on, and its ``set`` (``{"<reward>.weight" | "<reward>.<parameter>": value}``)
+    overrides the scheduled values from then on. It stays on, unless ``release`` is given: then the
+    monitor back past ``release`` (on the other side of the bar: hysteresis, so it does not flap)
+    for ``patience`` steps turns it off again.
+
+    >>> t = Trigger("t", {"monitor": "hack/boxes_over_gt", "above": 1.5, "patience": 2, "release": 1.1,
+    ...                   "set": {"ovd_count.weight": 0.5}})
+    >>> [bool(t.observe({"hack/boxes_over_gt": v})) for v in (1.6, 1.3, 1.6, 1.7, 1.3, 1.0, 1.0)], t.on
+    ([False, False, False, True, False, False, True], False)
+    """
+
+    KEYS = {"name", "monitor", "above", "below", "patience", "release", "set"}
+
+    def __init__(self, where: str, spec: dict):
+        if not isinstance(spec, dict):
+            raise ValueError(f"{where}: expected a mapping {{monitor, above | below, patience, set}}, got {spec!r}")
+        unknown = [str(k) for k in spec if k not in self.KEYS]
+        missing = [k for k in ("monitor", "patience", "set") if k not in spec]
+        if unknown or missing or ("above" in spec) == ("below" in spec):
+            raise ValueError(f"{where}: a trigger takes monitor, one of above / below, patience, set (and name, "
+                             f"release){'; unknown: ' + ', '.join(unknown) if unknown else ''}"
+                             f"{'; missing: ' + ', '.join(missing) if missing else ''}")
+        self.name = str(spec.get("name", where))
+        self.monitor = str(spec["monitor"])
+        self.sign = 1.0 if "above" in spec else -1.0
+        self.bar = _number(f"{where}.above/below", spec.get("above", spec.get("below")))
+        self.release = None if spec.get("release") is None else _number(f"{where}.release", spec["release"])
+        if self.release is not None and self.sign * (self.release - self.bar) > 0:
+            raise ValueError(f"{where}.release={self.release:g} must be on the other side of the bar {self.bar:g} "
+                             "(or equal to it)")
+        self.patience = int(_number(f"{where}.patience", spec["patience"]))
+        if self.patience < 1:
+            raise ValueError(f"{where}.patience must be at least 1")
+        if not isinstance(spec["set"], dict) or not spec["set"]:
+            raise ValueError(f"{where}.set: a mapping such as {{ovd_count.weight: 0.5}}")
+        self.set = {}
+        for key, value in spec["set"].items():
+            reward, _, what = str(key).partition(".")
+            if not what:
+                raise ValueError(f"{where}.set.{key}: name <reward>.weight or <reward>.<parameter>")
+            self.set[(reward, what)] = _number(f"{where}.set.{key}", value)
+        self.on, self.streak = False, 0
+
+    def observe(self, row: dict) -> str | None:
+        """Update on one logged row; a description when the trigger turned on or off."""
+        v = row.get(self.monitor)
+        if not (isinstance(v, (int, float)) and math.isfinite(v)):
+            self.streak = 0
+            return None
+        if not self.on:
+            past = self.sign * (v - self.bar) > 0
+        else:
+            past = self.release is not None and self.sign * (v - self.release) < 0
+        self.streak = self.streak + 1 if past else 0
+        if self.streak < self.patience:
+            return None
+        self.on, self.streak = not self.on, 0
+        what = ", ".join(f"{r}.{w}={x:g}" for (r, w), x in self.set.items())
+        if self.on:
+            op = ">" if self.sign > 0 else "<"
+            return f"trigger {self.name} on: {self.monitor} {op} {self.bar:g} for {self.patience} steps -> {what}"
+        op = "<" if self.sign > 0 else ">"
+        return f"trigger {self.name} off: {self.monitor} {op} {self.release:g} for {self.patience} steps"
+
+
+def _param_default(reward: str, param: str) -> float:
+    """A reward parameter's default, for values only a trigger sets."""
+    from . import REGISTRY
+    return float(REGISTRY[reward].params[param])
+
+
 @dataclass
 class Rules:
     """What the reward workers score with: weights per reward and parameters per reward."""
@@ -161,7 +235,7 @@ class RuleSchedule:
     {'rule/ovd_count/weight': 0.5}
     """
 
-    def __init__(self, funcs: dict, params: dict, schedules: dict, total_steps: int):
+    def __init__(self, funcs: dict, params: dict, schedules: dict, total_steps: int, triggers: list | None = None):
         from . import REGISTRY, resolve
         self.funcs, self.params, self.total = dict(funcs), {k: dict(v) for k, v in params.items()}, max(1, total_steps)
         self.schedules: dict[tuple[str, str], Schedule] = {}
@@ -179,17 +253,32 @@ class RuleSchedule:
                 if not isinstance(spec, dict):
                     raise ValueError(f"{where}: expected a schedule mapping such as {{kind: constant, value: 1}}")
                 self.schedules[(name, what)] = Schedule(where, spec)
-        self.last: dict[tuple[str, str], float] = {}
+        if not isinstance(triggers or [], list):
+            raise ValueError(f"reward.triggers: a list of triggers, got {triggers!r}")
+        self.triggers = [Trigger(f"reward.triggers[{i}]", spec) for i, spec in enumerate(triggers or [])]
+        for i, t in enumerate(self.triggers):
+            t.set = {(resolve(r), w): v for (r, w), v in t.set.items()}
+            for (r, w) in t.set:
+                if w == "weight" and r not in self.funcs:
+                    raise ValueError(f"reward.triggers[{i}].set: {r} is not in reward.funcs; add it there "
+                                     "(weight 0.0 to start off)")
+                if w != "weight" and w not in REGISTRY[r].params:
+                    raise ValueError(f"reward.triggers[{i}].set: {r} has no parameter {w!r} "
+                                     f"(settable: {', '.join(['weight', *REGISTRY[r].params])})")
+        self.moving = list(self.schedules) + [k for t in self.triggers for k in t.set if k not in self.schedules]
 
     def __bool__(self) -> bool:
-        return bool(self.schedules)
+        return bool(self.schedules or self.triggers)
 
     def rules(self, step: int) -> Rules:
         """The weights and parameters for the batch that trains at ``step`` (0-based)."""
         funcs, params = dict(self.funcs), {k: dict(v) for k, v in self.params.items()}
         progress = min(1.0, step / self.total)
-        for (name, what), s in self.schedules.items():
-            v = s.value(step, progress)
+        values = {key: s.value(step, progress) for key, s in self.schedules.items()}
+        for t in self.triggers:  # a trigger that is on overrides the schedules
+            if t.on:
+                values.update(t.set)
+        for (name, what), v in values.items():
             if what == "weight":
                 funcs[name] = v
             else:
@@ -198,7 +287,8 @@ class RuleSchedule:
 
     def scalars(self, rules: Rules) -> dict[str, float]:
         """``rule/<reward>/<weight | parameter>`` of every scheduled value, as ``rules`` has them."""
-        return {f"rule/{n}/{w}": (rules.funcs[n] if w == "weight" else rules.params[n][w]) for n, w in self.schedules}
+        return {f"rule/{n}/{w}": (rules.funcs[n] if w == "weight" else rules.params.get(n, {}).get(w, _param_default(n, w)))
+                for n, w in self.moving}
 
     def observe(self, step: int, row: dict) -> list[str]:
         """Feed the row logged for ``step`` (``on_metric`` schedules advance on it); returns the
@@ -214,6 +304,7 @@ class RuleSchedule:
                 a, b = s.value(step, progress(step)), s.value(step + 1, progress(step + 1))
                 if a != b:
                     events.append(f"{s.name}: {a:g} -> {b:g} from step {step + 2} ({s.by} schedule)")
+        events += [e for t in self.triggers if (e := t.observe(row))]
         return events
 
     def replay(self, history: list[dict]) -> None:

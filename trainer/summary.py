@@ -27,11 +27,38 @@ def step_metrics(step: int, batch, totals, tm: dict, phase: dict) -> dict:
            "staleness/max": staleness, "staleness/mean": float(staleness),
            "prompt_ids": [p.id for p in batch.prompts],
            **{k: v for k, v in batch.times.items() if k.startswith("sampling/")}}
+    row.update(hack_signals(rollouts, records))
     rec = [x for x in records if "hit" in x]
     if rec:  # REC accuracy of the sampled answers (IoU > 0.5), VLM-R1's criterion
         row["accuracy"] = sum(x["hit"] for x in rec) / len(rec)
     row.update({k: v for k, v in tm.items()})
     return row
+
+
+def hack_signals(rollouts, records) -> dict:
+    """What the known reward hacks look like in one step's samples (``reward.triggers`` watch these):
+
+    ``hack/boxes_over_gt``      predicted boxes per true box (box padding: VLM-R1's mAP hack)
+    ``hack/duplicate_box_frac`` predicted boxes with IoU > 0.9 to an earlier box of the same answer
+    ``hack/whole_image_frac``   predicted boxes covering 90% or more of the image
+    ``hack/none_frac``          answers without a box where the image has a target (the None collapse)
+    """
+    from rewards.boxes import iou
+    n_pred = sum(len(x["pred"]) for x in records)
+    n_gt = sum(len(x["gt"]) for x in records)
+    dup = whole = none = with_target = 0
+    for r, x in zip(rollouts, records):
+        boxes = [b for b in x["pred"] if b]
+        dup += sum(any(iou(b, a, "continuous") > 0.9 for a in boxes[:i]) for i, b in enumerate(boxes))
+        if r.prompt.image_sizes:
+            w, h = r.prompt.image_sizes[0]
+            whole += sum(max(0, min(b[2], w) - max(b[0], 0)) * max(0, min(b[3], h) - max(b[1], 0)) >= 0.9 * w * h
+                         for b in boxes)
+        if x["gt"]:
+            with_target += 1
+            none += not boxes
+    return {"hack/boxes_over_gt": n_pred / max(n_gt, 1), "hack/duplicate_box_frac": dup / max(n_pred, 1),
+            "hack/whole_image_frac": whole / max(n_pred, 1), "hack/none_frac": none / max(with_target, 1)}
 
 
 def summarize(history: list[dict], times: dict, wall: float, cpu_share: float | None = None,

@@ -104,7 +104,10 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
     summary, rows, stdout = _run(tmp_path, tiny_model, synthetic, "conf=ovd", "trainer.max_steps=2",
                                  "rollout.max_new_tokens=32", "reward.funcs.repetition=1.0",
                                  "reward.schedules.repetition.weight={kind: warmup, at: 1, value: 0.0, before: 1.0}",
-                                 "rollout.dynamic_sampling.enabled=true")  # and dynamic sampling on
+                                 "rollout.dynamic_sampling.enabled=true",  # and dynamic sampling on
+                                 # and a trigger that fires on step 1's row (monitor: the step itself)
+                                 "reward.triggers=[{name: t, monitor: step, above: 0.5, patience: 1, "
+                                 "set: {ovd_count.weight: 0.5}}]")
     assert summary["steps"] == 2 and summary["samples"] == 2 * 4 * 8
     assert summary["prompts"] == summary["distinct_prompts"] == 8  # no prompt repeated within the epoch
     assert [r["items"] for r in rows] == [32, 32]  # every completion entered the update exactly once
@@ -121,10 +124,16 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
         assert r["sampling/filled"] == 4 - round(r["sampling/signal_frac"] * 4)
         assert r["sampling/filled"] == 0 or r["sampling/rounds"] == 3 or r["sampling/data_exhausted"]
     assert [r["rule/repetition/weight"] for r in rows] == [1.0, 0.0]
-    assert rows[0]["rule_events"] == ["reward.schedules.repetition.weight: 1 -> 0 from step 2 (step schedule)"]
+    assert [r["rule/ovd_count/weight"] for r in rows] == [0.0, 0.5]
+    assert rows[0]["rule_events"] == ["reward.schedules.repetition.weight: 1 -> 0 from step 2 (step schedule)",
+                                      "trigger t on: step > 0.5 for 1 steps -> ovd_count.weight=0.5"]
     assert "reward rule change: reward.schedules.repetition.weight: 1 -> 0" in stdout
-    for r, w in zip(rows, (1.0, 0.0)):  # the workers scored each step with that step's weight
-        assert r["reward/mean"] == pytest.approx(r["reward/format"] + r["reward/ovd_odlength"] + w * r["reward/repetition"])
+    for r, w, c in zip(rows, (1.0, 0.0), (0.0, 0.5)):  # the workers scored each step with that step's weights
+        assert "reward/ovd_count" in r  # scored at weight 0 too (0 for an unparsable answer)
+        assert r["reward/mean"] == pytest.approx(r["reward/format"] + r["reward/ovd_odlength"] + w * r["reward/repetition"]
+                                                 + c * r["reward/ovd_count"])
+    assert all(k in rows[0] for k in ("hack/boxes_over_gt", "hack/duplicate_box_frac", "hack/whole_image_frac",
+                                      "hack/none_frac"))
 
 
 def test_two_learner_ranks_zero3_and_two_engines(tmp_path, tiny_model, synthetic):

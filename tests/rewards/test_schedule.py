@@ -120,3 +120,70 @@ def test_config_validates_schedules_at_load():
     ]:
         with pytest.raises(conf.ConfigError, match=match):
             conf.load([override])
+
+
+def _trigger(**over):
+    spec = {"name": "pad", "monitor": "hack/boxes_over_gt", "above": 1.5, "patience": 3, "set": {"ovd_count.weight": 0.5}}
+    return RuleSchedule({"ovd_odlength": 1.0, "ovd_count": 0.0}, {}, {}, 100, triggers=[{**spec, **over}])
+
+
+def test_trigger_fires_after_patience_and_latches_without_release():
+    rs = _trigger()
+    stream = [1.6, 1.7, 1.2, 1.6, 1.6, 1.6, 1.0, 1.0, 1.0, 1.0]  # a dip at step 3 restarts the count
+    weights, events = [], []
+    for t, v in enumerate(stream):
+        weights.append(rs.rules(t).funcs["ovd_count"])
+        events.append(rs.observe(t, {"hack/boxes_over_gt": v}))
+    assert weights == [0.0] * 6 + [0.5] * 4  # on from the step after the 3rd consecutive bad one; stays on
+    assert [i for i, e in enumerate(events) if e] == [5]
+    assert events[5] == ["trigger pad on: hack/boxes_over_gt > 1.5 for 3 steps -> ovd_count.weight=0.5"]
+    assert rs.scalars(rs.rules(9)) == {"rule/ovd_count/weight": 0.5}
+
+
+def test_trigger_hysteresis_turns_off_only_past_the_release_bar():
+    rs = _trigger(patience=2, release=1.1)
+    stream = [2.0, 2.0, 1.3, 1.3, 1.3, 1.0, 1.4, 1.0, 1.0, 1.6]  # between release and bar: stays on
+    on = []
+    for t, v in enumerate(stream):
+        rs.observe(t, {"hack/boxes_over_gt": v})
+        on.append(rs.rules(t + 1).funcs["ovd_count"] == 0.5)
+    assert on == [False, True, True, True, True, True, True, True, False, False]
+    with pytest.raises(ValueError, match="release=1.6 must be on the other side"):
+        _trigger(release=1.6)
+
+
+def test_trigger_overrides_a_schedule_and_resume_replays_it():
+    spec = {"ovd_count": {"weight": {"kind": "linear", "start": 0, "end": 10, "from": 0.0, "to": 0.2}}}
+    trig = [{"monitor": "m", "below": 0.1, "patience": 1, "set": {"ovd_count.weight": 1.0}}]
+    rows = [{"step": t + 1, "m": v} for t, v in enumerate([0.5, 0.05, 0.5, 0.5])]
+    full = RuleSchedule({"ovd_count": 0.0}, {}, spec, 10, triggers=trig)
+    seen = []
+    for t, r in enumerate(rows):
+        seen.append(full.rules(t).funcs["ovd_count"])
+        full.observe(t, r)
+    assert seen == pytest.approx([0.0, 0.02, 1.0, 1.0])  # the schedule until the trigger, then the trigger
+    resumed = RuleSchedule({"ovd_count": 0.0}, {}, spec, 10, triggers=trig)
+    resumed.replay(rows[:2])
+    assert [resumed.rules(t).funcs["ovd_count"] for t in (2, 3)] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("trig, match", [
+    ({"monitor": "m", "patience": 1, "set": {"ovd_count.weight": 1}}, "one of above / below"),
+    ({"monitor": "m", "above": 1, "patience": 1, "set": {"ovd_count": 1}}, "name <reward>.weight"),
+    ({"monitor": "m", "above": 1, "patience": 0, "set": {"ovd_count.weight": 1}}, "at least 1"),
+    ({"monitor": "m", "above": 1, "patience": 1, "set": {"rec_iou.weight": 1}}, "rec_iou is not in reward.funcs"),
+    ({"monitor": "m", "above": 1, "patience": 1, "set": {"ovd_count.base": "x"}}, "finite number"),
+    ({"monitor": "m", "above": 1, "patience": 1, "set": {"ovd_count.weight": 1}, "act": 2}, "unknown: act"),
+])
+def test_bad_triggers_say_what_is_wrong(trig, match):
+    with pytest.raises(ValueError, match=match):
+        RuleSchedule({"ovd_count": 0.0}, {}, {}, 10, triggers=[trig])
+
+
+def test_default_ovd_config_ships_the_padding_and_duplicate_triggers():
+    c = conf.load(["conf=ovd"])
+    rs = RuleSchedule(dict(c.reward.funcs), {}, {}, 100, triggers=conf.OmegaConf.to_container(c.reward.triggers))
+    assert rs.rules(0).funcs["ovd_count"] == 0.0 and rs.rules(0).funcs["repetition"] == 0.0
+    for t in range(5):  # five padded steps
+        rs.observe(t, {"hack/boxes_over_gt": 2.0, "hack/duplicate_box_frac": 0.0})
+    assert rs.rules(5).funcs["ovd_count"] == 0.5 and rs.rules(5).funcs["repetition"] == 0.0
