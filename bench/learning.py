@@ -197,7 +197,8 @@ def tables(res: dict, args) -> str:
             diff = mean_se(a)[0] - mean_se(b)[0]
             se = math.sqrt(mean_se(a)[1] ** 2 + mean_se(b)[1] ** 2)
             lines.append(f"max_staleness {k0} - {k1}, in-domain {'accuracy' if m == 'hit' else 'mean IoU'}: "
-                         f"{diff:+.3f} ({diff / se if se else float('nan'):+.1f} standard errors; target: within 2)")
+                         f"{diff:+.3f} ({f'{diff / se:+.1f} standard errors' if se else 'both arms identical'}; "
+                         "target: within 2)")
     if res.get("ovd_odlength"):
         lines += ["", f"OVD: GRPO for {args.ovd_steps} steps; sampled answers (mean of the first / last 10 steps) and "
                   "greedy val (300 images) before / after", "",

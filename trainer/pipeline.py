@@ -63,11 +63,14 @@ class BatchSource:
     """Where each step's batch comes from: the next prompts of the data order, generated and scored
     with the engines' current weights and the step's reward rules (``rewards.schedule``); with
     dynamic sampling (``trainer.sampling.DynamicSampler``), groups without spread are refilled.
-    ``source(step)`` is None when the data is used up."""
+    ``source(step)`` is None when the data is used up. Without dynamic sampling the batch still
+    logs ``sampling/signal_frac``: the share of its groups whose task metric has spread above
+    ``min_std`` (the ones that carry a gradient)."""
 
-    def __init__(self, engines, scorer_pool, train: list, sampler, rules, seed: int, dynamic=None):
+    def __init__(self, engines, scorer_pool, train: list, sampler, rules, seed: int, dynamic=None,
+                 min_std: float = 0.01):
         self.engines, self.scorer_pool, self.train, self.sampler = engines, scorer_pool, train, sampler
-        self.rules, self.seed, self.dynamic = rules, seed, dynamic
+        self.rules, self.seed, self.dynamic, self.min_std = rules, seed, dynamic, min_std
 
     def __call__(self, step: int) -> Batch | None:
         first = self.sampler.next()
@@ -87,7 +90,12 @@ class BatchSource:
             return generate(indices) if indices else None
 
         batch = generate(first)
-        return self.dynamic.fill(batch, more) if self.dynamic else batch
+        if self.dynamic:
+            return self.dynamic.fill(batch, more)
+        from trainer.sampling import group_spread
+        spread = group_spread(batch, None).values()
+        batch.times["sampling/signal_frac"] = sum(s > self.min_std for s in spread) / max(1, len(spread))
+        return batch
 
 
 def check_staleness(batch: Batch, step: int, max_staleness: int) -> None:

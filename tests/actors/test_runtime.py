@@ -143,3 +143,4 @@ def test_two_learner_ranks_zero3_and_two_engines(tmp_path, tiny_model, synthetic
                             "learner.lr=1e-2", "trainer.max_staleness=0")
     assert summary["steps"] == 2 and summary["samples"] == 16 and summary["distinct_prompts"] == 4
     assert rows[0]["items"] == 8 and rows[1]["engine_logp_abs_diff"] < 0.05  # step 2 sampled from synced engines
+    assert all(r["sampling/signal_frac"] in (0.0, 0.5, 1.0) for r in rows)  # share of the 2 groups with IoU spread
