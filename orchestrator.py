@@ -81,10 +81,9 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     from trainer.summary import CpuMeter, print_summary, step_metrics, summarize
 
     from actors.reward_worker import ScorerPool
-    from actors.roles import create_roles, has_gpu, plain
-    from conf.hardware import resolve_staleness
-    K, why = resolve_staleness(cfg.trainer.max_staleness, has_gpu(), bool(cfg.cluster.address), cfg.learner.off_policy)
-    cfg.trainer.max_staleness = K  # auto -> a number, before the roles are sized for it
+    from actors.roles import create_roles, plain, resolve_loop
+    why = resolve_loop(cfg)  # trainer.max_staleness: auto -> a number, before the roles are sized for it
+    K = cfg.trainer.max_staleness
     G = cfg.rollout.num_generations
     engines, learners, scorers = create_roles(cfg, model_path)  # engines: an EnginePool
     chosen = describe_choices(cfg, engines.engines.info, learners.info, why)

@@ -50,11 +50,22 @@ def _threads(cfg, section, role: str) -> dict[str, str]:
     return threads_env(section.cpu_threads, overlapping, reserved, cores, role)
 
 
+def resolve_loop(cfg, gpu: bool | None = None) -> str:
+    """Set ``trainer.max_staleness`` from ``auto`` to a number (a number stays as it is) before
+    the roles are sized for it; returns why."""
+    from conf.hardware import resolve_staleness
+    gpu = has_gpu() if gpu is None else gpu
+    K, why = resolve_staleness(cfg.trainer.max_staleness, gpu, bool(cfg.cluster.address), cfg.learner.off_policy)
+    cfg.trainer.max_staleness = K
+    return why
+
+
 def create_engines(cfg, model_path: str, gpu: bool | None = None):
     from actors.group import ActorGroup
     from actors.rollout import RolloutEngine
     r = cfg.rollout
     gpu = has_gpu() if gpu is None else gpu
+    resolve_loop(cfg, gpu)
     bundle = {"CPU": r.cpus_per_engine, "GPU": r.devices_per_engine if gpu else 0, **r.resources}
     return ActorGroup(RolloutEngine, r.num_engines, bundle, "rollout", args=(model_path, plain(r), cfg.seed),
                       kwargs={"model_cfg": plain(cfg.model)}, kwargs_fn=lambda i: {"index": i},
@@ -68,6 +79,7 @@ def create_learners(cfg, model_path: str, per_rank_items: int, gpu: bool | None 
     from learner.learner import Learner
     lc = cfg.learner
     gpu = has_gpu() if gpu is None else gpu
+    resolve_loop(cfg, gpu)
     bundle = {"CPU": lc.cpus_per_rank, "GPU": lc.gpus_per_rank if gpu else 0, **lc.resources}
     learners = ActorGroup(Learner, lc.world_size, bundle, "learner",
                           kwargs=dict(world_size=lc.world_size, model_path=model_path, model_cfg=plain(cfg.model),

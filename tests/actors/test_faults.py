@@ -20,22 +20,22 @@ FUNCS = {"rec_format": 1.0, "rec_iou": 1.0}
 
 
 class SlowWorker(RewardWorker):
-    def score(self, tasks):
+    def score(self, tasks, rules=None):
         time.sleep(1.5)  # a long chunk, so the test can kill the worker in the middle of it
-        return super().score(tasks)
+        return super().score(tasks, rules)
 
 
 class HangOnceWorker(RewardWorker):
-    def score(self, tasks):
+    def score(self, tasks, rules=None):
         marker = pathlib.Path(os.environ["HANG_MARKER"])
         if not marker.exists():
             marker.touch()
             time.sleep(3600)  # the first chunk ever hangs
-        return super().score(tasks)
+        return super().score(tasks, rules)
 
 
 class CrashWorker(RewardWorker):
-    def score(self, tasks):
+    def score(self, tasks, rules=None):
         os._exit(1)
 
 

@@ -17,7 +17,9 @@ def test_merge_order_base_then_task_then_command_line():
 
 
 def test_reward_funcs_replaced_by_task_file_adjusted_by_command_line():
-    assert dict(conf.load(["conf=ovd"]).reward.funcs) == {"format": 1.0, "ovd_odlength": 1.0}
+    # conf=ovd ships its counter-rules at weight 0: the default triggers switch them on
+    assert dict(conf.load(["conf=ovd"]).reward.funcs) == {"format": 1.0, "ovd_odlength": 1.0, "ovd_count": 0.0,
+                                                          "repetition": 0.0}
     c = conf.load(["conf=rec", "reward.funcs.rec_iou=2.0", "reward.funcs.repetition=0.5"])
     assert dict(c.reward.funcs) == {"rec_format": 1.0, "rec_iou": 2.0, "repetition": 0.5}
 

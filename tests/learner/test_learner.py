@@ -211,9 +211,13 @@ def test_the_learner_listens_on_its_own_address_only(tiny_model):
     import psutil
 
     from learner.weight_sync import WeightSender
+
+    def listening():  # this process's listening sockets
+        return {c.laddr for c in psutil.net_connections("inet") if c.pid == os.getpid() and c.status == "LISTEN"}
+    before = listening()  # what earlier tests in this process left open (a Ray driver) is not the learner's
     lr = _learner(tiny_model, 2)
     sender = WeightSender("127.0.0.1", free_port(), 1)
-    listening = [c.laddr for c in psutil.net_connections("inet") if c.pid == os.getpid() and c.status == "LISTEN"]
+    listening = listening() - before
     assert len(listening) >= 2, listening  # at least the two stores
     assert all(a.ip == "127.0.0.1" for a in listening), listening
     del lr, sender
