@@ -47,6 +47,24 @@ RELATIONS_OOD = {"left": "{a} to the left side of the {b}", "right": "{a} on the
                  "above": "{a} located over the {b}", "below": "{a} sitting under the {b}"}
 
 
+@dataclass(frozen=True)
+class Scene:
+    """The testbed's levers (``python -m bench.testbed`` measures each): image sizes, shapes per
+    image in and out of domain, the shapes' side in pixels, shape opacity, and ``position_code``:
+    a background whose tint encodes the pixel's position (brightness across, blue-yellow down), a
+    stand-in for the absolute position sense a pretrained vision tower has and a random tiny one
+    lacks. With ``alpha`` < 1 the code shows through the shapes too."""
+    sizes: tuple = SIZES
+    shapes: tuple = (1, 3)
+    ood_shapes: tuple = (4, 6)
+    side: tuple = (16, 44)
+    alpha: float = 1.0
+    position_code: bool = False
+
+
+DEFAULT_SCENE = Scene()
+
+
 @dataclass
 class Shape:
     kind: str
@@ -66,9 +84,9 @@ class Shape:
         return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
 
 
-def _draw(draw: ImageDraw.ImageDraw, s: Shape) -> None:
+def _draw(draw: ImageDraw.ImageDraw, s: Shape, alpha: float = 1.0) -> None:
     x1, y1, x2, y2 = s.box
-    fill = COLOURS[s.colour]
+    fill = COLOURS[s.colour] + ((round(255 * alpha),) if alpha < 1 else ())
     if s.kind == "circle":
         draw.ellipse(s.box, fill=fill)
     elif s.kind == "square":
@@ -79,13 +97,13 @@ def _draw(draw: ImageDraw.ImageDraw, s: Shape) -> None:
         draw.polygon([((x1 + x2) / 2, y1), (x2, (y1 + y2) / 2), ((x1 + x2) / 2, y2), (x1, (y1 + y2) / 2)], fill=fill)
 
 
-def _scene(rng: random.Random, n_shapes: int) -> tuple[int, int, tuple, list[Shape]]:
-    w, h = rng.choice(SIZES), rng.choice(SIZES)
+def _scene(rng: random.Random, n_shapes: int, spec: Scene = DEFAULT_SCENE) -> tuple[int, int, tuple, list[Shape]]:
+    w, h = rng.choice(spec.sizes), rng.choice(spec.sizes)
     shapes: list[Shape] = []
     for _ in range(n_shapes * 20):
         if len(shapes) == n_shapes:
             break
-        side = rng.randint(16, 44)
+        side = rng.randint(spec.side[0], min(spec.side[1], min(w, h) - 2))
         x1, y1 = rng.randint(0, w - side - 1), rng.randint(0, h - side - 1)
         box = [x1, y1, x1 + side, y1 + side]
         cand = Shape(rng.choice(SHAPES), rng.choice(list(COLOURS)), box)
@@ -154,8 +172,20 @@ def _ovd_query(rng: random.Random, shapes: list[Shape]) -> tuple[list[str], list
     return cats, items
 
 
+def _background(w: int, h: int, bg: tuple, spec: Scene) -> Image.Image:
+    if not spec.position_code:
+        return Image.new("RGB", (w, h), bg)
+    # brightness 150 -> 250 left to right; a blue (top) to yellow (bottom) tint of +-40
+    xs = [150 + 100 * x / (w - 1) for x in range(w)]
+    img = Image.new("RGB", (w, h))
+    img.putdata([(round(min(255, v + t)), round(min(255, v + t)), round(max(0, v - t)))
+                 for y in range(h) for t in [40 * (2 * y / (h - 1) - 1)] for v in xs])
+    return img
+
+
 def generate(out_dir: str | os.PathLike, seed: int = 0, n_train: int = 2000, n_val: int = 300,
-             n_ood: int = 300, tasks=("rec", "ovd"), progress: bool = True) -> dict[str, pathlib.Path]:
+             n_ood: int = 300, tasks=("rec", "ovd"), progress: bool = True,
+             spec: Scene = DEFAULT_SCENE) -> dict[str, pathlib.Path]:
     """Write images and ``{task}_{split}.jsonl`` under ``out_dir``; returns the file paths.
 
     Deterministic: the same arguments give byte-identical files. Splits use disjoint seeds."""
@@ -167,7 +197,7 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, n_train: int = 2000, n_v
         for s_i, (split, n, ood) in enumerate(plan):
             rng = random.Random(f"{seed}-{task}-{split}")
             path = out / f"{task}_{split}.jsonl"
-            rows = [_row(rng, task, split, i, ood, out) for i in _progress(range(n), f"{task}/{split}", progress)]
+            rows = [_row(rng, task, split, i, ood, out, spec) for i in _progress(range(n), f"{task}/{split}", progress)]
             tmp = path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
             tmp.replace(path)
@@ -175,18 +205,19 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, n_train: int = 2000, n_v
     return files
 
 
-def _row(rng: random.Random, task: str, split: str, i: int, ood: bool, out: pathlib.Path | None) -> dict:
-    n_shapes = rng.randint(4, 6) if ood else rng.randint(1, 3)
+def _row(rng: random.Random, task: str, split: str, i: int, ood: bool, out: pathlib.Path | None,
+         spec: Scene = DEFAULT_SCENE) -> dict:
+    n_shapes = rng.randint(*spec.ood_shapes) if ood else rng.randint(*spec.shapes)
     while True:
-        w, h, bg, shapes = _scene(rng, n_shapes)
+        w, h, bg, shapes = _scene(rng, n_shapes, spec)
         if shapes:
             break
     rel = f"images/{task}-{split}-{i}.png"
     if out is not None:  # None: text only (the tokenizer's training corpus)
-        img = Image.new("RGB", (w, h), bg)
-        draw = ImageDraw.Draw(img)
+        img = _background(w, h, bg, spec)
+        draw = ImageDraw.Draw(img, "RGBA" if spec.alpha < 1 else None)
         for s in shapes:
-            _draw(draw, s)
+            _draw(draw, s, spec.alpha)
         img.save(out / rel, optimize=False, compress_level=1)
     if task == "rec":
         expr, target = _refer(rng, shapes, ood)

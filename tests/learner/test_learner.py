@@ -1,6 +1,7 @@
 """The DeepSpeed learner as a plain class (no Ray): robust to vision tokens, micro-batch invariant."""
 import json
 import math
+import pathlib
 
 import pytest
 import torch
@@ -205,22 +206,25 @@ def test_non_finite_gradient_is_skipped_under_every_zero_stage(tiny_model, synth
 
 def test_the_learner_listens_on_its_own_address_only(tiny_model):
     """Security: the DeepSpeed rendezvous store, gloo and the weight-sync store listen on the
-    address they were given (loopback here), never on every interface (torch's default)."""
-    import os
-
-    import psutil
-
-    from learner.weight_sync import WeightSender
-
-    def listening():  # this process's listening sockets
-        return {c.laddr for c in psutil.net_connections("inet") if c.pid == os.getpid() and c.status == "LISTEN"}
-    before = listening()  # what earlier tests in this process left open (a Ray driver) is not the learner's
-    lr = _learner(tiny_model, 2)
-    sender = WeightSender("127.0.0.1", free_port(), 1)
-    listening = listening() - before
+    address they were given (loopback here), never on every interface (torch's default). Run in a
+    fresh process: earlier tests here leave a process group (reused, so nothing new would listen)
+    and a Ray driver (not the learner's) behind."""
+    import subprocess
+    import sys
+    code = """
+import json, os, sys, psutil
+from tests.learner.test_learner import _learner
+from learner.weight_sync import WeightSender, free_port
+lr = _learner(sys.argv[1], 2)
+sender = WeightSender("127.0.0.1", free_port(), 1)
+print(json.dumps([c.laddr.ip for c in psutil.net_connections("inet") if c.pid == os.getpid() and c.status == "LISTEN"]))
+"""
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code, tiny_model], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    listening = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(listening) >= 2, listening  # at least the two stores
-    assert all(a.ip == "127.0.0.1" for a in listening), listening
-    del lr, sender
+    assert all(ip == "127.0.0.1" for ip in listening), listening
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
