@@ -33,6 +33,7 @@ VARIANTS = {
     "big_shapes": ({"side": (28, 56)}, {}, {}),
     "code_big": ({"position_code": True, "alpha": 0.75, "side": (28, 56)}, {}, {}),
     "one_size": ({"sizes": (112,)}, {}, {}),
+    "big_rec": ({"side": (28, 56)}, {}, {"tasks": "rec", "steps": 800}),
 }
 
 
@@ -47,11 +48,17 @@ def cpu_name() -> str:
         return platform.processor() or "unknown CPU"
 
 
-def run_variant(name: str, out: pathlib.Path, steps: int, lr: float, log: list) -> dict:
+def run_variant(name: str, out: pathlib.Path, steps: int, lr: float, dtype: str, log: list) -> dict:
     from data.synthetic import Scene, generate
     from data.tiny_model import build
     scene, model, warm = VARIANTS[name]
     d = out / name
+    o = {"steps": steps, "lr": lr, "dtype": dtype, "tasks": "rec:ovd", **warm}
+    if (d / "result.json").exists():  # measured by an earlier run of this command with the same recipe
+        res = json.loads((d / "result.json").read_text())
+        if res["warm"] == o:
+            return res
+        raise SystemExit(f"{d} holds {name} warm-started with {res['warm']}, not {o}: use another --out or --fresh")
     t0 = time.perf_counter()
     data = d / "data"
     if not (data / "rec_val.jsonl").exists():
@@ -61,13 +68,13 @@ def run_variant(name: str, out: pathlib.Path, steps: int, lr: float, log: list) 
     if not (base / "BUILD.json").exists():
         build(base, seed=0, **model)
     build_s = time.perf_counter() - t0
-    o = {"steps": steps, "lr": lr, **warm}
+    files = ":".join(f"{data}/{t}_{{0}}.jsonl" for t in o["tasks"].split(":"))
     sft = run_stage(f"{name}/sft", out, [
-        "mode=sft", f"model.path={base}", "seed=0", "data.task=rec:ovd", f"data.synthetic.dir={data}",
-        f"data.image_folders={data}", f"data.train_files={data}/rec_train.jsonl:{data}/ovd_train.jsonl",
-        f"data.val_files={data}/rec_val.jsonl", f"trainer.max_steps={o['steps']}", "trainer.prompts_per_step=16",
+        "mode=sft", f"model.path={base}", "seed=0", f"data.task={o['tasks']}", f"data.synthetic.dir={data}",
+        f"data.image_folders={data}", f"data.train_files={files.format('train')}",
+        f"data.val_files={files.format('val')}", f"trainer.max_steps={o['steps']}", "trainer.prompts_per_step=16",
         "trainer.epochs=100", f"learner.lr={o['lr']}", "learner.lr_schedule=cosine", "learner.warmup_steps=10",
-        "learner.beta=0", "learner.micro_batch_size=16", "trainer.eval_steps=0",
+        "learner.beta=0", "learner.micro_batch_size=16", "trainer.eval_steps=0", f"learner.dtype={o['dtype']}",
         f"trainer.save_steps={o['steps']}", "trainer.keep_checkpoints=1"], "checkpoints", log)
     hf = sorted((sft / "checkpoints").glob("step_*"))[-1] / "hf"
     ev = run_stage(f"{name}/eval", out, ["mode=eval", "conf=rec", f"model.path={hf}", f"data.synthetic.dir={data}",
@@ -75,11 +82,13 @@ def run_variant(name: str, out: pathlib.Path, steps: int, lr: float, log: list) 
                    "eval_results.json", log)
     recs = eval_records(ev / "eval_results.json")
     fmt = [float(bool(r["pred"])) for r in recs]  # a box could be read from the answer
-    return {"variant": name, "scene": {k: list(v) if isinstance(v, tuple) else v for k, v in scene.items()},
-            "model": model, "warm": o, "build_seconds": round(build_s, 1),
-            "warm_seconds": next((x["seconds"] for x in log if x["stage"] == f"{name}/sft"), None),
-            "acc": mean_se([float(r["hit"]) for r in recs]), "iou": mean_se([float(r["iou"]) for r in recs]),
-            "n": len(recs), "format": sum(fmt) / max(len(fmt), 1)}
+    res = {"variant": name, "scene": {k: list(v) if isinstance(v, tuple) else v for k, v in scene.items()},
+           "model": model, "warm": o, "build_seconds": round(build_s, 1),
+           "warm_seconds": next((x["seconds"] for x in log if x["stage"] == f"{name}/sft"), None),
+           "acc": mean_se([float(r["hit"]) for r in recs]), "iou": mean_se([float(r["iou"]) for r in recs]),
+           "n": len(recs), "format": sum(fmt) / max(len(fmt), 1)}
+    (d / "result.json").write_text(json.dumps(res))
+    return res
 
 
 def table(rows: list[dict], cpu: str) -> str:
@@ -91,7 +100,7 @@ def table(rows: list[dict], cpu: str) -> str:
         mins = (r["build_seconds"] + (r["warm_seconds"] or 0)) / 60
         ratio = f"{r['iou'][0] / base['iou'][0]:.2f}x" if base and base["iou"][0] > 0 else "-"
         lines.append(f"| {r['variant']} | {json.dumps(r['scene']) if r['scene'] else 'default'} | "
-                     f"{r['warm']['steps']} steps, lr {r['warm']['lr']:g} | {mins:.1f} | "
+                     f"{r['warm']['steps']} steps of {r['warm'].get('tasks', 'rec:ovd')}, lr {r['warm']['lr']:g}, {r['warm']['dtype']} | {mins:.1f} | "
                      f"{r['acc'][0]:.3f} ± {r['acc'][1]:.3f} | {r['iou'][0]:.3f} ± {r['iou'][1]:.3f} | {ratio} |")
     return "\n".join(lines)
 
@@ -101,6 +110,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--steps", type=int, default=400, help="warm-start steps (16 prompts each)")
     ap.add_argument("--lr", type=float, default=3e-3, help="warm-start learning rate")
+    ap.add_argument("--dtype", default="fp32", help="learner.dtype of the warm start")
     ap.add_argument("--out", default="outputs/testbed")
     ap.add_argument("--fresh", action="store_true")
     args = ap.parse_args(argv)
@@ -113,7 +123,7 @@ def main(argv=None) -> list[dict]:
     log: list[dict] = []
     rows = []
     for name in args.variants:
-        rows.append(run_variant(name, out, args.steps, args.lr, log))
+        rows.append(run_variant(name, out, args.steps, args.lr, args.dtype, log))
         print(table(rows, cpu), flush=True)
     (out / "testbed.json").write_text(json.dumps({"cpu": cpu, "rows": rows}))
     (out / "testbed.md").write_text(table(rows, cpu) + "\n")

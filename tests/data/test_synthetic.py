@@ -66,3 +66,26 @@ def test_ood_scenes_have_more_distractors():
     n_id = [len(synthetic._scene(random.Random(i), random.Random(i).randint(1, 3))[3]) for i in range(50)]
     n_ood = [len(synthetic._scene(random.Random(i), random.Random(i).randint(4, 6))[3]) for i in range(50)]
     assert max(n_id) <= 3 and min(n_ood) >= 3 and sum(n_ood) > 2 * sum(n_id)
+
+
+def test_scene_levers_change_only_what_they_name(tmp_path):
+    """The testbed levers (bench/testbed.py): shape sides, shapes per image, and a background
+    whose tint encodes position, showing through translucent shapes."""
+    from PIL import Image
+
+    from data.synthetic import Scene
+    spec = Scene(sizes=(112,), shapes=(2, 2), side=(28, 56), alpha=0.75, position_code=True)
+    generate(tmp_path, seed=0, n_train=30, n_val=1, n_ood=1, tasks=("ovd",), spec=spec, progress=False)
+    rows = [json.loads(x) for x in open(tmp_path / "ovd_train.jsonl")]
+    for row in rows:
+        img = Image.open(tmp_path / row["image"]).convert("RGB")
+        assert img.size == (112, 112)
+        boxes = [it["bbox_2d"] for it in json.loads(row["conversations"][1]["value"][8:-4])] \
+            if row["conversations"][1]["value"] != "None" else []
+        assert all(28 <= x2 - x1 <= 56 and x2 - x1 == y2 - y1 for x1, y1, x2, y2 in boxes)
+    img = Image.open(tmp_path / rows[0]["image"]).convert("RGB")
+    (r_l, _, _), (r_r, _, _) = img.getpixel((0, 56)), img.getpixel((111, 56))
+    (_, _, b_top), (_, _, b_bottom) = img.getpixel((56, 0)), img.getpixel((56, 111))  # brighter right, bluer up
+    assert r_r - r_l >= 60 and b_top - b_bottom >= 40
+    # the default scene is the plain one: no code, opaque shapes, sides 16-44
+    assert synthetic.DEFAULT_SCENE == Scene() and not Scene().position_code and Scene().side == (16, 44)
