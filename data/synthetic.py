@@ -61,6 +61,16 @@ class Scene:
     alpha: float = 1.0
     position_code: bool = False
 
+    def __post_init__(self):
+        for name in ("shapes", "ood_shapes", "side"):
+            lo, hi = getattr(self, name)
+            if not 1 <= lo <= hi:
+                raise ValueError(f"Scene.{name}={(lo, hi)}: give (low, high) with 1 <= low <= high")
+        if self.side[0] > min(self.sizes) - 2:
+            raise ValueError(f"Scene.side={self.side}: the smallest shape must fit the smallest image {min(self.sizes)}")
+        if not 0 < self.alpha <= 1:
+            raise ValueError(f"Scene.alpha={self.alpha}: the shapes' opacity is in (0, 1]")
+
 
 DEFAULT_SCENE = Scene()
 

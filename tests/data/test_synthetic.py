@@ -2,6 +2,8 @@
 import hashlib
 import json
 
+import pytest
+
 from data import synthetic
 from data.synthetic import RELATIONS_ID, RELATIONS_OOD, generate
 
@@ -89,3 +91,7 @@ def test_scene_levers_change_only_what_they_name(tmp_path):
     assert r_r - r_l >= 60 and b_top - b_bottom >= 40
     # the default scene is the plain one: no code, opaque shapes, sides 16-44
     assert synthetic.DEFAULT_SCENE == Scene() and not Scene().position_code and Scene().side == (16, 44)
+    for bad, msg in (({"side": (60, 40)}, "low <= high"), ({"sizes": (56,), "side": (60, 60)}, "must fit"),
+                     ({"alpha": 0.0}, "opacity")):
+        with pytest.raises(ValueError, match=msg):
+            Scene(**bad)
