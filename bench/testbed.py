@@ -34,6 +34,9 @@ VARIANTS = {
     "code_big": ({"position_code": True, "alpha": 0.75, "side": (28, 56)}, {}, {}),
     "one_size": ({"sizes": (112,)}, {}, {}),
     "big_rec": ({"side": (28, 56)}, {}, {"tasks": "rec", "steps": 800}),
+    "big_few": ({"side": (28, 56), "shapes": (1, 2)}, {}, {}),
+    "big_84px": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {}, {}),
+    "big_theta100": ({"side": (28, 56)}, {"rope_theta": 100.0}, {}),
 }
 
 
