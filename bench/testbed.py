@@ -28,15 +28,15 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # name -> (scene overrides, model overrides, warm-start overrides)
 VARIANTS = {
     "current": ({}, {}, {}),
-    "code": ({"position_code": True}, {}, {}),
     "code_alpha": ({"position_code": True, "alpha": 0.75}, {}, {}),
-    "big_shapes": ({"side": (28, 56)}, {}, {}),
     "code_big": ({"position_code": True, "alpha": 0.75, "side": (28, 56)}, {}, {}),
-    "one_size": ({"sizes": (112,)}, {}, {}),
+    "big_shapes": ({"side": (28, 56)}, {}, {}),
     "big_rec": ({"side": (28, 56)}, {}, {"tasks": "rec", "steps": 800}),
     "big_few": ({"side": (28, 56), "shapes": (1, 2)}, {}, {}),
     "big_84px": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {}, {}),
     "big_theta100": ({"side": (28, 56)}, {"rope_theta": 100.0}, {}),
+    "big_84px_rec": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {}, {"tasks": "rec", "steps": 800}),
+    "big_84px_800": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {}, {"steps": 800}),
 }
 
 
@@ -97,12 +97,13 @@ def run_variant(name: str, out: pathlib.Path, steps: int, lr: float, dtype: str,
 def table(rows: list[dict], cpu: str) -> str:
     base = next((r for r in rows if r["variant"] == "current"), None)
     lines = [f"Warm start of each testbed variant, REC in domain (300 val images); CPU: {cpu}", "",
-             "| variant | scene | warm start | minutes | accuracy | mean IoU | IoU vs current |",
+             "| variant | scene (model) | warm start | minutes | accuracy | mean IoU | IoU vs current |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         mins = (r["build_seconds"] + (r["warm_seconds"] or 0)) / 60
         ratio = f"{r['iou'][0] / base['iou'][0]:.2f}x" if base and base["iou"][0] > 0 else "-"
-        lines.append(f"| {r['variant']} | {json.dumps(r['scene']) if r['scene'] else 'default'} | "
+        scene = (json.dumps(r["scene"]) if r["scene"] else "default") + (f" ({json.dumps(r['model'])})" if r["model"] else "")
+        lines.append(f"| {r['variant']} | {scene} | "
                      f"{r['warm']['steps']} steps of {r['warm'].get('tasks', 'rec:ovd')}, lr {r['warm']['lr']:g}, {r['warm']['dtype']} | {mins:.1f} | "
                      f"{r['acc'][0]:.3f} ± {r['acc'][1]:.3f} | {r['iou'][0]:.3f} ± {r['iou'][1]:.3f} | {ratio} |")
     return "\n".join(lines)
