@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
 import shutil
-import subprocess
 import sys
 import time
 
@@ -38,17 +36,6 @@ VARIANTS = {
     "big_84px_rec": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {}, {"tasks": "rec", "steps": 800}),
     "big_84px_800": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {}, {"steps": 800}),
 }
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-        flags = next(line for line in out.splitlines() if line.startswith("Flags"))
-        has = [f for f in ("avx512_bf16", "amx_bf16", "avx2") if f" {f}" in flags]
-        return f"{name} ({', '.join(has)})"
-    except Exception:  # noqa: BLE001 - a label only
-        return platform.processor() or "unknown CPU"
 
 
 def run_variant(name: str, out: pathlib.Path, steps: int, lr: float, dtype: str, log: list) -> dict:
@@ -123,7 +110,8 @@ def main(argv=None) -> list[dict]:
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO))
-    cpu = cpu_name()
+    from conf.hardware import describe_cpu
+    cpu = describe_cpu()
     log: list[dict] = []
     rows = []
     for name in args.variants:
