@@ -3,7 +3,7 @@ warm-start recipe) build the random model, warm-start it with supervised steps o
 and evaluate REC in domain (accuracy = IoU > 0.5, mean IoU, with standard errors).
 
     python -m bench.testbed                          # every variant
-    python -m bench.testbed --variants current code  # some of them
+    python -m bench.testbed --variants current big_84px  # some of them
     python -m bench.testbed --steps 200              # shorter warm starts
 
 Each stage is an ``orchestrator.py`` command (printed); finished stages are kept, so an
@@ -90,8 +90,9 @@ def table(rows: list[dict], cpu: str) -> str:
         mins = (r["build_seconds"] + (r["warm_seconds"] or 0)) / 60
         ratio = f"{r['iou'][0] / base['iou'][0]:.2f}x" if base and base["iou"][0] > 0 else "-"
         scene = (json.dumps(r["scene"]) if r["scene"] else "default") + (f" ({json.dumps(r['model'])})" if r["model"] else "")
+        w = r["warm"]
         lines.append(f"| {r['variant']} | {scene} | "
-                     f"{r['warm']['steps']} steps of {r['warm'].get('tasks', 'rec:ovd')}, lr {r['warm']['lr']:g}, {r['warm']['dtype']} | {mins:.1f} | "
+                     f"{w['steps']} steps of {w.get('tasks', 'rec:ovd')}, lr {w['lr']:g}, {w['dtype']} | {mins:.1f} | "
                      f"{r['acc'][0]:.3f} ± {r['acc'][1]:.3f} | {r['iou'][0]:.3f} ± {r['iou'][1]:.3f} | {ratio} |")
     return "\n".join(lines)
 
