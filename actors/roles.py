@@ -65,7 +65,6 @@ def create_engines(cfg, model_path: str, gpu: bool | None = None):
     from actors.rollout import RolloutEngine
     r = cfg.rollout
     gpu = has_gpu() if gpu is None else gpu
-    resolve_loop(cfg, gpu)
     bundle = {"CPU": r.cpus_per_engine, "GPU": r.devices_per_engine if gpu else 0, **r.resources}
     return ActorGroup(RolloutEngine, r.num_engines, bundle, "rollout", args=(model_path, plain(r), cfg.seed),
                       kwargs={"model_cfg": plain(cfg.model)}, kwargs_fn=lambda i: {"index": i},
@@ -79,7 +78,6 @@ def create_learners(cfg, model_path: str, per_rank_items: int, gpu: bool | None 
     from learner.learner import Learner
     lc = cfg.learner
     gpu = has_gpu() if gpu is None else gpu
-    resolve_loop(cfg, gpu)
     bundle = {"CPU": lc.cpus_per_rank, "GPU": lc.gpus_per_rank if gpu else 0, **lc.resources}
     learners = ActorGroup(Learner, lc.world_size, bundle, "learner",
                           kwargs=dict(world_size=lc.world_size, model_path=model_path, model_cfg=plain(cfg.model),
@@ -100,6 +98,7 @@ def create_roles(cfg, model_path: str):
     from actors.reward_worker import RewardWorker
     r, lc, rc = cfg.rollout, cfg.learner, cfg.reward
     gpu = has_gpu()
+    resolve_loop(cfg, gpu)  # max_staleness auto -> a number: the threads and the pool are sized for it
     engines = create_engines(cfg, model_path, gpu)
     learners = create_learners(cfg, model_path, cfg.trainer.prompts_per_step * r.num_generations // lc.world_size, gpu)
     scorers = ActorGroup(RewardWorker, rc.num_workers, {"CPU": rc.cpus_per_worker, **rc.resources}, "reward",
