@@ -207,13 +207,24 @@ def machine_cores(cfg) -> float:
     return float(os.cpu_count() or 1)
 
 
-def _import_driver_modules() -> None:
-    """Import what the driver uses before ray.init: a Ray Jobs driver cannot rely on importing
-    from its working directory afterwards (seen with Ray 2.60: ModuleNotFoundError mid-run)."""
-    import actors.engine_pool, actors.group, actors.reward_worker, actors.roles, actors.rollout  # noqa: F401,E401
-    import data.sampler, learner.batch, learner.grpo, learner.learner, learner.weight_sync  # noqa: F401,E401
-    import trainer.checkpoint, trainer.evaluate, trainer.modes, trainer.monitor, trainer.pipeline  # noqa: F401,E401
-    import trainer.report, trainer.sampling, trainer.summary, rewards.schedule  # noqa: F401,E401
+DRIVER_PACKAGES = ("actors", "conf", "data", "learner", "rewards", "trainer")
+
+
+def _import_driver_modules() -> list[str]:
+    """Import every module of the project before ray.init: a Ray Jobs driver cannot rely on
+    importing from its working directory afterwards (seen with Ray 2.60: ModuleNotFoundError
+    mid-run for a module first imported lazily). All of them, not a hand-kept list, so a new
+    lazy import cannot bring the failure back. Returns the names imported."""
+    import importlib
+    import pkgutil
+    names = []
+    for pkg in DRIVER_PACKAGES:
+        mod = importlib.import_module(pkg)
+        names.append(pkg)
+        for info in pkgutil.walk_packages(mod.__path__, prefix=f"{pkg}."):
+            importlib.import_module(info.name)
+            names.append(info.name)
+    return names
 
 
 def resume_if_asked(cfg, out_dir, learners, engines, sampler, train) -> tuple[int, list, list]:
