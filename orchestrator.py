@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
 def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Path) -> dict:
     import ray
     import torch
-    from tqdm import tqdm
+    from trainer.progress import progress, write
 
     from data.sampler import PromptSampler
     from learner.batch import item_from_rollout
@@ -112,7 +112,7 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     # first update (all with the weights of version `start`); a resumed run brings its own
     while len(in_flight) < K and start + len(in_flight) < max_steps and (b := next_batch(start + len(in_flight))):
         in_flight.append(b)
-    bar = tqdm(range(start, max_steps), desc="grpo", dynamic_ncols=True, initial=start, total=max_steps)
+    bar = progress(range(start, max_steps), desc="grpo", initial=start, total=max_steps)
     bad_steps = 0
     t_run = time.perf_counter()
     for step in bar:
@@ -121,7 +121,7 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
         # 1. the batch this step trains: generated K steps ago (K = 0: now, with the current weights)
         batch = in_flight.pop(0) if in_flight else next_batch(step)
         if batch is None:  # dynamic sampling's refills used prompts the later steps would have had
-            tqdm.write(f"the training data is used up after {step} steps (dynamic sampling refilled groups with "
+            write(f"the training data is used up after {step} steps (dynamic sampling refilled groups with "
                        "extra prompts): raise trainer.epochs to train longer")
             break
         check_staleness(batch, step, K)
@@ -161,10 +161,10 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
         events = rules.observe(step, row)  # scheduled rule changes taking effect from the next step
         if events:
             row["rule_events"] = events
-            tqdm.write("\n".join(f"reward rule change: {e}" for e in events))
+            write("\n".join(f"reward rule change: {e}" for e in events))
         history.append(row)
         for warning in monitor.log(row):
-            tqdm.write(f"WARNING: {warning}")
+            write(f"WARNING: {warning}")
         bar.set_postfix(reward=f"{row['reward/mean']:.3f}", kl=f"{row['kl']:.4f}")
         t0 = time.perf_counter()
         done_now = step + 1 == max_steps or step + 1 == cfg.trainer.stop_after_steps
@@ -174,7 +174,7 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
             save_checkpoint(out_dir, step + 1, learners, sampler, history, cfg.trainer.keep_checkpoints, in_flight)
         times["eval_ckpt"] += time.perf_counter() - t0
         if step + 1 == cfg.trainer.stop_after_steps:
-            tqdm.write(f"stopped after step {step + 1} (trainer.stop_after_steps); continue with trainer.resume=auto")
+            write(f"stopped after step {step + 1} (trainer.stop_after_steps); continue with trainer.resume=auto")
             break
     monitor.close()
     summary = summarize(history, times, time.perf_counter() - t_run, meter.share(), K)

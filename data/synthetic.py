@@ -24,6 +24,7 @@ import json
 import os
 import pathlib
 import random
+import sys
 import time
 from dataclasses import dataclass
 
@@ -252,7 +253,7 @@ def text_rows(n: int, seed: int = 0) -> list[dict]:
 
 
 def _progress(it, desc: str, enabled: bool):
-    if not enabled:
+    if not enabled or not sys.stderr.isatty():  # a bar in a log file is one line per update
         return it
     from tqdm import tqdm
     return tqdm(it, desc=f"synthetic {desc}", leave=False, mininterval=0.5)

@@ -34,6 +34,8 @@ class Learner(CheckpointIO):
         from conf.hardware import resolve_dtype
         self.cfg["dtype"], self.dtype_reason = resolve_dtype(self.cfg["dtype"], "learner")
         self.sync_dtype = torch.float32  # the engines' dtype, set by weight_meta
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()  # "Writing model shards" bars land in the driver's log as lines
 
     # ------------------------------------------------------------------ setup
     def address(self) -> tuple[str, int]:

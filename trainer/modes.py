@@ -29,7 +29,7 @@ def eval_only(cfg, model_path: str, val: list, out_dir: pathlib.Path) -> dict:
 
 def sft_loop(cfg, model_path: str, train: list, out_dir: pathlib.Path, save_checkpoint) -> dict:
     import ray
-    from tqdm import tqdm
+    from trainer.progress import progress
 
     from actors.roles import create_learners, plain
     from data.sampler import PromptSampler
@@ -42,7 +42,7 @@ def sft_loop(cfg, model_path: str, train: list, out_dir: pathlib.Path, save_chec
     monitor = Monitor(out_dir, cfg.wandb, plain(cfg))
     steps = min(cfg.trainer.max_steps, sampler.steps_available())
     history = []
-    bar = tqdm(range(steps), desc="sft", dynamic_ncols=True)
+    bar = progress(range(steps), desc="sft")
     for step in bar:
         batch = [train[i] for i in sampler.next()]
         row = {"step": step + 1, **ray.get(learners.call_sharded("sft_step", batch))[0], "prompt_ids": [p.id for p in batch]}
