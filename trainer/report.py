@@ -15,8 +15,11 @@ import json
 import pathlib
 
 GALLERY = 8
+# counters of the machinery, not of the policy: their own chart, so the reward chart's scale is the rewards'
+OPERATIONS = ("reward/queue_depth", "reward/worker_recoveries", "rollout/engine_restarts", "skipped_updates",
+              "staleness/max", "staleness/mean")
 CURVES = [
-    ("rewards", "reward", lambda k: k.startswith("reward/") and k != "reward/std"),
+    ("rewards", "reward", lambda k: k.startswith("reward/") and k != "reward/std" and k not in OPERATIONS),
     ("eval", "eval", lambda k: k.split("/")[-1] in ("accuracy", "mean_iou", "mAP", "AP50", "precision@0.5", "recall@0.5")
      and k.startswith("eval/")),
     ("kl", "KL to the reference", lambda k: k in ("kl",)),
@@ -25,6 +28,7 @@ CURVES = [
     ("loss", "loss and gradient", lambda k: k in ("loss", "grad_norm", "entropy")),
     ("time", "seconds per step", lambda k: k in ("time/step_s",)),
     ("rules", "scheduled reward weights and parameters", lambda k: k.startswith("rule/")),
+    ("operations", "operations: queue, recoveries, restarts, skipped updates, staleness", lambda k: k in OPERATIONS),
 ]
 
 

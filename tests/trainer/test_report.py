@@ -13,7 +13,7 @@ from trainer.report import build_report
 def _fake_run(run, images):
     rows = [{"step": s, "reward/mean": 0.1 * s, "reward/rec_iou": 0.05 * s, "kl": 0.01 * s, "loss": 0.2,
              "completion_len/mean": 30 + s, "boxes/pred_per_answer": 1.0, "boxes/gt_per_answer": 1.0,
-             "time/step_s": 3.0, "rule/rec_iou_thresh/iou_threshold": 0.5 if s <= 3 else 0.75} for s in range(1, 6)]
+             "time/step_s": 3.0, "reward/queue_depth": 2, "reward/worker_recoveries": 0, "rule/rec_iou_thresh/iou_threshold": 0.5 if s <= 3 else 0.75} for s in range(1, 6)]
     rows[2]["rule_events"] = ["reward.schedules.rec_iou_thresh.iou_threshold: 0.5 -> 0.75 from step 4 (step schedule)"]
     rows += [{"step": s, "eval/accuracy": 0.1 + 0.05 * s, "eval/mean_iou": 0.2} for s in (0, 5)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -39,7 +39,7 @@ def _report(tmp_path, n_images):
 def test_report_files_and_gallery(tmp_path):
     path = _report(tmp_path, 3)
     names = {p.name for p in path.parent.iterdir()}
-    assert {"report.html", "rewards.png", "eval.png", "kl.png", "length.png"} <= names
+    assert {"report.html", "rewards.png", "eval.png", "kl.png", "length.png", "operations.png"} <= names
     assert sum(n.startswith("s0_") for n in names) == 3 and sum(n.startswith("s5_") for n in names) == 3
     drawn = Image.open(path.parent / next(n for n in names if n.startswith("s5_"))).convert("RGB")
     assert drawn.getpixel((10 * 2, 20 * 2)) == (0, 160, 0)  # the green ground-truth edge, image scaled x2
@@ -47,6 +47,16 @@ def test_report_files_and_gallery(tmp_path):
     assert "Validation at step 0" in page and "Validation at step 5" in page
     assert "rules.png" in names  # scheduled values drawn, and the change listed (and marked on every curve)
     assert "<li>after step 3: reward.schedules.rec_iou_thresh.iou_threshold: 0.5 -&gt; 0.75 from step 4" in page
+
+
+def test_operational_counters_have_their_own_chart():
+    from trainer.report import CURVES
+    keys = ["reward/mean", "reward/rec_iou", "reward/std", "reward/queue_depth", "reward/worker_recoveries",
+            "rollout/engine_restarts", "staleness/max", "kl"]
+    picked = {name: [k for k in keys if pick(k)] for name, _, pick in CURVES}
+    assert picked["rewards"] == ["reward/mean", "reward/rec_iou"]
+    assert picked["operations"] == ["reward/queue_depth", "reward/worker_recoveries", "rollout/engine_restarts",
+                                    "staleness/max"]
 
 
 def _chromium():
