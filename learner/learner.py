@@ -286,7 +286,13 @@ class Learner(CheckpointIO):
         if self.optimizer_core.last_skipped:
             return True
         if not self.engine.was_step_applied():
-            self.scheduler.step()
+            # torch warns when the first scheduler step comes before any optimizer step, because
+            # that usually means the order is wrong and the schedule's first value is lost. Here it
+            # is deliberate: the update was refused, and the schedule counts attempted updates.
+            import warnings
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                self.scheduler.step()
             return True
         return False
 
