@@ -304,9 +304,14 @@ def load_data(cfg):
     kw = dict(task=d.task, accu_methods=d.accu_reward_method, strict=d.strict, max_image_pixels=d.max_image_pixels,
               report=report)
     train, _ = load_prompts(d.train_files, d.image_folders, **kw)
-    val = load_prompts(d.val_files, d.image_folders, **kw)[0] if d.val_files else []
     if not train:
         raise SystemExit(f"no usable training rows in {d.train_files}:\n{report.summary()}")
+    val = []
+    if d.val_files:  # images in data.val_image_folders, else searched in the training folders
+        val = load_prompts(d.val_files, d.val_image_folders or d.image_folders, search_folders=not d.val_image_folders,
+                           **kw)[0]
+        if not val:
+            raise SystemExit(f"no usable validation rows in {d.val_files}:\n{report.summary()}")
     return train, val, report
 
 

@@ -3,7 +3,9 @@
     prompts, report = load_prompts(files, image_folders, task="rec")
 
 ``files`` and ``image_folders`` are ":"-separated like VLM-R1's ``data_file_paths`` and
-``image_folders`` (one folder per file, or one for all); so is ``task`` (rec or ovd per file). A ``.jsonl`` file holds VLM-R1 rows;
+``image_folders`` (one folder per file, or one for all); so is ``task`` (rec or ovd per file).
+With ``search_folders=True`` (validation files read with the training folders) a folder list whose
+length matches neither is searched in order for each image. A ``.jsonl`` file holds VLM-R1 rows;
 a ``.json`` file is read as COCO instances and turned into OVD rows (one per image, asking for
 the categories present). Every problem -- malformed JSON, a missing field, an image that is
 missing, unreadable, too large or outside its folder, a box outside its image -- is reported
@@ -71,7 +73,7 @@ def split_paths(spec: str | None) -> list[str]:
 
 def load_prompts(files: str, image_folders: str, task: str, accu_methods: str | None = None,
                  strict: bool = False, max_image_pixels: int = 50_000_000,
-                 report: SkipReport | None = None) -> tuple[list[Prompt], SkipReport]:
+                 report: SkipReport | None = None, search_folders: bool = False) -> tuple[list[Prompt], SkipReport]:
     """Read every file; returns the good prompts (in file order) and the skip report."""
     paths, folders = split_paths(files), split_paths(image_folders)
     methods, tasks = split_paths(accu_methods), split_paths(task)
@@ -81,9 +83,11 @@ def load_prompts(files: str, image_folders: str, task: str, accu_methods: str | 
         raise DataError(f"data.task={task!r}: give rec or ovd, or one per data file (':'-separated)")
     if not paths:
         raise DataError("no data files given (data.train_files / data.val_files are empty)")
-    if len(folders) == 1:
-        folders = folders * len(paths)
-    if len(folders) != len(paths):
+    if len(folders) in (1, len(paths)):
+        per_file = [(f,) for f in (folders * len(paths) if len(folders) == 1 else folders)]
+    elif search_folders and folders:  # e.g. one validation file whose images are in any training folder
+        per_file = [tuple(folders)] * len(paths)
+    else:
         raise DataError(f"{len(paths)} data files but {len(folders)} image folders: give one folder per "
                         f"file, or one for all (':'-separated, like VLM-R1)")
     if methods and len(methods) != len(paths):
@@ -91,15 +95,17 @@ def load_prompts(files: str, image_folders: str, task: str, accu_methods: str | 
     report = report or SkipReport()
     out: list[Prompt] = []
     seen: set[str] = set()
-    for i, (path, folder) in enumerate(zip(paths, folders)):
+    for i, (path, cands) in enumerate(zip(paths, per_file)):
         if not os.path.isfile(path):
             raise DataError(f"data file not found: {path}")
-        if not os.path.isdir(folder):
-            raise DataError(f"image folder not found: {folder}")
+        for folder in cands:
+            if not os.path.isdir(folder):
+                raise DataError(f"image folder not found: {folder}")
         method = methods[i] if methods else None
         reader = _coco_rows if path.endswith(".json") else _jsonl_rows
+        real = tuple(os.path.realpath(f) for f in cands)
         for where, row in reader(path, report, strict):
-            p = _prompt(row, where, os.path.realpath(folder), tasks[i], method, report, strict, max_image_pixels)
+            p = _prompt(row, where, real, tasks[i], method, report, strict, max_image_pixels)
             if p is not None:
                 if p.id in seen:  # ids repeat across VLM-R1 files; completions are keyed by prompt id
                     p = dataclasses.replace(p, id=f"{p.id}@{where}")
@@ -123,7 +129,7 @@ def _jsonl_rows(path: str, report: SkipReport, strict: bool):
             yield where, row
 
 
-def _prompt(row, where, folder, task, method, report, strict, max_pixels) -> Prompt | None:
+def _prompt(row, where, folders, task, method, report, strict, max_pixels) -> Prompt | None:
     try:
         conv = row["conversations"]
         question, solution = conv[0]["value"], conv[1]["value"]
@@ -142,7 +148,7 @@ def _prompt(row, where, folder, task, method, report, strict, max_pixels) -> Pro
         return None
     abs_paths, sizes = [], []
     for rel in images:
-        checked = _check_image(rel, folder, max_pixels)
+        checked = _check_image(rel, folders, max_pixels)
         if isinstance(checked, str):
             report.add(checked.split(":")[0], where, checked, strict)
             return None
@@ -157,15 +163,22 @@ def _prompt(row, where, folder, task, method, report, strict, max_pixels) -> Pro
                   task, row.get("accu_reward_method") or method, where)
 
 
-def _check_image(rel: str, folder: str, max_pixels: int):
-    """(absolute path, (w, h)) of a readable image inside ``folder``, or a reason string."""
+def _check_image(rel: str, folders: tuple[str, ...], max_pixels: int):
+    """(absolute path, (w, h)) of a readable image inside the first of ``folders`` holding it,
+    or a reason string."""
     if os.path.isabs(rel):
         return f"image_outside_folder: absolute image path {rel!r} (paths are relative to the image folder)"
-    path = os.path.realpath(os.path.join(folder, rel))
-    if os.path.commonpath([path, folder]) != folder:
-        return f"image_outside_folder: {rel!r} resolves outside {folder}"
-    if not os.path.isfile(path):
-        return f"missing_image: {path}"
+    for folder in folders:
+        path = os.path.realpath(os.path.join(folder, rel))
+        if os.path.commonpath([path, folder]) != folder:
+            return f"image_outside_folder: {rel!r} resolves outside {folder}"
+        if os.path.isfile(path):
+            break
+    else:
+        if len(folders) == 1:
+            return f"missing_image: {path}"
+        return (f"missing_image: {rel!r} is in none of the {len(folders)} training image folders "
+                f"{':'.join(folders)} (set data.val_image_folders)")
     try:
         with Image.open(path) as im:
             w, h = im.size

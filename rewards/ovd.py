@@ -22,11 +22,25 @@ _NONE = "None"
 
 
 def _fenced_json(text: str, last: bool = True):
-    """JSON of the last (or first) ```json fenced block, PARSE_FAILED, or None if no block."""
+    """JSON of the last (or first) ```json fenced block, PARSE_FAILED, or None if no block.
+
+    VLM-R1's non-greedy block ends at the first ``` after ```json, so a label holding ``` cuts it
+    short and fails to parse; then the span up to the last ``` is tried too (a superset of what
+    VLM-R1 reads: whatever it parses is parsed the same).
+
+    >>> _fenced_json('```json\n[{"bbox_2d": [1, 2, 3, 4], "label": "a ``` b"}]\n```')
+    [{'bbox_2d': [1, 2, 3, 4], 'label': 'a ``` b'}]
+    """
     blocks = parse.find_all_between(text, parse.FENCE_JSON, parse.FENCE)
     if not blocks:
         return None
-    return parse.loads((blocks[-1] if last else blocks[0]).strip())
+    data = parse.loads((blocks[-1] if last else blocks[0]).strip())
+    if data is parse.PARSE_FAILED:
+        i, j = text.find(parse.FENCE_JSON) + len(parse.FENCE_JSON), text.rfind(parse.FENCE)
+        whole = parse.loads(text[i:j].strip()) if j > i else parse.PARSE_FAILED
+        if whole is not parse.PARSE_FAILED:
+            return whole
+    return data
 
 
 def _as_items(data) -> list:

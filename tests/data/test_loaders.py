@@ -102,6 +102,26 @@ def test_colon_separated_files_folders_and_reward_overrides(tmp_path, folder):
         load_prompts(str(tmp_path / "nope.jsonl"), str(folder), "rec")
 
 
+def test_validation_images_are_searched_in_the_training_folders(tmp_path, folder):
+    """Two training files with their own folders, one validation file mixing their images (RefCOCO
+    and LISA kept apart, as VLM-R1 users do): each image is found in the first folder holding it."""
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (30, 30)).save(other / "o.png")
+    Image.new("RGB", (64, 48)).save(other / "ok.png")  # also in `folder`: the first folder wins
+    val = _write(tmp_path / "val.jsonl", [_row("ok.png", id="v1"), _row("o.png", id="v2"), _row("gone.png", id="v3"),
+                                          _row("../secret.png", id="v4")])
+    with pytest.raises(DataError, match="1 data files but 2 image folders"):  # only validation files search
+        load_prompts(val, f"{folder}:{other}", "rec")
+    prompts, report = load_prompts(val, f"{folder}:{other}", "rec", search_folders=True)
+    assert [(p.id, p.images) for p in prompts] == [("v1", (str(folder / "ok.png"),)), ("v2", (str(other / "o.png"),))]
+    assert report.skipped == {"missing_image": 1, "image_outside_folder": 1}
+    assert "'gone.png' is in none of the 2 training image folders" in report.examples["missing_image"][0]
+    assert "data.val_image_folders" in report.examples["missing_image"][0]
+    one, _ = load_prompts(val, str(other), "rec", search_folders=True)  # one folder: as before
+    assert [p.id for p in one] == ["v1", "v2"] and one[0].images == (str(other / "ok.png"),)
+
+
 def test_coco_instances_become_ovd_rows(tmp_path, folder):
     coco = {"images": [{"id": 7, "file_name": "ok.png", "width": 64, "height": 48},
                        {"id": 8, "file_name": "ok2.png", "width": 64, "height": 48}],
@@ -154,3 +174,26 @@ def test_ovd_labels_in_any_unicode_load_and_score_exactly(tmp_path, folder, labe
     for name in ("ovd_map", "ovd_odlength"):
         value, failure = REGISTRY[name].evaluate(answer, prompts[0].solution)
         assert failure is None and value == pytest.approx(1.0), (name, labels)
+
+
+def test_the_run_reads_validation_images_from_their_own_or_the_training_folders(tmp_path, folder):
+    import conf
+    import orchestrator
+    other, val_dir = tmp_path / "other", tmp_path / "val_imgs"
+    other.mkdir(), val_dir.mkdir()
+    Image.new("RGB", (30, 30)).save(other / "o.png")
+    Image.new("RGB", (40, 40)).save(val_dir / "v.png")
+    f1 = _write(tmp_path / "a.jsonl", [_row("ok.png", id="a1")])
+    f2 = _write(tmp_path / "b.jsonl", [_row("o.png", id="b1")])
+    val = _write(tmp_path / "val.jsonl", [_row("ok.png", id="v1"), _row("o.png", id="v2")])
+    base = [f"data.train_files={f1}:{f2}", f"data.image_folders={folder}:{other}", f"data.val_files={val}",
+            f"data.synthetic.dir={tmp_path / 'syn'}"]
+    train, val_prompts, report = orchestrator.load_data(conf.load(base))  # searched in the training folders
+    assert [p.id for p in train] == ["a1", "b1"] and [p.id for p in val_prompts] == ["v1", "v2"]
+    own = _write(tmp_path / "val2.jsonl", [_row("v.png", id="w1"), _row("ok.png", id="w2")])
+    _, val_prompts, report = orchestrator.load_data(conf.load([*base[:2], f"data.val_files={own}",
+                                                              f"data.val_image_folders={val_dir}", base[3]]))
+    assert [p.images for p in val_prompts] == [(str(val_dir / "v.png"),)] and report.skipped == {"missing_image": 1}
+    with pytest.raises(SystemExit, match="no usable validation rows"):
+        orchestrator.load_data(conf.load([*base[:2], f"data.val_files={own}", f"data.val_image_folders={other}",
+                                          base[3]]))
