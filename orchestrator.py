@@ -328,6 +328,9 @@ def start_ray(cfg, out_dir: pathlib.Path) -> None:
            "VLLM_CPU_KVCACHE_SPACE": str(cfg.rollout.kv_cache_gb), "VLLM_CPU_OMP_THREADS_BIND": "nobind",
            "WANDB_MODE": cfg.wandb.mode, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR")}
     c = cfg.cluster
+    if not c.address:  # a private local cluster: the project's sockets listen on cluster.node_host
+        from learner.weight_sync import NODE_HOST_ENV
+        env[NODE_HOST_ENV] = c.node_host
     from actors.roles import ACTOR_ENV
     ACTOR_ENV.clear()
     ACTOR_ENV.update({k: v for k, v in env.items() if v})

@@ -112,7 +112,11 @@ class RolloutEngine:
 
     # ------------------------------------------------------------------ weight sync
     def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str = "gloo") -> list[int]:
-        return self.llm.collective_rpc("init_weight_group", args=(host, port, rank_offset, world_size, backend))
+        import ray
+        from learner.weight_sync import node_address
+        here = node_address() if ray.is_initialized() else host  # where this engine's gloo pairs listen
+        return self.llm.collective_rpc("init_weight_group", args=(host, port, rank_offset, world_size, backend),
+                                       kwargs={"bind_host": here})
 
     def receive_weights(self, meta: list) -> int:
         """Receive a full update from the learner, then clear every cache that holds old results."""

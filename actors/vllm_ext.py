@@ -19,14 +19,17 @@ class WeightSync:
     """Mixed into the vLLM worker class; ``self`` is the worker."""
 
     def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str = "gloo",
-                          timeout_s: float = 600.0) -> int:
-        """Join the weight group as rank ``rank_offset + local rank``; returns that rank."""
+                          timeout_s: float = 600.0, bind_host: str | None = None) -> int:
+        """Join the weight group as rank ``rank_offset + local rank``; returns that rank. Gloo
+        listens on ``bind_host`` (this node's address; default: the learner's ``host``)."""
         local = getattr(self, "rank", 0) or 0
         rank = rank_offset + local
         from learner.weight_sync import tcp_store
         store = tcp_store(host, port, is_master=False, timeout_s=timeout_s)
         if backend == "gloo":
-            self._wsync_group = dist.ProcessGroupGloo(store, rank, world_size, datetime.timedelta(seconds=timeout_s))
+            from learner.weight_sync import gloo_group
+            self._wsync_group = gloo_group(store, rank, world_size, datetime.timedelta(seconds=timeout_s),
+                                           bind_host or host)
         else:
             self._wsync_group = dist.ProcessGroupNCCL(store, rank, world_size)
         self._wsync_device = torch.device("cpu") if backend == "gloo" else torch.device("cuda", torch.cuda.current_device())

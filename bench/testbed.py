@@ -35,6 +35,9 @@ VARIANTS = {
     "big_theta100": ({"side": (28, 56)}, {"rope_theta": 100.0}, {}),
     "big_84px_rec": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {}, {"tasks": "rec", "steps": 800}),
     "big_84px_800": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {}, {"steps": 800}),
+    "84px_rec_small": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {"size": "small"},
+                       {"tasks": "rec", "steps": 800}),
+    "84px_rec_1600": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {}, {"tasks": "rec", "steps": 1600}),
 }
 
 

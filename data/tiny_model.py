@@ -77,6 +77,7 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 640):
 
 # (text hidden, layers, heads, kv heads, intermediate; vision hidden, depth, heads, intermediate)
 SIZES = {"tiny": (128, 2, 2, 1, 512, 64, 2, 2, 128),       # ~1M: the embedded default
+         "small": (192, 3, 3, 1, 768, 128, 4, 2, 256),   # ~2.5M: a testbed lever (bench.testbed)
          "30m": (512, 8, 8, 2, 1536, 256, 4, 4, 768),     # ~30M
          "50m": (640, 10, 10, 2, 2048, 256, 4, 4, 768),   # ~50M (~100 MB in bf16): weight-sync benchmark
          "250m": (1024, 16, 16, 4, 3072, 512, 8, 8, 1536),  # ~250M (~500 MB in bf16): weight-sync benchmark

@@ -40,9 +40,8 @@ class Learner(CheckpointIO):
     # ------------------------------------------------------------------ setup
     def address(self) -> tuple[str, int]:
         """(host, free port) for the DeepSpeed rendezvous; called on rank 0 before ``setup``."""
-        import ray
-        from learner.weight_sync import free_port
-        host = ray.util.get_node_ip_address()
+        from learner.weight_sync import free_port, node_address
+        host = node_address()
         return host, free_port(host)
 
     def setup(self, master_addr: str, master_port: int) -> dict:
@@ -57,8 +56,10 @@ class Learner(CheckpointIO):
         import datetime
 
         import torch.distributed as dist
-        from learner.weight_sync import tcp_store
+        from learner.weight_sync import NODE_HOST_ENV, bind_default_gloo, node_address, tcp_store
         if not dist.is_initialized():  # (a test may build several learners in one process)
+            import ray  # DeepSpeed's gloo pairs listen on this node's address too (master_addr outside Ray)
+            bind_default_gloo(node_address() if ray.is_initialized() or os.environ.get(NODE_HOST_ENV) else master_addr)
             store = tcp_store(master_addr, master_port, is_master=self.rank == 0)
             dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size,
                                     timeout=datetime.timedelta(minutes=30))

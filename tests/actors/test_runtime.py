@@ -24,7 +24,7 @@ def roles(tiny_model, synthetic, tmp_path_factory):
     pool, learners, scorers = create_roles(cfg, tiny_model)
     engines = pool.engines
     prompts, _ = load_prompts(cfg.data.train_files, cfg.data.image_folders, "rec")
-    yield cfg, engines, learners, prompts[:2]
+    yield cfg, engines, learners, prompts[:2], scorers
     ray.shutdown()
 
 
@@ -44,7 +44,7 @@ def test_learner_scores_the_engines_exact_tokens(roles, tiny_model):
     from transformers import AutoProcessor
     from data.images import open_rgb
     from data.prompts import messages
-    cfg, engines, learners, prompts = roles
+    cfg, engines, learners, prompts, _ = roles
     rollouts = ray.get(engines.actors[0].generate.remote(prompts))
     assert len(rollouts) == len(prompts) * cfg.rollout.num_generations
     proc = AutoProcessor.from_pretrained(tiny_model)
@@ -62,7 +62,7 @@ def test_learner_scores_the_engines_exact_tokens(roles, tiny_model):
 
 
 def test_update_moves_the_policy_and_the_broadcast_carries_it(roles):
-    cfg, engines, learners, prompts = roles
+    cfg, engines, learners, prompts, _ = roles
     meta = ray.get(learners.actors[0].weight_meta.remote(ray.get(engines.actors[0].info.remote())["dtype"]))
     first = ray.get(engines.actors[0].generate.remote(prompts))
     before = ray.get(learners.actors[0].param_checksum.remote(["lm_head", "layers.0.mlp"]))
@@ -79,6 +79,32 @@ def test_update_moves_the_policy_and_the_broadcast_carries_it(roles):
     fresh = ray.get(engines.actors[0].generate.remote(prompts))
     fresh_gap = _gap(_items(fresh), ray.get(learners.actors[0].logprobs.remote(_items(fresh))))
     assert fresh_gap < 0.05 < stale_gap  # synced: engine == learner; not synced: clearly different
+
+
+def test_every_socket_the_project_opens_listens_on_the_node_host(roles):
+    """Security, with a learner and an engine connected and a weight sync done: the stores and the
+    gloo pairs of both groups (DeepSpeed's and the weight sync's, both sides) listen on
+    ``cluster.node_host``. Gloo's default device would be the default route's interface wherever
+    the hostname resolves to loopback, and Ray itself turns a loopback node address into the outside
+    one. What else listens in these processes is Ray's own worker server (on every interface, see
+    README): as many such sockets as in a reward worker, which opens none of the project's."""
+    import psutil
+    cfg, engines, learners, prompts, scorers = roles
+    meta = ray.get(learners.actors[0].weight_meta.remote(ray.get(engines.actors[0].info.remote())["dtype"]))
+    assert ray.get(learners.call("broadcast_weights") + engines.call("receive_weights", meta))[-1] == len(meta)
+
+    def listening(actor):
+        pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+        return [c.laddr.ip for c in psutil.Process(pid).net_connections("inet") if c.status == "LISTEN"]
+
+    host = cfg.cluster.node_host
+    ray_own = listening(scorers.actors[0])
+    assert all(ip in ("::", "0.0.0.0") for ip in ray_own), ray_own
+    for actor, least in ((learners.actors[0], 3), (engines.actors[0], 1)):  # learner: 2 stores + gloo pairs
+        ips = listening(actor)
+        ours = [ip for ip in ips if ip not in ("::", "0.0.0.0")]
+        assert all(ip == host for ip in ours) and len(ours) >= least, (host, ips)
+        assert len(ips) - len(ours) == len(ray_own), ips  # no project socket on every interface either
 
 
 def _run(tmp_path, tiny_model, synthetic, *overrides, timeout=900):
