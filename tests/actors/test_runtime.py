@@ -154,6 +154,12 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
     assert rows[0]["rule_events"] == ["reward.schedules.repetition.weight: 1 -> 0 from step 2 (step schedule)",
                                       "trigger t on: step > 0.5 for 1 steps -> ovd_count.weight=0.5"]
     assert "reward rule change: reward.schedules.repetition.weight: 1 -> 0" in stdout
+    # the Grafana dashboard plots only what runs export: this OVD run's keys, plus a REC evaluation's
+    import json
+    from trainer import evaluate, grafana
+    logged = {k for r in map(json.loads, open(tmp_path / "run" / "metrics.jsonl")) for k in r}
+    rec_eval = evaluate.rec_metrics([{"hit": True, "iou": 0.7, "failure": None, "pred": [[1, 2, 3, 4]]}])
+    assert grafana.unexported(logged | {f"eval/{k}" for k in rec_eval}) == []
     for r, w, c in zip(rows, (1.0, 0.0), (0.0, 0.5)):  # the workers scored each step with that step's weights
         assert "reward/ovd_count" in r  # scored at weight 0 too (0 for an unparsable answer)
         assert r["reward/mean"] == pytest.approx(r["reward/format"] + r["reward/ovd_odlength"] + w * r["reward/repetition"]

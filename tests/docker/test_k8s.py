@@ -84,3 +84,16 @@ def test_rayjob_entrypoint_is_a_valid_run_that_fits_the_gpus():
     assert needed == have == 8  # VLM-R1's recipe: 8 GPUs, all used
     assert (cfg.trainer.prompts_per_step * cfg.rollout.num_generations) % cfg.learner.world_size == 0
     assert doc["spec"]["rayClusterSpec"]["rayVersion"] == "2.60.0"
+
+
+def test_podmonitor_scrapes_the_metrics_port_of_every_ray_pod():
+    mon = _manifest("podmonitor.yaml")
+    assert (mon["apiVersion"], mon["kind"]) == ("monitoring.coreos.com/v1", "PodMonitor")
+    assert mon["spec"]["selector"]["matchLabels"] == {"ray.io/is-ray-node": "yes"}  # KubeRay labels every Ray pod so
+    (ep,) = mon["spec"]["podMetricsEndpoints"]
+    assert ep["path"] == "/metrics"
+    for name in ("rayjob.yaml", "raycluster.yaml"):
+        spec = _cluster_spec(_manifest(name))
+        for group in [spec["headGroupSpec"]] + spec["workerGroupSpecs"]:
+            ports = {p["name"]: p["containerPort"] for p in group["template"]["spec"]["containers"][0]["ports"]}
+            assert str(ports[ep["port"]]) == group["rayStartParams"]["metrics-export-port"]  # Ray exports there
