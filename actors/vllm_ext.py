@@ -38,16 +38,23 @@ class WeightSync:
     def receive_weights(self, meta: list[tuple[str, str, tuple[int, ...]]]) -> int:
         """Receive every tensor named in ``meta`` from rank 0, in order, and reload in place."""
         import time
+        from learner.weight_sync import receive_packs
         t0 = time.perf_counter()
-        received = []
-        for name, dtype, shape in meta:
-            t = torch.empty(shape, dtype=getattr(torch, dtype), device=self._wsync_device)
-            self._wsync_group.broadcast(t, 0).wait()
-            received.append((name, t))
-        t1 = time.perf_counter()
-        self.reload_weights(weights_iterator=iter(received))
-        self._wsync_timing = {"receive_s": t1 - t0, "reload_s": time.perf_counter() - t1}
-        return len(received)
+        tensors, timing = receive_packs(self._wsync_group, meta, self._wsync_device)
+        n = 0
+
+        def counted():
+            nonlocal n
+            for item in tensors:
+                n += 1
+                yield item
+        self.reload_weights(weights_iterator=counted())  # loads pack k while pack k+1 is on the wire
+        if n != len(meta):  # everything sent must be consumed, or the group would be out of step
+            for _ in tensors:
+                n += 1
+        total = time.perf_counter() - t0
+        self._wsync_timing = {"receive_s": timing["wait_s"], "reload_s": total - timing["wait_s"]}
+        return n
 
     def last_sync_timing(self) -> dict[str, float]:
         """Seconds of the last update spent receiving tensors and reloading them into the model."""

@@ -402,6 +402,8 @@ class Learner(CheckpointIO):
                     tensors = [(p + delta() if delta else p).detach().to(dtype, copy=keep) for _, p, delta in bucket]
                     sent += self.sender.send(tensors)
                     kept += tensors if keep else []
+        if self.rank == 0:
+            self.sender.finish()
         self._snapshot = kept if keep else None
         return sent
 
@@ -410,7 +412,9 @@ class Learner(CheckpointIO):
         replaced engine needs while this learner has already moved on (asynchronous training)."""
         if getattr(self, "_snapshot", None) is None:
             raise RuntimeError("resend_weights: no weights were kept at the last sync (broadcast_weights(keep=True))")
-        return self.sender.send(self._snapshot)
+        n = self.sender.send(self._snapshot)
+        self.sender.finish()
+        return n
 
     def param_checksum(self, names: list[str]) -> dict[str, float]:
         """Sum of each matching parameter (gathered under ZeRO-3), for tests."""

@@ -80,7 +80,8 @@ def bind_default_gloo(host: str) -> str | None:
 
 
 class WeightSender:
-    """Rank 0 of the weight group (``world_size`` = 1 + number of engine workers)."""
+    """Rank 0 of the weight group (``world_size`` = 1 + number of engine workers). Tensors travel
+    packed (``wire_packs``): one broadcast per pack of up to ``PACK_BYTES``, not one per tensor."""
 
     def __init__(self, host: str, port: int, world_size: int, backend: str = "gloo", timeout_s: float = 600.0):
         self.store = tcp_store(host, port, is_master=True, timeout_s=timeout_s)
@@ -96,15 +97,135 @@ class WeightSender:
             self.group = dist.ProcessGroupNCCL(self.store, 0, self.world_size)
 
     def send(self, tensors: list[torch.Tensor]) -> int:
-        """Broadcast each tensor in order; returns the bytes sent."""
-        nbytes, works = 0, []
+        """Queue ``tensors`` (the next ones in ``meta`` order) for the wire; they are copied into a
+        pack buffer at once, so the caller may free or re-partition them on return. Returns the
+        bytes queued. ``finish`` ends the update."""
+        if not hasattr(self, "_packer"):
+            self._packer = Packer(self.group)
+        return self._packer.add(tensors)
+
+    def finish(self) -> None:
+        """Send what is still packed and wait until every buffer of this update is on the wire."""
+        if hasattr(self, "_packer"):
+            self._packer.finish()
+
+
+PACK_BYTES = 64 * 2**20  # wire buffer: tensors travel in consecutive packs of at most this many bytes
+
+
+def _nbytes(dtype: torch.dtype, shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n * torch.empty(0, dtype=dtype).element_size()
+
+
+def wire_packs(meta, limit: int = PACK_BYTES) -> list[list[int]]:
+    """Indices of ``meta`` entries ``(name, dtype, shape)`` in the packs they travel in: consecutive,
+    one dtype each, at most ``limit`` bytes unless one tensor alone is larger. Sender and receivers
+    derive the same packs from the same meta.
+
+    >>> wire_packs([("a", "float32", (4,)), ("b", "float32", (4,)), ("c", "bfloat16", (2,)), ("d", "float32", (9,))], 32)
+    [[0, 1], [2], [3]]
+    """
+    packs, cur, size, cur_dtype = [], [], 0, None
+    for i, (_, dtype, shape) in enumerate(meta):
+        n = _nbytes(getattr(torch, dtype), shape)
+        if cur and (dtype != cur_dtype or size + n > limit):
+            packs.append(cur)
+            cur, size = [], 0
+        cur.append(i)
+        size, cur_dtype = size + n, dtype
+    if cur:
+        packs.append(cur)
+    return packs
+
+
+class Packer:
+    """Sender side of ``wire_packs``: copies tensors into one of two pack buffers and broadcasts a
+    buffer when the next tensor would not fit, so one pack is in flight while the next is filled.
+    One gloo/NCCL call per pack instead of one per tensor."""
+
+    def __init__(self, group, limit: int = PACK_BYTES):
+        self.group, self.limit = group, limit
+        self.buffers: dict = {}  # (dtype, device, slot) -> flat buffer of limit bytes
+        self.inflight: list = []  # (work, slot) oldest first
+        self.slot, self.offset, self.dtype, self.device = 0, 0, None, None
+
+    def add(self, tensors) -> int:
+        nbytes = 0
         for t in tensors:
-            t = t.contiguous()
-            works.append(self.group.broadcast(t, 0))
-            nbytes += t.numel() * t.element_size()
-        for w in works:
-            w.wait()
+            t = t.detach()
+            n = t.numel() * t.element_size()
+            nbytes += n
+            if self.offset and (t.dtype != self.dtype or self.offset + n > self.limit):
+                self._flush()
+            if n > self.limit:  # alone in its pack: sent as it is, waited for (the caller may free it)
+                self.group.broadcast(t.contiguous(), 0).wait()
+                continue
+            buf = self._buffer(t.dtype, t.device)
+            k = self.offset // t.element_size()
+            buf[k:k + t.numel()].copy_(t.reshape(-1))
+            self.offset += n
         return nbytes
+
+    def _buffer(self, dtype, device):
+        if self.offset == 0:  # a new pack: its slot's previous pack must have left
+            self.dtype, self.device = dtype, device
+            while self.inflight and self.inflight[0][1] == self.slot:
+                self.inflight.pop(0)[0].wait()
+        key = (dtype, device, self.slot)
+        if key not in self.buffers:
+            self.buffers[key] = torch.empty(self.limit // torch.empty(0, dtype=dtype).element_size(), dtype=dtype,
+                                            device=device)
+        return self.buffers[key]
+
+    def _flush(self) -> None:
+        if not self.offset:
+            return
+        buf = self.buffers[(self.dtype, self.device, self.slot)]
+        self.inflight.append((self.group.broadcast(buf[:self.offset // buf.element_size()], 0), self.slot))
+        self.slot, self.offset = 1 - self.slot, 0
+
+    def finish(self) -> None:
+        self._flush()
+        while self.inflight:
+            self.inflight.pop(0)[0].wait()
+
+
+def receive_packs(group, meta, device, limit: int = PACK_BYTES):
+    """Receiver side of ``wire_packs``: yields ``(name, tensor)`` in ``meta`` order (views of the
+    pack buffer), with the next pack already being received while the caller loads this one.
+    ``wait_s`` of the returned generator's ``timing`` dict is the time spent waiting on the wire."""
+    timing = {"wait_s": 0.0}
+
+    def start(pack):
+        dtype = getattr(torch, meta[pack[0]][1])
+        total = sum(_nbytes(dtype, meta[i][2]) for i in pack) // torch.empty(0, dtype=dtype).element_size()
+        flat = torch.empty(total, dtype=dtype, device=device)
+        return flat, group.broadcast(flat, 0)
+
+    def gen():
+        import time
+        packs = wire_packs(meta, limit)
+        nxt = start(packs[0]) if packs else None
+        for k, pack in enumerate(packs):
+            flat, work = nxt
+            t0 = time.perf_counter()
+            work.wait()
+            timing["wait_s"] += time.perf_counter() - t0
+            if k + 1 < len(packs):
+                nxt = start(packs[k + 1])
+            off = 0
+            for i in pack:
+                name, _, shape = meta[i]
+                n = 1
+                for d in shape:
+                    n *= int(d)
+                yield name, flat[off:off + n].view(tuple(shape))
+                off += n
+
+    return gen(), timing
 
 
 def buckets(named, limit_bytes: float, numel):
