@@ -44,7 +44,7 @@ def measure(model_dir: str, engines: int, tmp: str) -> tuple[int, float]:
         from actors.roles import create_roles
         pool, learners, _ = create_roles(cfg, model_dir)
         eng = pool.engines
-        meta = ray.get(learners.actors[0].weight_meta.remote())
+        meta = pool.meta  # in the engines' dtype, as every training step sends them
         best, sent, phases = float("inf"), 0, {}
         for _ in range(3):
             t0 = time.perf_counter()
