@@ -106,6 +106,6 @@ def create_roles(cfg, model_path: str):
     engines.info = ray.get(engines.actors[0].info.remote())  # dtype chosen and why, threads
     meta = ray.get(learners.actors[0].weight_meta.remote(engines.info["dtype"]))
     pool = EnginePool(engines, learners, meta, r.timeout_s, "nccl" if gpu else "gloo",
-                      asynchronous=cfg.trainer.max_staleness > 0)
+                      asynchronous=cfg.trainer.max_staleness > 0, pack_mb=r.sync_pack_mb)
     pool.connect()
     return pool, learners, scorers

@@ -111,12 +111,13 @@ class RolloutEngine:
         return rollouts
 
     # ------------------------------------------------------------------ weight sync
-    def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str = "gloo") -> list[int]:
+    def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str = "gloo",
+                          pack_bytes: int | None = None) -> list[int]:
         import ray
         from learner.weight_sync import node_address
         here = node_address() if ray.is_initialized() else host  # where this engine's gloo pairs listen
         return self.llm.collective_rpc("init_weight_group", args=(host, port, rank_offset, world_size, backend),
-                                       kwargs={"bind_host": here})
+                                       kwargs={"bind_host": here, "pack_bytes": pack_bytes})
 
     def receive_weights(self, meta: list) -> int:
         """Receive a full update from the learner, then clear every cache that holds old results."""

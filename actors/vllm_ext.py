@@ -19,9 +19,11 @@ class WeightSync:
     """Mixed into the vLLM worker class; ``self`` is the worker."""
 
     def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str = "gloo",
-                          timeout_s: float = 600.0, bind_host: str | None = None) -> int:
+                          timeout_s: float = 600.0, bind_host: str | None = None, pack_bytes: int | None = None) -> int:
         """Join the weight group as rank ``rank_offset + local rank``; returns that rank. Gloo
         listens on ``bind_host`` (this node's address; default: the learner's ``host``)."""
+        from learner.weight_sync import PACK_BYTES
+        self._wsync_pack = PACK_BYTES if pack_bytes is None else pack_bytes
         local = getattr(self, "rank", 0) or 0
         rank = rank_offset + local
         from learner.weight_sync import tcp_store
@@ -40,7 +42,7 @@ class WeightSync:
         import time
         from learner.weight_sync import receive_packs
         t0 = time.perf_counter()
-        tensors, timing = receive_packs(self._wsync_group, meta, self._wsync_device)
+        tensors, timing = receive_packs(self._wsync_group, meta, self._wsync_device, self._wsync_pack)
         n = 0
 
         def counted():
@@ -48,7 +50,10 @@ class WeightSync:
             for item in tensors:
                 n += 1
                 yield item
-        self.reload_weights(weights_iterator=counted())  # loads pack k while pack k+1 is on the wire
+        if self._wsync_pack:
+            self.reload_weights(weights_iterator=counted())  # loads pack k while pack k+1 is on the wire
+        else:  # one broadcast per tensor: all received first, then reloaded (the way before packing)
+            self.reload_weights(weights_iterator=iter(list(counted())))
         if n != len(meta):  # everything sent must be consumed, or the group would be out of step
             for _ in tensors:
                 n += 1

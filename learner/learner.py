@@ -377,12 +377,13 @@ class Learner(CheckpointIO):
             out.append((name, str(dtype).replace("torch.", ""), shape))
         return out
 
-    def init_weight_group(self, host: str, port: int, world_size: int) -> int:
+    def init_weight_group(self, host: str, port: int, world_size: int, pack_bytes: int | None = None) -> int:
         """Rank 0: create the store and join the group (blocks until the engines join)."""
         if self.rank != 0:
             return 0
         from learner.weight_sync import WeightSender
-        self.sender = WeightSender(host, port, world_size, "nccl" if torch.cuda.is_available() else "gloo")
+        self.sender = WeightSender(host, port, world_size, "nccl" if torch.cuda.is_available() else "gloo",
+                                   pack_bytes=pack_bytes)
         self.sender.connect()
         return world_size
 

@@ -83,7 +83,9 @@ class WeightSender:
     """Rank 0 of the weight group (``world_size`` = 1 + number of engine workers). Tensors travel
     packed (``wire_packs``): one broadcast per pack of up to ``PACK_BYTES``, not one per tensor."""
 
-    def __init__(self, host: str, port: int, world_size: int, backend: str = "gloo", timeout_s: float = 600.0):
+    def __init__(self, host: str, port: int, world_size: int, backend: str = "gloo", timeout_s: float = 600.0,
+                 pack_bytes: int | None = None):
+        self.pack_bytes = PACK_BYTES if pack_bytes is None else pack_bytes
         self.store = tcp_store(host, port, is_master=True, timeout_s=timeout_s)
         self.host, self.world_size, self.backend = host, world_size, backend
         self.group = None
@@ -101,7 +103,7 @@ class WeightSender:
         pack buffer at once, so the caller may free or re-partition them on return. Returns the
         bytes queued. ``finish`` ends the update."""
         if not hasattr(self, "_packer"):
-            self._packer = Packer(self.group)
+            self._packer = Packer(self.group, self.pack_bytes)
         return self._packer.add(tensors)
 
     def finish(self) -> None:
@@ -144,7 +146,8 @@ def wire_packs(meta, limit: int = PACK_BYTES) -> list[list[int]]:
 class Packer:
     """Sender side of ``wire_packs``: copies tensors into one of two pack buffers and broadcasts a
     buffer when the next tensor would not fit, so one pack is in flight while the next is filled.
-    One gloo/NCCL call per pack instead of one per tensor."""
+    One gloo/NCCL call per pack instead of one per tensor. ``limit=0``: every tensor is sent as it
+    is (one call each), as before packing."""
 
     def __init__(self, group, limit: int = PACK_BYTES):
         self.group, self.limit = group, limit
@@ -153,20 +156,23 @@ class Packer:
         self.slot, self.offset, self.dtype, self.device = 0, 0, None, None
 
     def add(self, tensors) -> int:
-        nbytes = 0
+        nbytes, alone = 0, []
         for t in tensors:
             t = t.detach()
             n = t.numel() * t.element_size()
             nbytes += n
             if self.offset and (t.dtype != self.dtype or self.offset + n > self.limit):
                 self._flush()
-            if n > self.limit:  # alone in its pack: sent as it is, waited for (the caller may free it)
-                self.group.broadcast(t.contiguous(), 0).wait()
+            if n > self.limit:  # alone in its pack: sent as it is, waited for before returning (the caller may free it)
+                t = t.contiguous()
+                alone.append((self.group.broadcast(t, 0), t))
                 continue
             buf = self._buffer(t.dtype, t.device)
             k = self.offset // t.element_size()
             buf[k:k + t.numel()].copy_(t.reshape(-1))
             self.offset += n
+        for work, _ in alone:
+            work.wait()
         return nbytes
 
     def _buffer(self, dtype, device):

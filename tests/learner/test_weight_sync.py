@@ -3,6 +3,7 @@ bit-exact and in order, one broadcast per pack, whatever the dtypes and sizes.""
 import datetime
 import threading
 
+import pytest
 import torch
 
 from learner.weight_sync import Packer, free_port, gloo_group, receive_packs, tcp_store, wire_packs
@@ -32,16 +33,17 @@ def _pair():
     return groups
 
 
-def test_packs_arrive_bit_exact_in_order_with_one_broadcast_per_pack():
+@pytest.mark.parametrize("limit", [4096, 0])  # bytes; 0: one broadcast per tensor (rollout.sync_pack_mb=0)
+def test_packs_arrive_bit_exact_in_order_with_one_broadcast_per_pack(limit):
     g = torch.Generator().manual_seed(0)
     shapes = [(3, 5), (7,), (64, 64), (2, 2, 2), (300, 40), (1,), (5, 9), (11, 13)]
     dtypes = ["bfloat16", "bfloat16", "bfloat16", "float32", "bfloat16", "bfloat16", "float32", "float32"]
     tensors = [torch.randn(s, generator=g).to(getattr(torch, d)) for s, d in zip(shapes, dtypes)]
     meta = [(f"w{i}", d, s) for i, (s, d) in enumerate(zip(shapes, dtypes))]
-    limit = 4096  # bytes: (64, 64) bf16 is 8192, more than a pack holds; (300, 40) bf16 is 24000
     packs = wire_packs(meta, limit)
     assert [i for p in packs for i in p] == list(range(len(meta)))
-    assert [2] in packs and [4] in packs  # the oversized tensors travel alone
+    assert [2] in packs and [4] in packs  # (64, 64) and (300, 40) in bf16 are more than 4096 bytes: alone
+    assert packs == ([[0, 1], [2], [3], [4], [5], [6, 7]] if limit else [[i] for i in range(len(meta))])  # dtype splits too
     send_g, recv_g = (Counting(x) for x in _pair())
     out = {}
 
