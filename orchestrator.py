@@ -78,7 +78,7 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     from trainer.sampling import DynamicSampler
     from rewards import resolve, validate_funcs, validate_params
     from rewards.schedule import RuleSchedule
-    from trainer.summary import CpuMeter, print_summary, step_metrics, summarize
+    from trainer.summary import CpuMeter, drift_signals, print_summary, step_metrics, summarize
 
     from actors.reward_worker import ScorerPool
     from actors.roles import create_roles, plain, resolve_loop
@@ -96,8 +96,9 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     rules.replay(history)  # a resumed run: on_metric schedules continue from the saved rows
     monitor = Monitor(out_dir, cfg.wandb, plain(cfg))
     eval_set = evaluate.subset(val, cfg.eval.train_samples, cfg.eval.subset_seed)
+    last_eval = latest_eval(out_dir, start)  # for hack/train_eval_gap (a resumed run: the newest saved one)
     if cfg.trainer.eval_steps and start == 0 and eval_set:
-        run_periodic_eval(engines, eval_set, cfg, 0, out_dir, monitor)
+        last_eval = run_periodic_eval(engines, eval_set, cfg, 0, out_dir, monitor)
     times = {"rollout": 0.0, "reward": 0.0, "train": 0.0, "sync": 0.0, "eval_ckpt": 0.0}
     meter = CpuMeter([engines.engines, learners, scorers], machine_cores(cfg))
 
@@ -127,6 +128,7 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
         check_staleness(batch, step, K)
         totals = torch.tensor([batch.scored[r.key]["total"] for r in batch.rollouts], dtype=torch.float64)
         adv = group_advantages(totals, G, cfg.learner.scale_rewards, cfg.learner.adv_eps)
+        screened = screen_out(batch.rollouts, rules.screening(), adv)  # triggers that screen flagged completions
         items = [item_from_rollout(r, float(a)) for r, a in zip(batch.rollouts, adv)]
 
         # 2. the learner ranks update the policy on it; meanwhile (K > 0) the engines generate and
@@ -158,6 +160,7 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
         # 4. log, then evaluate / checkpoint when due
         phase["step"] = time.perf_counter() - t_step
         row = {**step_metrics(step + 1, batch, totals, train_metrics, phase), **batch.rules}
+        row.update(drift_signals(row, history[0] if history else None, last_eval), screened_frac=screened)
         events = rules.observe(step, row)  # scheduled rule changes taking effect from the next step
         if events:
             row["rule_events"] = events
@@ -169,7 +172,7 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
         t0 = time.perf_counter()
         done_now = step + 1 == max_steps or step + 1 == cfg.trainer.stop_after_steps
         if cfg.trainer.eval_steps and eval_set and ((step + 1) % cfg.trainer.eval_steps == 0 or done_now):
-            run_periodic_eval(engines, eval_set, cfg, step + 1, out_dir, monitor)
+            last_eval = run_periodic_eval(engines, eval_set, cfg, step + 1, out_dir, monitor)
         if done_now or (cfg.trainer.save_steps and (step + 1) % cfg.trainer.save_steps == 0):
             save_checkpoint(out_dir, step + 1, learners, sampler, history, cfg.trainer.keep_checkpoints, in_flight)
         times["eval_ckpt"] += time.perf_counter() - t0
@@ -272,6 +275,27 @@ def save_checkpoint(out_dir, step, learners, sampler, history, keep, in_flight=(
                                           "in_flight": [to_json(b) for b in in_flight]})
     checkpoint.rotate(out_dir, keep)
     return final
+
+
+def screen_out(rollouts, flags: frozenset, adv) -> float:
+    """Set the advantage of every completion showing one of ``flags`` to 0 (in place): it stays out
+    of the policy gradient. Returns the share screened."""
+    if not flags:
+        return 0.0
+    from trainer import evaluate
+    from trainer.summary import sample_flags
+    hit = [bool(sample_flags(r, evaluate.record(r)) & flags) for r in rollouts]
+    for i, h in enumerate(hit):
+        if h:
+            adv[i] = 0.0
+    return sum(hit) / max(len(hit), 1)
+
+
+def latest_eval(out_dir, step: int) -> dict | None:
+    """Metrics of the newest evaluation saved at or before ``step`` (None if there is none)."""
+    done = sorted(p for p in (out_dir / "eval").glob("step_*.json") if int(p.stem[5:]) <= step) \
+        if (out_dir / "eval").is_dir() else []
+    return json.loads(done[-1].read_text())["metrics"] if done else None
 
 
 def run_periodic_eval(engines, prompts, cfg, step, out_dir, monitor) -> dict:

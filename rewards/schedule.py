@@ -147,7 +147,9 @@ class Trigger:
     """A detected hack switches its counter-rule on: ``monitor`` (a logged metric, e.g. the
     ``hack/...`` signals of every step) past ``above`` (or ``below``) for ``patience`` steps in a
     row turns the trigger on, and its ``set`` (``{"<reward>.weight" | "<reward>.<parameter>": value}``)
-    overrides the scheduled values from then on. It stays on, unless ``release`` is given: then the
+    overrides the scheduled values from then on, and its ``screen`` (flags of ``SCREEN_FLAGS``)
+    keeps the completions showing any of them out of the policy gradient (advantage 0) while it is
+    on. It stays on, unless ``release`` is given: then the
     monitor back past ``release`` (on the other side of the bar: hysteresis, so it does not flap)
     for ``patience`` steps turns it off again.
 
@@ -157,16 +159,17 @@ class Trigger:
     ([False, False, False, True, False, False, True], False)
     """
 
-    KEYS = {"name", "monitor", "above", "below", "patience", "release", "set"}
+    KEYS = {"name", "monitor", "above", "below", "patience", "release", "set", "screen"}
 
     def __init__(self, where: str, spec: dict):
         if not isinstance(spec, dict):
             raise ValueError(f"{where}: expected a mapping {{monitor, above | below, patience, set}}, got {spec!r}")
         unknown = [str(k) for k in spec if k not in self.KEYS]
-        missing = [k for k in ("monitor", "patience", "set") if k not in spec]
+        missing = [k for k in ("monitor", "patience") if k not in spec] + ([] if "set" in spec or "screen" in spec
+                                                                          else ["set or screen"])
         if unknown or missing or ("above" in spec) == ("below" in spec):
-            raise ValueError(f"{where}: a trigger takes monitor, one of above / below, patience, set (and name, "
-                             f"release){'; unknown: ' + ', '.join(unknown) if unknown else ''}"
+            raise ValueError(f"{where}: a trigger takes monitor, one of above / below, patience, set and/or "
+                             f"screen (and name, release){'; unknown: ' + ', '.join(unknown) if unknown else ''}"
                              f"{'; missing: ' + ', '.join(missing) if missing else ''}")
         self.name = str(spec.get("name", where))
         self.monitor = str(spec["monitor"])
@@ -179,10 +182,14 @@ class Trigger:
         self.patience = int(_number(f"{where}.patience", spec["patience"]))
         if self.patience < 1:
             raise ValueError(f"{where}.patience must be at least 1")
-        if not isinstance(spec["set"], dict) or not spec["set"]:
+        if "set" in spec and (not isinstance(spec["set"], dict) or not spec["set"]):
             raise ValueError(f"{where}.set: a mapping such as {{ovd_count.weight: 0.5}}")
+        screen = spec.get("screen", [])
+        if not isinstance(screen, list) or any(f not in SCREEN_FLAGS for f in screen) or ("screen" in spec and not screen):
+            raise ValueError(f"{where}.screen: a list of flags among {', '.join(SCREEN_FLAGS)}, got {screen!r}")
+        self.screen = frozenset(screen)
         self.set = {}
-        for key, value in spec["set"].items():
+        for key, value in spec.get("set", {}).items():
             reward, _, what = str(key).partition(".")
             if not what:
                 raise ValueError(f"{where}.set.{key}: name <reward>.weight or <reward>.<parameter>")
@@ -203,7 +210,8 @@ class Trigger:
         if self.streak < self.patience:
             return None
         self.on, self.streak = not self.on, 0
-        what = ", ".join(f"{r}.{w}={x:g}" for (r, w), x in self.set.items())
+        what = ", ".join([f"{r}.{w}={x:g}" for (r, w), x in self.set.items()]
+                         + ([f"screen {'+'.join(sorted(self.screen))}"] if self.screen else []))
         if self.on:
             op = ">" if self.sign > 0 else "<"
             return f"trigger {self.name} on: {self.monitor} {op} {self.bar:g} for {self.patience} steps -> {what}"
@@ -215,6 +223,10 @@ def _param_default(reward: str, param: str) -> float:
     """A reward parameter's default, for values only a trigger sets."""
     from . import REGISTRY
     return float(REGISTRY[reward].params[param])
+
+
+# per-completion flags a trigger can screen out of the gradient (trainer.summary.sample_flags)
+SCREEN_FLAGS = ("duplicate_boxes", "whole_image", "extra_boxes", "no_box", "truncated")
 
 
 @dataclass
@@ -284,6 +296,10 @@ class RuleSchedule:
             else:
                 params.setdefault(name, {})[what] = v
         return Rules(funcs, params)
+
+    def screening(self) -> frozenset:
+        """Flags whose completions stay out of the gradient now (triggers that are on)."""
+        return frozenset().union(*(t.screen for t in self.triggers if t.on))
 
     def scalars(self, rules: Rules) -> dict[str, float]:
         """``rule/<reward>/<weight | parameter>`` of every scheduled value, as ``rules`` has them."""

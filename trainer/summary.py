@@ -61,6 +61,54 @@ def hack_signals(rollouts, records) -> dict:
             "hack/whole_image_frac": whole / max(n_pred, 1), "hack/none_frac": none / max(with_target, 1)}
 
 
+def sample_flags(rollout, record) -> set[str]:
+    """The hack flags of one completion (``reward.triggers`` can screen them out of the gradient):
+    a box repeating an earlier one (IoU > 0.9), a box covering 90% of the image, more boxes than
+    the ground truth, no box where the image has a target, cut at ``max_new_tokens``."""
+    from rewards.boxes import iou
+    boxes, flags = [b for b in record["pred"] if b], set()
+    if any(iou(b, a, "continuous") > 0.9 for i, b in enumerate(boxes) for a in boxes[:i]):
+        flags.add("duplicate_boxes")
+    if rollout.prompt.image_sizes:
+        w, h = rollout.prompt.image_sizes[0]
+        if any(max(0, min(b[2], w) - max(b[0], 0)) * max(0, min(b[3], h) - max(b[1], 0)) >= 0.9 * w * h for b in boxes):
+            flags.add("whole_image")
+    if len(boxes) > len(record["gt"]):
+        flags.add("extra_boxes")
+    if record["gt"] and not boxes:
+        flags.add("no_box")
+    if rollout.finish_reason == "length":
+        flags.add("truncated")
+    return flags
+
+
+# (training-row key, evaluation metric) compared by hack/train_eval_gap, the first pair a run has
+GAP_PAIRS = (("accuracy", "accuracy"), ("reward/ovd_map", "mAP"))
+
+
+def drift_signals(row: dict, first: dict | None, last_eval: dict | None) -> dict:
+    """Signals that need more than one step (``reward.triggers`` watch these too):
+
+    ``hack/length_growth``  mean completion length over the first step's (completions growing)
+    ``hack/train_eval_gap`` the training metric minus the last held-out evaluation's: REC accuracy
+                            of the samples against eval accuracy; OVD per-answer AP (``reward/ovd_map``,
+                            when logged) against the eval set's COCO mAP, which is on a lower scale, so
+                            watch its growth rather than its level
+
+    >>> drift_signals({"completion_len/mean": 60, "accuracy": 0.5}, {"completion_len/mean": 40}, {"accuracy": 0.3})
+    {'hack/length_growth': 1.5, 'hack/train_eval_gap': 0.2}
+    """
+    out = {}
+    length, base = row.get("completion_len/mean"), (first or row).get("completion_len/mean")
+    if length is not None and base:
+        out["hack/length_growth"] = length / base
+    for train_key, eval_key in GAP_PAIRS:
+        if train_key in row and last_eval and eval_key in last_eval:
+            out["hack/train_eval_gap"] = round(row[train_key] - last_eval[eval_key], 12)
+            break
+    return out
+
+
 def summarize(history: list[dict], times: dict, wall: float, cpu_share: float | None = None,
               max_staleness: int = 0) -> dict:
     phases = sum(times.values())

@@ -144,6 +144,8 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
             assert key in r
         assert r["engine_logp_abs_diff"] < 0.05
     assert "done: 2 steps, 64 samples" in stdout
+    lengths = [r["completion_len/mean"] for r in rows]  # drift signals over the run, which triggers can watch
+    assert [r["hack/length_growth"] for r in rows] == pytest.approx([1.0, lengths[1] / lengths[0]])
     for r in rows:  # dynamic sampling: whole steps of 4 groups, refilled with fresh prompts or completed
         assert r["sampling/prompts_generated"] >= 4 and 0 <= r["sampling/rounds"] <= 3
         assert r["sampling/extra_generations"] == (r["sampling/prompts_generated"] - 4) * 8

@@ -174,6 +174,9 @@ def test_trigger_overrides_a_schedule_and_resume_replays_it():
     ({"monitor": "m", "above": 1, "patience": 1, "set": {"rec_iou.weight": 1}}, "rec_iou is not in reward.funcs"),
     ({"monitor": "m", "above": 1, "patience": 1, "set": {"ovd_count.base": "x"}}, "finite number"),
     ({"monitor": "m", "above": 1, "patience": 1, "set": {"ovd_count.weight": 1}, "act": 2}, "unknown: act"),
+    ({"monitor": "m", "above": 1, "patience": 1}, "missing: set or screen"),
+    ({"monitor": "m", "above": 1, "patience": 1, "screen": ["long"]}, "screen: a list of flags among"),
+    ({"monitor": "m", "above": 1, "patience": 1, "screen": []}, "screen: a list of flags among"),
 ])
 def test_bad_triggers_say_what_is_wrong(trig, match):
     with pytest.raises(ValueError, match=match):
@@ -187,3 +190,18 @@ def test_default_ovd_config_ships_the_padding_and_duplicate_triggers():
     for t in range(5):  # five padded steps
         rs.observe(t, {"hack/boxes_over_gt": 2.0, "hack/duplicate_box_frac": 0.0})
     assert rs.rules(5).funcs["ovd_count"] == 0.5 and rs.rules(5).funcs["repetition"] == 0.0
+
+
+def test_a_screening_trigger_keeps_flagged_completions_out_while_it_is_on():
+    rs = RuleSchedule({"ovd_odlength": 1.0}, {}, {}, 100, triggers=[
+        {"name": "dup", "monitor": "hack/duplicate_box_frac", "above": 0.2, "patience": 2, "release": 0.05,
+         "screen": ["duplicate_boxes", "whole_image"]}])
+    screening, events = [], []
+    for t, v in enumerate([0.3, 0.3, 0.1, 0.01, 0.01]):
+        events += rs.observe(t, {"hack/duplicate_box_frac": v})
+        screening.append(rs.screening())
+    on = frozenset({"duplicate_boxes", "whole_image"})
+    assert screening == [frozenset(), on, on, on, frozenset()]
+    assert events == ["trigger dup on: hack/duplicate_box_frac > 0.2 for 2 steps -> screen duplicate_boxes+whole_image",
+                      "trigger dup off: hack/duplicate_box_frac < 0.05 for 2 steps"]
+    assert rs.rules(3).funcs == {"ovd_odlength": 1.0}  # screening changes no weight
