@@ -210,7 +210,7 @@ def machine_cores(cfg) -> float:
     return float(os.cpu_count() or 1)
 
 
-DRIVER_PACKAGES = ("actors", "conf", "data", "learner", "rewards", "trainer")
+DRIVER_PACKAGES = ("actors", "conf", "data", "learner", "models", "rewards", "trainer")
 
 
 def _import_driver_modules() -> list[str]:

@@ -17,7 +17,6 @@ from data.images import model_input_size, open_rgb
 from data.loaders import Prompt
 from data.prompts import messages
 
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
 @dataclass
@@ -69,7 +68,11 @@ class RolloutEngine:
         self.start_s = time.perf_counter() - t0
         self._reset_s = 0.0
         tok = self.processor.tokenizer
-        self.banned_ids = sorted({tok.convert_tokens_to_ids(t) for t in VISION_TOKENS} - {None, tok.unk_token_id})
+        from models import family_of
+        self.family = family_of(model_path, (model_cfg or {}).get("family", "auto"),
+                                bool(model_cfg and model_cfg.get("trust_remote_code")))
+        self.banned_ids = sorted({tok.convert_tokens_to_ids(t) for t in self.family.vision_tokens}
+                                 - {None, tok.unk_token_id})
 
     def sampling_params(self, n: int, greedy: bool = False, seed: int | None = None):
         """vLLM sampling parameters; vision special tokens can never be sampled. A per-request

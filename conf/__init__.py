@@ -5,7 +5,7 @@
 Unknown keys fail fast and name the closest valid key; values are checked against the type of
 their default and against the allowed choices. ``reward.funcs`` is replaced, not merged, by a
 task file (a task's reward set is a whole), while ``reward.funcs.NAME=w`` on the command line
-adds or reweights one reward. Imports only OmegaConf and the rewards registry.
+adds or reweights one reward. Imports only OmegaConf, the rewards registry and the model-family names.
 """
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ import pathlib
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from models import FAMILIES
+
 CONF_DIR = pathlib.Path(__file__).resolve().parent
 FREE_KEYS = {"reward.funcs", "reward.params", "reward.schedules", "reward.triggers", "rollout.resources", "learner.resources", "reward.resources"}  # user-named keys
 MIXED = {"trainer.max_staleness"}  # keys taking "auto" or a number
 CHOICES = {
     "mode": ["train", "eval", "sft"],
+    "model.family": ["auto", *FAMILIES],
     "data.task": ["rec", "ovd"],
     "learner.zero_stage": [0, 1, 2, 3],
     "learner.dtype": ["auto", "fp32", "bf16"],

@@ -71,8 +71,10 @@ class Learner(CheckpointIO):
         proc_kw = {k: self.model_cfg[k] for k in ("min_pixels", "max_pixels") if self.model_cfg.get(k)}
         self.processor = AutoProcessor.from_pretrained(self.model_path, **proc_kw)
         tok = self.processor.tokenizer
-        from actors.rollout import VISION_TOKENS
-        self.banned = {tok.convert_tokens_to_ids(t) for t in VISION_TOKENS} - {None}
+        from models import family_of
+        self.family = family_of(self.model_path, self.model_cfg.get("family", "auto"),
+                                bool(self.model_cfg.get("trust_remote_code")))
+        self.banned = {tok.convert_tokens_to_ids(t) for t in self.family.vision_tokens} - {None}
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         dtype = torch.bfloat16 if self.cfg["dtype"] == "bf16" else torch.float32
         load = dict(dtype=dtype, trust_remote_code=self.model_cfg.get("trust_remote_code", False))
@@ -80,7 +82,7 @@ class Learner(CheckpointIO):
         self.image_token_id = model.config.image_token_id
         if self.model_cfg.get("freeze_vision_tower"):
             for name, p in model.named_parameters():
-                if "visual" in name:
+                if self.family.vision_prefix in name:
                     p.requires_grad_(False)
         self.lora = self.cfg["lora"]["r"] > 0
         if self.lora and self.cfg["zero_stage"] == 3:
@@ -165,10 +167,7 @@ class Learner(CheckpointIO):
         """``(ids, mm_token_type_ids, image_grid_thw) -> [3, 1, P]`` rotary positions, or None."""
         model = self.engine.module
         model = model.get_base_model() if self.lora else model
-        fn = getattr(getattr(model, "model", None), "get_rope_index", None)
-        if fn is None:
-            return None
-        return lambda ids, types, grid: fn(ids, mm_token_type_ids=types, image_grid_thw=grid)[0]
+        return self.family.rope_index(model) if self.family.rope_index else None
 
     def logprobs(self, items: list[TrainItem]) -> list[list[float]]:
         """The current policy's log-prob of every completion token (no update; for checks)."""

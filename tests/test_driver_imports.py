@@ -15,7 +15,7 @@ def test_every_project_module_is_imported_before_ray_init():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     on_disk = set()
-    for pkg in ("actors", "conf", "data", "learner", "rewards", "trainer"):
+    for pkg in ("actors", "conf", "data", "learner", "models", "rewards", "trainer"):
         for f in (REPO / pkg).rglob("*.py"):
             rel = f.relative_to(REPO).with_suffix("")
             on_disk.add(".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts))
