@@ -50,9 +50,10 @@ class WeightSync:
             for item in tensors:
                 n += 1
                 yield item
-        if self._wsync_pack:
+        if self._wsync_device.type != "cpu":
             self.reload_weights(weights_iterator=counted())  # loads pack k while pack k+1 is on the wire
-        else:  # one broadcast per tensor: all received first, then reloaded (the way before packing)
+        else:  # on CPU the wire (gloo's threads) and the reload (vLLM's OpenMP threads) share the same
+            # cores: overlapping them made the update 2x slower (bench.broadcast), so receive, then reload
             self.reload_weights(weights_iterator=iter(list(counted())))
         if n != len(meta):  # everything sent must be consumed, or the group would be out of step
             for _ in tensors:
