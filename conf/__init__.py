@@ -18,7 +18,7 @@ from models import FAMILIES
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent
 FREE_KEYS = {"reward.funcs", "reward.params", "reward.schedules", "reward.triggers", "rollout.resources", "learner.resources", "reward.resources"}  # user-named keys
-MIXED = {"trainer.max_staleness"}  # keys taking "auto" or a number
+MIXED = {"trainer.max_staleness", "rollout.sync_pack_mb"}  # keys taking "auto" or a number
 CHOICES = {
     "mode": ["train", "eval", "sft"],
     "model.family": ["auto", *FAMILIES],
@@ -127,6 +127,9 @@ def _validate_loop(cfg: DictConfig) -> None:
         raise ConfigError(f"learner.off_policy=none treats samples as on-policy, but trainer.max_staleness={k} trains "
                           "on samples up to that many updates old: use learner.off_policy=bypass or decoupled, "
                           "or trainer.max_staleness=0")
+    pack = cfg.rollout.sync_pack_mb
+    if pack != "auto" and (isinstance(pack, bool) or not isinstance(pack, (int, float)) or pack < 0):
+        raise ConfigError(f"rollout.sync_pack_mb={pack!r} must be auto or a number of MB >= 0 (0: one broadcast per tensor)")
     ds = cfg.rollout.dynamic_sampling
     if not (isinstance(ds.max_rounds, int) and ds.max_rounds >= 0) or not ds.min_std >= 0:
         raise ConfigError(f"rollout.dynamic_sampling: max_rounds ({ds.max_rounds!r}) must be a whole number >= 0 and "

@@ -82,6 +82,10 @@ def test_asynchronous_settings_are_checked_before_anything_starts():
     for bad in ("-1", "fast", "true", "1.5"):
         with pytest.raises(conf.ConfigError, match="must be auto or a whole number"):
             conf.load([f"trainer.max_staleness={bad}"])
+    assert conf.load([]).rollout.sync_pack_mb == "auto" and conf.load(["rollout.sync_pack_mb=16"]).rollout.sync_pack_mb == 16
+    for bad in ("-1", "big", "true"):
+        with pytest.raises(conf.ConfigError, match="sync_pack_mb=.* must be auto or a number of MB"):
+            conf.load([f"rollout.sync_pack_mb={bad}"])
     with pytest.raises(conf.ConfigError, match="is_cap=0.5 must be above 1"):
         conf.load(["learner.is_cap=0.5"])
     with pytest.raises(conf.ConfigError, match="learner.off_policy='ppo' is not one of"):
