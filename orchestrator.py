@@ -123,7 +123,7 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
         batch = in_flight.pop(0) if in_flight else next_batch(step)
         if batch is None:  # dynamic sampling's refills used prompts the later steps would have had
             write(f"the training data is used up after {step} steps (dynamic sampling refilled groups with "
-                       "extra prompts): raise trainer.epochs to train longer")
+                  "extra prompts): raise trainer.epochs to train longer")
             break
         check_staleness(batch, step, K)
         totals = torch.tensor([batch.scored[r.key]["total"] for r in batch.rollouts], dtype=torch.float64)

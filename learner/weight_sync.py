@@ -80,8 +80,9 @@ def bind_default_gloo(host: str) -> str | None:
 
 
 class WeightSender:
-    """Rank 0 of the weight group (``world_size`` = 1 + number of engine workers). Tensors travel
-    packed (``wire_packs``): one broadcast per pack of up to ``PACK_BYTES``, not one per tensor."""
+    """Rank 0 of the weight group (``world_size`` = 1 + number of engine workers). Tensors travel in
+    packs of up to ``pack_bytes`` (``wire_packs``: one broadcast per pack), or one broadcast per
+    tensor with ``pack_bytes=0`` (``rollout.sync_pack_mb``: auto is 0 with gloo, 64 MB with NCCL)."""
 
     def __init__(self, host: str, port: int, world_size: int, backend: str = "gloo", timeout_s: float = 600.0,
                  pack_bytes: int | None = None):
@@ -99,9 +100,9 @@ class WeightSender:
             self.group = dist.ProcessGroupNCCL(self.store, 0, self.world_size)
 
     def send(self, tensors: list[torch.Tensor]) -> int:
-        """Queue ``tensors`` (the next ones in ``meta`` order) for the wire; they are copied into a
-        pack buffer at once, so the caller may free or re-partition them on return. Returns the
-        bytes queued. ``finish`` ends the update."""
+        """Queue ``tensors`` (the next ones in ``meta`` order) for the wire: copied into a pack
+        buffer, or (alone in their pack) sent and waited for, so the caller may free or re-partition
+        them on return. Returns the bytes queued. ``finish`` ends the update."""
         if not hasattr(self, "_packer"):
             self._packer = Packer(self.group, self.pack_bytes)
         return self._packer.add(tensors)
