@@ -18,7 +18,6 @@ from data.loaders import Prompt
 from data.prompts import messages
 
 
-
 @dataclass
 class Rollout:
     """One sampled completion of one prompt."""
@@ -116,9 +115,8 @@ class RolloutEngine:
     # ------------------------------------------------------------------ weight sync
     def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str = "gloo",
                           pack_bytes: int | None = None) -> list[int]:
-        import ray
         from learner.weight_sync import node_address
-        here = node_address() if ray.is_initialized() else host  # where this engine's gloo pairs listen
+        here = node_address(host)  # where this engine's gloo pairs listen
         return self.llm.collective_rpc("init_weight_group", args=(host, port, rank_offset, world_size, backend),
                                        kwargs={"bind_host": here, "pack_bytes": pack_bytes})
 

@@ -27,15 +27,12 @@ import pathlib
 import shutil
 import time
 
-from models import QWEN_VISION_TOKENS
-
 BUILTIN = "builtin:tiny"            # random init + warm start (SFT), the default
 BUILTIN_RANDOM = "builtin:tiny-random"
 WARM_STEPS = 400  # ~2-3 minutes on 2 CPU cores: format learned, boxes still rough
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
-VISION_TOKENS = list(QWEN_VISION_TOKENS)
 BUILD_VERSION = 3  # bump when the recipe changes, so caches rebuild (2: warm start with 3D positions; 3: fp32)
 
 

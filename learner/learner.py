@@ -56,10 +56,9 @@ class Learner(CheckpointIO):
         import datetime
 
         import torch.distributed as dist
-        from learner.weight_sync import NODE_HOST_ENV, bind_default_gloo, node_address, tcp_store
+        from learner.weight_sync import bind_default_gloo, node_address, tcp_store
         if not dist.is_initialized():  # (a test may build several learners in one process)
-            import ray  # DeepSpeed's gloo pairs listen on this node's address too (master_addr outside Ray)
-            bind_default_gloo(node_address() if ray.is_initialized() or os.environ.get(NODE_HOST_ENV) else master_addr)
+            bind_default_gloo(node_address(master_addr))  # DeepSpeed's gloo pairs: on this node's address too
             store = tcp_store(master_addr, master_port, is_master=self.rank == 0)
             dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size,
                                     timeout=datetime.timedelta(minutes=30))

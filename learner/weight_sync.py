@@ -9,6 +9,7 @@ order. Names are the transformers ``state_dict`` names, which vLLM's loader maps
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import socket
 
@@ -40,15 +41,16 @@ def tcp_store(host: str, port: int, is_master: bool, timeout_s: float = 600.0) -
 NODE_HOST_ENV = "VR1_NODE_HOST"
 
 
-def node_address() -> str:
+def node_address(default: str = "127.0.0.1") -> str:
     """The address this process's sockets (stores, gloo pairs) listen on: ``cluster.node_host`` in
     a private local cluster (passed to every actor as ``VR1_NODE_HOST``; Ray itself replaces a
-    loopback node address by the outside one), else this node's address in the Ray cluster."""
+    loopback node address by the outside one), else this node's address in the Ray cluster, else
+    (outside Ray) ``default``."""
     host = os.environ.get(NODE_HOST_ENV)
     if host:
         return host
     import ray
-    return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+    return ray.util.get_node_ip_address() if ray.is_initialized() else default
 
 
 def gloo_group(store, rank: int, world_size: int, timeout: datetime.timedelta, host: str):
@@ -116,11 +118,12 @@ class WeightSender:
 PACK_BYTES = 64 * 2**20  # wire buffer: tensors travel in consecutive packs of at most this many bytes
 
 
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
+
+
 def _nbytes(dtype: torch.dtype, shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n * torch.empty(0, dtype=dtype).element_size()
+    return math.prod(int(d) for d in shape) * _itemsize(dtype)
 
 
 def wire_packs(meta, limit: int = PACK_BYTES) -> list[list[int]]:
@@ -183,8 +186,7 @@ class Packer:
                 self.inflight.pop(0)[0].wait()
         key = (dtype, device, self.slot)
         if key not in self.buffers:
-            self.buffers[key] = torch.empty(self.limit // torch.empty(0, dtype=dtype).element_size(), dtype=dtype,
-                                            device=device)
+            self.buffers[key] = torch.empty(self.limit // _itemsize(dtype), dtype=dtype, device=device)
         return self.buffers[key]
 
     def _flush(self) -> None:
@@ -208,8 +210,7 @@ def receive_packs(group, meta, device, limit: int = PACK_BYTES):
 
     def start(pack):
         dtype = getattr(torch, meta[pack[0]][1])
-        total = sum(_nbytes(dtype, meta[i][2]) for i in pack) // torch.empty(0, dtype=dtype).element_size()
-        flat = torch.empty(total, dtype=dtype, device=device)
+        flat = torch.empty(sum(math.prod(meta[i][2]) for i in pack), dtype=dtype, device=device)
         return flat, group.broadcast(flat, 0)
 
     def gen():
@@ -226,9 +227,7 @@ def receive_packs(group, meta, device, limit: int = PACK_BYTES):
             off = 0
             for i in pack:
                 name, _, shape = meta[i]
-                n = 1
-                for d in shape:
-                    n *= int(d)
+                n = math.prod(shape)
                 yield name, flat[off:off + n].view(tuple(shape))
                 off += n
 

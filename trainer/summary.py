@@ -43,17 +43,13 @@ def hack_signals(rollouts, records) -> dict:
     ``hack/whole_image_frac``   predicted boxes covering 90% or more of the image
     ``hack/none_frac``          answers without a box where the image has a target (the None collapse)
     """
-    from rewards.boxes import iou
     n_pred = sum(len(x["pred"]) for x in records)
     n_gt = sum(len(x["gt"]) for x in records)
     dup = whole = none = with_target = 0
     for r, x in zip(rollouts, records):
         boxes = [b for b in x["pred"] if b]
-        dup += sum(any(iou(b, a, "continuous") > 0.9 for a in boxes[:i]) for i, b in enumerate(boxes))
-        if r.prompt.image_sizes:
-            w, h = r.prompt.image_sizes[0]
-            whole += sum(max(0, min(b[2], w) - max(b[0], 0)) * max(0, min(b[3], h) - max(b[1], 0)) >= 0.9 * w * h
-                         for b in boxes)
+        dups, wholes = _box_hacks(r, boxes)
+        dup, whole = dup + sum(dups), whole + sum(wholes)
         if x["gt"]:
             with_target += 1
             none += not boxes
@@ -61,18 +57,28 @@ def hack_signals(rollouts, records) -> dict:
             "hack/whole_image_frac": whole / max(n_pred, 1), "hack/none_frac": none / max(with_target, 1)}
 
 
+def _box_hacks(rollout, boxes) -> tuple[list[bool], list[bool]]:
+    """Per box: does it repeat an earlier box of the answer (IoU > 0.9); does it cover 90% or more
+    of the image."""
+    from rewards.boxes import iou
+    dups = [any(iou(b, a, "continuous") > 0.9 for a in boxes[:i]) for i, b in enumerate(boxes)]
+    if not rollout.prompt.image_sizes:
+        return dups, [False] * len(boxes)
+    w, h = rollout.prompt.image_sizes[0]
+    return dups, [max(0, min(b[2], w) - max(b[0], 0)) * max(0, min(b[3], h) - max(b[1], 0)) >= 0.9 * w * h
+                  for b in boxes]
+
+
 def sample_flags(rollout, record) -> set[str]:
     """The hack flags of one completion (``reward.triggers`` can screen them out of the gradient):
     a box repeating an earlier one (IoU > 0.9), a box covering 90% of the image, more boxes than
     the ground truth, no box where the image has a target, cut at ``max_new_tokens``."""
-    from rewards.boxes import iou
     boxes, flags = [b for b in record["pred"] if b], set()
-    if any(iou(b, a, "continuous") > 0.9 for i, b in enumerate(boxes) for a in boxes[:i]):
+    dups, wholes = _box_hacks(rollout, boxes)
+    if any(dups):
         flags.add("duplicate_boxes")
-    if rollout.prompt.image_sizes:
-        w, h = rollout.prompt.image_sizes[0]
-        if any(max(0, min(b[2], w) - max(b[0], 0)) * max(0, min(b[3], h) - max(b[1], 0)) >= 0.9 * w * h for b in boxes):
-            flags.add("whole_image")
+    if any(wholes):
+        flags.add("whole_image")
     if len(boxes) > len(record["gt"]):
         flags.add("extra_boxes")
     if record["gt"] and not boxes:
