@@ -13,9 +13,10 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from data.images import model_input_size, open_rgb
+from data.images import open_rgb
 from data.loaders import Prompt
 from data.prompts import messages
+from models import answer_frame
 
 
 @dataclass
@@ -28,7 +29,7 @@ class Rollout:
     completion_text: str
     finish_reason: str
     logprobs: list[float]             # engine log-prob of each completion token
-    input_sizes: tuple[tuple[int, int], ...]  # (w, h) each image was resized to for the model
+    input_sizes: tuple[tuple[int, int], ...]  # (w, h) of the frame boxes are written in, per image (models.answer_frame)
     engine: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -72,6 +73,8 @@ class RolloutEngine:
                                 bool(model_cfg and model_cfg.get("trust_remote_code")))
         self.banned_ids = sorted({tok.convert_tokens_to_ids(t) for t in self.family.vision_tokens}
                                  - {None, tok.unk_token_id})
+        from models import coords_of
+        self.coords = coords_of(self.family, (model_cfg or {}).get("coords", "auto"))
 
     def sampling_params(self, n: int, greedy: bool = False, seed: int | None = None):
         """vLLM sampling parameters; vision special tokens can never be sampled. A per-request
@@ -105,7 +108,7 @@ class RolloutEngine:
         outs = self.llm.generate([self._request(p) for p in prompts], params, use_tqdm=False)
         rollouts = []
         for p, out in zip(prompts, outs):
-            sizes = tuple(model_input_size(self.processor.image_processor, w, h) for w, h in p.image_sizes)
+            sizes = tuple(answer_frame(self.coords, self.processor.image_processor, w, h) for w, h in p.image_sizes)
             for j, c in enumerate(out.outputs):
                 lps = [next(iter(d.values())).logprob if d else 0.0 for d in (c.logprobs or [])]
                 rollouts.append(Rollout(p, j, list(out.prompt_token_ids), list(c.token_ids), c.text,

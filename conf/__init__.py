@@ -14,7 +14,7 @@ import pathlib
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from models import FAMILIES
+from models import COORDS, FAMILIES
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent
 FREE_KEYS = {"reward.funcs", "reward.params", "reward.schedules", "reward.triggers", "rollout.resources", "learner.resources", "reward.resources"}  # user-named keys
@@ -22,6 +22,7 @@ MIXED = {"trainer.max_staleness", "rollout.sync_pack_mb"}  # keys taking "auto" 
 CHOICES = {
     "mode": ["train", "eval", "sft"],
     "model.family": ["auto", *FAMILIES],
+    "model.coords": ["auto", *COORDS],
     "data.task": ["rec", "ovd"],
     "learner.zero_stage": [0, 1, 2, 3],
     "learner.dtype": ["auto", "fp32", "bf16"],

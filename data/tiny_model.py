@@ -1,22 +1,24 @@
 """The embedded default policy: a tiny random Qwen2.5-VL with a locally trained tokenizer.
 
-    python -m data.tiny_model --out DIR [--seed 0]
+    python -m data.tiny_model --out DIR [--seed 0] [--family qwen3_vl]
 
 Builds, deterministically from a seed and with no network, a Hugging Face model directory that
 ``AutoModelForImageTextToText.from_pretrained``, ``AutoProcessor.from_pretrained`` and
 ``vllm.LLM(model=dir)`` all load offline:
 - a byte-level BPE tokenizer trained on the synthetic task's text with Qwen's pre-tokenizer
   (digits are single tokens), Qwen's special tokens and a Qwen2-VL style chat template;
-- a Qwen2.5-VL image processor (14 px patches, 2x2 merge: one token per 28x28 pixels);
-- ``Qwen2_5_VLForConditionalGeneration`` with ~1M parameters (text 128 x 2 layers, vision
-  64 x 2 layers), initialised from the seed.
+- the family's image processor (Qwen2/2.5-VL: 14 px patches, 2x2 merge, one token per 28x28
+  pixels; Qwen3-VL: 16 px patches, one token per 32x32 pixels);
+- the family's model with ~1M parameters (text 128 x 2 layers, vision 64 x 2 layers),
+  initialised from the seed (``models/``: one tiny builder per family).
 
-``builtin:tiny`` (the default ``model.path``) is that model *warm-started*: a short supervised
-run (``orchestrator.py mode=sft``, the same learner, config and loaders) on the synthetic REC and
-OVD answers, so that it writes the answer format most of the time while its boxes are still
-imprecise -- something for GRPO to improve. ``builtin:tiny-random`` is the random init.
-``resolve_model_path`` builds either once into the cache and returns its path; any other value is
-returned as is (a local directory or a hub id, loaded by the normal Hugging Face code).
+``builtin:tiny`` (the default ``model.path``) is the Qwen2.5-VL model *warm-started*: a short
+supervised run (``orchestrator.py mode=sft``, the same learner, config and loaders) on the
+synthetic REC and OVD answers, so that it writes the answer format most of the time while its
+boxes are still imprecise -- something for GRPO to improve. ``builtin:tiny-random`` is the random
+init. Other families: ``builtin:tiny-qwen2-vl``, ``builtin:tiny-qwen3-vl`` (and ``...-random``).
+``resolve_model_path`` builds any of them once into the cache and returns its path; any other
+value is returned as is (a local directory or a hub id, loaded by the normal Hugging Face code).
 """
 from __future__ import annotations
 
@@ -84,46 +86,37 @@ SIZES = {"tiny": (128, 2, 2, 1, 512, 64, 2, 2, 128),       # ~1M: the embedded d
          "400m": (1280, 20, 16, 4, 4096, 512, 8, 8, 1536)}  # ~400M: end-to-end benchmark against TRL
 
 
-def build(out_dir: str | os.PathLike, seed: int = 0, rope_theta: float = 20.0, size: str = "tiny") -> pathlib.Path:
-    """Build a random Qwen2.5-VL model directory at ``out_dir`` (a temp dir, then renamed);
-    ``size`` picks one of ``SIZES`` (the larger ones are for benchmarks)."""
-    import torch
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
-                              Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
-    from data.prompts import CHAT_TEMPLATE
+# builtin:tiny-<slug> names the family; builtin:tiny alone is Qwen2.5-VL
+SLUGS = {"qwen2.5-vl": "qwen2_5_vl", "qwen2-vl": "qwen2_vl", "qwen3-vl": "qwen3_vl"}
 
+
+def build(out_dir: str | os.PathLike, seed: int = 0, rope_theta: float = 20.0, size: str = "tiny",
+          family: str = "qwen2_5_vl") -> pathlib.Path:
+    """Build a random model directory of ``family`` (a key of ``models.FAMILIES``) at ``out_dir``
+    (a temp dir, then renamed); ``size`` picks one of ``SIZES`` (the larger ones are for benchmarks)."""
+    import torch
+    from data.prompts import CHAT_TEMPLATE
+    from models import family_named
+
+    fam = family_named(family)
+    if fam.tiny is None:
+        raise ValueError(f"family {family!r} has no tiny build; families with one: "
+                         f"{', '.join(sorted(SLUGS))}")
     out = pathlib.Path(out_dir)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tok = build_tokenizer(seed)
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     vocab = (len(tok) + 63) // 64 * 64
-    th, tl, tn, tk, ti, vh, vd, vn, vi = SIZES[size]
-    hd = th // tn  # head dim; mrope splits half of it into (t, h, w) sections
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=vocab, hidden_size=th, intermediate_size=ti, num_hidden_layers=tl,
-                         num_attention_heads=tn, num_key_value_heads=tk, max_position_embeddings=2048,
-                         rms_norm_eps=1e-6, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False,
-                         rope_parameters={"rope_type": "default", "rope_theta": rope_theta,
-                                          "mrope_section": [hd // 8, hd * 3 // 16, hd * 3 // 16]}),
-        vision_config=dict(depth=vd, hidden_size=vh, intermediate_size=vi, num_heads=vn, out_hidden_size=th,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                           fullatt_block_indexes=[vd - 1]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model, processor = fam.tiny(SIZES[size], ids, vocab, rope_theta, tok, CHAT_TEMPLATE)
+    model = model.eval()
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(tmp)
-    image_proc = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 64, patch_size=14,
-                                       temporal_patch_size=2, merge_size=2)
-    video_proc = Qwen2VLVideoProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
-    Qwen2_5_VLProcessor(image_processor=image_proc, tokenizer=tok, video_processor=video_proc,
-                        chat_template=CHAT_TEMPLATE).save_pretrained(tmp)
+    processor.save_pretrained(tmp)
     (tmp / "BUILD.json").write_text(json.dumps({"version": BUILD_VERSION, "seed": seed, "rope_theta": rope_theta,
+                                                "family": family,
                                                 "parameters": sum(p.numel() for p in model.parameters())}))
     if out.exists():
         shutil.rmtree(out)
@@ -131,23 +124,47 @@ def build(out_dir: str | os.PathLike, seed: int = 0, rope_theta: float = 20.0, s
     return out
 
 
+def parse_builtin(path: str) -> tuple[str, bool] | None:
+    """``builtin:tiny[-<family>][-random]`` -> (family, warm-started?); None for any other path.
+
+    >>> parse_builtin("builtin:tiny"), parse_builtin("builtin:tiny-qwen3-vl-random"), parse_builtin("/m")
+    (('qwen2_5_vl', True), ('qwen3_vl', False), None)
+    """
+    if not path.startswith("builtin:"):
+        return None
+    name = path[len("builtin:"):]
+    warm = not name.endswith("-random")
+    name = name if warm else name[:-len("-random")]
+    if name == "tiny":
+        return "qwen2_5_vl", warm
+    slug = name[len("tiny-"):] if name.startswith("tiny-") else None
+    if slug not in SLUGS:
+        names = ", ".join(["builtin:tiny"] + [f"builtin:tiny-{s}" for s in SLUGS])
+        raise ValueError(f"model.path={path!r} is not an embedded model: use one of {names} "
+                         f"(each also as ...-random, the untrained init), a local directory or a hub id")
+    return SLUGS[slug], warm
+
+
 def resolve_model_path(path: str, seed: int = 0) -> str:
-    """``builtin:tiny`` / ``builtin:tiny-random`` -> the cached model (built on first use);
-    anything else unchanged."""
-    if path not in (BUILTIN, BUILTIN_RANDOM):
+    """``builtin:tiny[-<family>][-random]`` -> the cached model (built on first use); anything
+    else unchanged. Without ``-random`` the model is warm-started (``warm_start``)."""
+    parsed = parse_builtin(path)
+    if parsed is None:
         return path
-    base = cache_root() / f"tiny-qwen2.5-vl-v{BUILD_VERSION}-s{seed}"
+    family, warm = parsed
+    slug = next(s for s, f in SLUGS.items() if f == family)
+    base = cache_root() / f"tiny-{slug}-v{BUILD_VERSION}-s{seed}"
     if not (base / "BUILD.json").exists():
         t0 = time.perf_counter()
-        print(f"building the embedded tiny Qwen2.5-VL into {base} ...", flush=True)
-        build(base, seed)
+        print(f"building the embedded tiny {slug} into {base} ...", flush=True)
+        build(base, seed, family=family)
         print(f"built in {time.perf_counter() - t0:.1f} s", flush=True)
-    if path == BUILTIN_RANDOM:
+    if not warm:
         return str(base)
-    warm = base.with_name(base.name + "-warm")
-    if not (warm / "BUILD.json").exists():
-        warm_start(base, warm, seed)
-    return str(warm)
+    out = base.with_name(base.name + "-warm")
+    if not (out / "BUILD.json").exists():
+        warm_start(base, out, seed)
+    return str(out)
 
 
 def warm_start(base: pathlib.Path, out: pathlib.Path, seed: int = 0, steps: int = WARM_STEPS) -> pathlib.Path:
@@ -185,12 +202,15 @@ def warm_start(base: pathlib.Path, out: pathlib.Path, seed: int = 0, steps: int 
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Build the embedded tiny Qwen2.5-VL model directory.")
+    ap = argparse.ArgumentParser(description="Build an embedded tiny model directory (random init).")
     ap.add_argument("--out", default=None, help="output dir (default: the cache)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--family", default="qwen2_5_vl", choices=sorted(SLUGS.values()))
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    out = build(args.out, args.seed) if args.out else pathlib.Path(resolve_model_path(BUILTIN_RANDOM, args.seed))
+    slug = next(s for s, f in SLUGS.items() if f == args.family)
+    out = build(args.out, args.seed, family=args.family) if args.out else \
+        pathlib.Path(resolve_model_path(f"builtin:tiny-{slug}-random", args.seed))
     info = json.loads((out / "BUILD.json").read_text())
     print(f"tiny model: {info['parameters']:,} parameters at {out} ({time.perf_counter() - t0:.1f} s)")
 

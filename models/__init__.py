@@ -5,23 +5,22 @@
 
 A family says which special tokens must never be sampled, which parameters form the vision
 tower (frozen with ``model.freeze_vision_tower``), how grounding answers give coordinates, and how
-the learner gets the multimodal rotary positions of a prompt. Adding a family is one entry in
-``FAMILIES``; nothing else in the project names a family's tokens or modules.
+the learner gets the multimodal rotary positions of a prompt, and how to build a tiny random
+model of it (``builtin:tiny-<family>``). Adding a family is a small module (like ``models/qwen.py``)
+and one entry in ``FAMILIES``; nothing else in the project names a family's tokens or modules.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
-QWEN_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+from models import qwen
 
-
-def _qwen_rope_index(model) -> Callable | None:
-    """``(ids, mm_token_type_ids, image_grid_thw) -> [3, 1, P]`` mrope positions (Qwen2/2.5-VL)."""
-    fn = getattr(getattr(model, "model", None), "get_rope_index", None)
-    if fn is None:
-        return None
-    return lambda ids, types, grid: fn(ids, mm_token_type_ids=types, image_grid_thw=grid)[0]
+# How a family's grounding answers give box coordinates (``Family.coords``; ``model.coords`` overrides):
+COORDS = {
+    "input_pixels": "absolute pixels of the image as the processor resized it for the model",
+    "norm1000": "a 0-1000 grid over the image, whatever its size (x * 1000 / width, y * 1000 / height)",
+}
 
 
 @dataclass(frozen=True)
@@ -30,17 +29,47 @@ class Family:
     model_types: tuple[str, ...]  # config.model_type values that select it
     vision_tokens: tuple[str, ...]  # special tokens a completion may never contain
     vision_prefix: str  # parameter names containing this belong to the vision tower
-    coords: str  # grounding answers: "input_pixels" (absolute, in the processor's resized image)
+    coords: str  # how grounding answers give boxes: a key of COORDS
     rope_index: Callable | None = None  # model -> positions function (None: the model computes its own)
     vlm_r1_module: str = ""  # the VLM-R1 plug-in (vlm_modules/) it matches
+    tiny: Callable | None = None  # (dims, ids, vocab, rope_theta, tokenizer, chat template) -> (model, processor)
 
 
 FAMILIES = {
-    "qwen2_5_vl": Family("qwen2_5_vl", ("qwen2_5_vl",), QWEN_VISION_TOKENS, "visual", "input_pixels",
-                         _qwen_rope_index, "qwen_module.py"),
-    "qwen2_vl": Family("qwen2_vl", ("qwen2_vl",), QWEN_VISION_TOKENS, "visual", "input_pixels",
-                       _qwen_rope_index, "qwen_module.py"),
+    "qwen2_5_vl": Family("qwen2_5_vl", ("qwen2_5_vl",), qwen.VISION_TOKENS, "visual", "input_pixels",
+                         qwen.rope_index, "qwen_module.py", qwen.tiny_qwen2_5_vl),
+    # Qwen2-VL was pretrained on a 0-1000 grid, but VLM-R1 trains it with the Qwen2.5-VL module
+    # (input pixels); model.coords=norm1000 gives the native convention
+    "qwen2_vl": Family("qwen2_vl", ("qwen2_vl",), qwen.VISION_TOKENS, "visual", "input_pixels",
+                       qwen.rope_index, "qwen_module.py", qwen.tiny_qwen2_vl),
+    "qwen3_vl": Family("qwen3_vl", ("qwen3_vl",), qwen.VISION_TOKENS, "visual", "norm1000",
+                       qwen.rope_index, "qwen_module.py", qwen.tiny_qwen3_vl),
 }
+
+
+def answer_frame(coords: str, image_processor, width: int, height: int) -> tuple[int, int]:
+    """(w, h) of the frame a model writes box coordinates in, for an image of ``width x height``:
+    the resized input (``input_pixels``) or the 1000 x 1000 grid (``norm1000``). Rewards map
+    boxes from this frame to the original image, and supervised answers are written in it.
+
+    >>> answer_frame("norm1000", None, 640, 480)
+    (1000, 1000)
+    """
+    if coords == "norm1000":
+        return 1000, 1000
+    if coords == "input_pixels":
+        from data.images import model_input_size
+        return model_input_size(image_processor, width, height)
+    raise ValueError(f"model.coords={coords!r}: use one of {', '.join(COORDS)} (or auto: the family's own)")
+
+
+def coords_of(family: "Family", override: str | None = "auto") -> str:
+    """The coordinate convention in use: ``model.coords`` if set, else the family's."""
+    if override and override != "auto":
+        if override not in COORDS:
+            raise ValueError(f"model.coords={override!r}: use auto or one of {', '.join(COORDS)}")
+        return override
+    return family.coords
 
 
 def family_named(name: str) -> Family:

@@ -1,8 +1,10 @@
 """Rule rewards of VLM-R1, exact, total and fast. Reward workers call exactly this.
 
 ``REGISTRY`` maps a name to ``fn(completion: str, solution: str, **info) -> float``. ``info``
-may carry ``image_size=(w, h)`` (original image) and ``input_size=(w, h)`` (what the model saw;
-with both, predicted boxes are rescaled to original pixels first, as VLM-R1 does) and
+may carry ``image_size=(w, h)`` (original image) and ``input_size=(w, h)`` (the frame the model
+writes boxes in: the resized input for Qwen2/2.5-VL, 1000 x 1000 for a 0-1000 family such as
+Qwen3-VL, see ``models.answer_frame``; with both, predicted boxes are rescaled to original pixels
+first, as VLM-R1 does) and
 ``box_convention`` (``"vlm_r1"`` default or ``"continuous"``, see ``rewards.boxes``). Unknown
 keyword arguments are ignored. Every function returns a finite float in its range for any
 string, never raises, and never evaluates model text.

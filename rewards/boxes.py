@@ -52,11 +52,14 @@ def iou(a: Box, b: Box, convention: str = "vlm_r1") -> float:
 
 
 def rescale(box: Box, input_size, image_size) -> Box:
-    """Map a box from the model-input image (``input_size=(w, h)``) to the original image
-    (``image_size=(w, h)``), in VLM-R1's order of operations (``x / in_w * orig_w``).
+    """Map a box from the frame the model wrote it in (``input_size=(w, h)``: the resized input,
+    or 1000 x 1000 for a 0-1000 family) to the original image (``image_size=(w, h)``), in VLM-R1's
+    order of operations (``x / in_w * orig_w``).
 
     >>> rescale([14, 28, 28, 56], input_size=(28, 56), image_size=(100, 200))
     [50.0, 100.0, 100.0, 200.0]
+    >>> rescale([250, 500, 500, 1000], input_size=(1000, 1000), image_size=(100, 200))  # Qwen3-VL's grid
+    [25.0, 100.0, 50.0, 200.0]
     """
     in_w, in_h = input_size
     im_w, im_h = image_size
