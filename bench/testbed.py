@@ -39,6 +39,11 @@ VARIANTS = {
     "84px_rec_small": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {"size": "small"},
                        {"tasks": "rec", "steps": 800}),
     "84px_rec_1600": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {}, {"tasks": "rec", "steps": 1600}),
+    # Qwen3-VL's vision tower adds learned absolute position embeddings (Qwen2.5-VL's has only 2D RoPE)
+    "qwen3": ({}, {"family": "qwen3_vl"}, {}),
+    "qwen3_big_shapes": ({"side": (28, 56)}, {"family": "qwen3_vl"}, {}),
+    "qwen3_84px_rec": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {"family": "qwen3_vl"},
+                       {"tasks": "rec", "steps": 800}),
 }
 
 

@@ -27,9 +27,17 @@ ovd_precision          [0, 1]     matched / predicted boxes, one-to-one at ``iou
 ovd_recall             [0, 1]     matched / ground-truth boxes, one-to-one at ``iou_threshold``
 ovd_f1                 [0, 1]     harmonic mean of ``ovd_precision`` and ``ovd_recall``
 ovd_count              (0, 1]     ``base ** |n_pred - n_gt|`` (V-Triune's size penalty, base 0.6)
+answer                 [0, 1]     VLM-R1's ``default``: math-equal, else number / letter / fuzzy
+mcq                    {0, 1}     the answer's option letter is the solution's
+yes_no                 {0, 1}     the first yes/no of the answer is the solution's
+numeric                {0, 1}     the same number (``float``, exact)
+math                   {0, 1}     equal as numbers, fractions, percentages, or normalised text
+all_match              {0, 1}     cleaned answer == cleaned solution (VLM-R1's GUI task)
+fuzzy                  [0, 1]     indel similarity of the cleaned texts (``Levenshtein.ratio``)
 =====================  =========  ==========================================================
 
-The last six are in ``rewards.grounding``; their parameters (``iou_threshold``, ``base``) are
+The six from ``rec_giou`` are in ``rewards.grounding``, the last seven (answers that are not
+boxes, with their deliberate differences from VLM-R1) in ``rewards.answers``; their parameters (``iou_threshold``, ``base``) are
 set per reward with ``reward.params`` (``RewardFn.params`` lists each one's defaults).
 
 Worked example (a REC completion scored by the config ``{rec_format: 1.0, rec_iou: 1.0}``):
@@ -46,7 +54,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import grounding, ovd, rec
+from . import answers, grounding, ovd, rec
 
 
 class RewardFn:
@@ -103,12 +111,19 @@ REGISTRY: dict[str, RewardFn] = {
                  params={"iou_threshold": 0.5}),
         RewardFn("ovd_f1", grounding.ovd_f1_detail, 0.0, 1.0, accuracy=True, params={"iou_threshold": 0.5}),
         RewardFn("ovd_count", grounding.ovd_count_detail, 0.0, 1.0, accuracy=False, params={"base": 0.6}),
+        RewardFn("answer", answers.default_detail, 0.0, 1.0, accuracy=True),
+        RewardFn("mcq", answers.mcq_detail, 0.0, 1.0, accuracy=True),
+        RewardFn("yes_no", answers.yes_no_detail, 0.0, 1.0, accuracy=True),
+        RewardFn("numeric", answers.numeric_detail, 0.0, 1.0, accuracy=True),
+        RewardFn("math", answers.math_detail, 0.0, 1.0, accuracy=True),
+        RewardFn("all_match", answers.all_match_detail, 0.0, 1.0, accuracy=True),
+        RewardFn("fuzzy", answers.fuzzy_detail, 0.0, 1.0, accuracy=True),
     ]
 }
 
 # Names VLM-R1 data files use in "accu_reward_method", mapped to ours.
 ALIASES = {"iou": "rec_iou", "map": "ovd_map", "map50": "ovd_map50", "odLength": "ovd_odlength",
-           "od": "ovd_map", "weighted_sum": "ovd_weighted_sum"}
+           "od": "ovd_map", "weighted_sum": "ovd_weighted_sum", "default": "answer"}
 
 
 def resolve(name: str) -> str:

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from rewards import REGISTRY, score
 
-SOLUTIONS = ["[10, 10, 50, 60]", "None",
+SOLUTIONS = ["[10, 10, 50, 60]", "None", "B", "yes", "3/4", "the red circle",
              '```json\n[{"bbox_2d": [0, 0, 100, 100], "label": "dog"}, {"bbox_2d": [5, 5, 50, 50], "label": "cat"}]\n```']
 PIECES = ["<think>", "</think>", "<answer>", "</answer>", "```json", "```", "[", "]", "{", "}", ",", ":",
           '"bbox_2d"', '"label"', '"dog"', "NaN", "Infinity", "-1", "1e308", "99999999999999999999",
