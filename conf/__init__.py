@@ -23,7 +23,7 @@ CHOICES = {
     "mode": ["train", "eval", "sft"],
     "model.family": ["auto", *FAMILIES],
     "model.coords": ["auto", *COORDS],
-    "data.task": ["rec", "ovd"],
+    "data.task": ["rec", "ovd", "qa"],
     "learner.zero_stage": [0, 1, 2, 3],
     "learner.dtype": ["auto", "fp32", "bf16"],
     "learner.off_policy": ["bypass", "decoupled", "none"],

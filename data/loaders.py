@@ -38,7 +38,7 @@ class Prompt:
     image_sizes: tuple[tuple[int, int], ...]  # original (w, h) of each image
     question: str                             # the human turn, "<image>" markers removed
     solution: str                             # ground truth text, exactly as in the row
-    task: str                                 # rec | ovd
+    task: str                                 # rec | ovd | qa (data.prompts.TEMPLATES)
     accu_method: str | None = None            # the row's accuracy reward, if it names one
     source: str = ""                          # file:line
 
@@ -79,8 +79,9 @@ def load_prompts(files: str, image_folders: str, task: str, accu_methods: str | 
     methods, tasks = split_paths(accu_methods), split_paths(task)
     if len(tasks) == 1:
         tasks = tasks * len(paths)
-    if len(tasks) != len(paths) or any(t not in ("rec", "ovd") for t in tasks):
-        raise DataError(f"data.task={task!r}: give rec or ovd, or one per data file (':'-separated)")
+    from data.prompts import TEMPLATES
+    if len(tasks) != len(paths) or any(t not in TEMPLATES for t in tasks):
+        raise DataError(f"data.task={task!r}: give one of {', '.join(TEMPLATES)}, or one per data file (':'-separated)")
     if not paths:
         raise DataError("no data files given (data.train_files / data.val_files are empty)")
     if len(folders) in (1, len(paths)):
@@ -201,6 +202,8 @@ def _inside(b, size) -> bool:
 
 def _check_solution(solution: str, task: str, size) -> str | None:
     """A reason string if the ground truth is unusable, else None."""
+    if task == "qa":
+        return None if solution.strip() else "bad_solution: empty answer"
     if task == "rec":
         try:
             box = json.loads(solution)

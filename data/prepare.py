@@ -15,14 +15,15 @@ def ensure_synthetic(data_cfg) -> bool:
     missing = [p for p in wanted if root in p.parents and not p.exists()]
     if not missing:
         return False
-    from data.synthetic import generate
+    from data.synthetic import TASKS, generate
+    tasks = [t for t in TASKS if any(p.name.startswith(f"{t}_") for p in missing)]
     t0 = time.perf_counter()
-    print(f"generating the synthetic shapes data into {root} ...", flush=True)
+    print(f"generating the synthetic shapes data ({', '.join(tasks)}) into {root} ...", flush=True)
     s = data_cfg.synthetic
-    generate(root, seed=s.seed, n_train=s.n_train, n_val=s.n_val, n_ood=s.n_ood)
+    generate(root, seed=s.seed, n_train=s.n_train, n_val=s.n_val, n_ood=s.n_ood, tasks=tuple(tasks))
     print(f"generated in {time.perf_counter() - t0:.1f} s", flush=True)
     still = [p for p in missing if not p.exists()]
     if still:
         raise FileNotFoundError(f"{still[0]} is not a file the synthetic generator writes "
-                                f"(it writes {{rec,ovd}}_{{train,val,val_ood}}.jsonl)")
+                                f"(it writes {{{','.join(TASKS)}}}_{{train,val,val_ood}}.jsonl)")
     return True

@@ -2,6 +2,8 @@
 
 REC: the question is followed by VLM-R1's instruction to think, then answer in JSON. OVD: an
 R1-style system text (think, then answer) is prepended, and the question is used as written.
+QA (VLM-R1's other tasks: math, multiple choice, yes/no, numbers, GUI; answers that are not
+boxes): VLM-R1's default template, think, then answer.
 """
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ R1_SYSTEM = ("A conversation between User and Assistant. The user asks a questio
              "with the answer. The reasoning process and answer are enclosed within <think> </think> and "
              "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think>"
              "<answer> answer here </answer>")
-TEMPLATES = {"rec": REC_TEMPLATE, "ovd": "{Question}"}
-SYSTEMS = {"rec": None, "ovd": R1_SYSTEM}
+QA_TEMPLATE = ("{Question} First output the thinking process in <think> </think> tags and then output "
+               "the final answer in <answer> </answer> tags.")
+TEMPLATES = {"rec": REC_TEMPLATE, "ovd": "{Question}", "qa": QA_TEMPLATE}
+SYSTEMS = {"rec": None, "ovd": R1_SYSTEM, "qa": None}
 
 
 def messages(question: str, n_images: int, task: str) -> list[dict]:
@@ -50,6 +54,13 @@ def _expression(question: str) -> str:
     return tail[:-1] if tail.endswith(".") else tail
 
 
+def _truth(solution: str) -> str:
+    """A QA solution's answer (inside ``<answer>`` tags if it has them)."""
+    from rewards import parse
+    inner = parse.first_answer(solution)
+    return (inner if inner is not None else solution).strip()
+
+
 def _scale(box, size, input_size) -> list[int]:
     (w, h), (iw, ih) = size, input_size
     return [round(box[0] * iw / w), round(box[1] * ih / h), round(box[2] * iw / w), round(box[3] * ih / h)]
@@ -63,6 +74,8 @@ def sft_answer(task: str, question: str, solution: str, image_size, input_size) 
     '<think>The target is the red circle.</think><answer>{"bbox_2d": [11, 22, 34, 45]}</answer>'
     """
     import json
+    if task == "qa":
+        return f"<think>I look at the image.</think><answer>{_truth(solution)}</answer>"
     if task == "rec":
         box = _scale(json.loads(solution), image_size, input_size)
         return f'<think>The target is {_expression(question)}.</think><answer>{{"bbox_2d": {json.dumps(box)}}}</answer>'

@@ -1,6 +1,6 @@
 """Synthetic shapes data in VLM-R1's own JSONL format, deterministic from a seed.
 
-    python -m data.synthetic --out DIR [--seed 0] [--n-train 2000] [--n-val 300]
+    python -m data.synthetic --out DIR [--seed 0] [--n-train 2000] [--n-val 300] [--tasks rec ovd count ...]
 
 Draws images of coloured shapes (circles, squares, triangles, diamonds) on varied backgrounds,
 some overlapping, and writes, per task and split, a JSONL file of rows::
@@ -13,6 +13,12 @@ REC rows ask for one object by a referring expression ("the blue triangle", "the
 shape", "the circle left of the square"); OVD rows ask to detect categories ("green square",
 "circle") and answer with the fenced json list of ``{"bbox_2d", "label"}`` or ``None``. Boxes
 are absolute pixels of the image, inclusive of the drawn shape.
+
+VLM-R1's other tasks (``data.task=qa``; each row names its ``accu_reward_method``): ``count``
+(how many shapes: ``numeric``), ``yes_no`` (is there a ...: ``yes_no``), ``mcq`` (the colour of
+a shape among four lettered options: ``mcq``), ``math`` (points per shape times shapes:
+``math``) and ``gui`` (two screens, name the shape missing from the second: ``all_match``, VLM-R1's
+multi-image GUI defect task).
 
 Splits: ``train`` and ``val`` (in-domain: same phrasings, 1-3 shapes), and ``val_ood``
 (out-of-domain: 4-6 shapes, so more distractors, and relation phrasings never used in train).
@@ -41,6 +47,8 @@ OVD_QUESTION = ("Please carefully check the image and detect the following objec
                 "coordinates is: ```json\n[{{\"bbox_2d\": [x1, y1, x2, y2], \"label\": \"target name\"}}, "
                 "{{\"bbox_2d\": [x1, y1, x2, y2], \"label\": \"target name\"}}]\n```. If there are no such "
                 "targets in the image, simply respond with None.")
+QA_KINDS = {"count": "numeric", "yes_no": "yes_no", "mcq": "mcq", "math": "math", "gui": "all_match"}
+TASKS = ("rec", "ovd", *QA_KINDS)  # what ``generate`` writes files for
 # relations: the in-domain phrasing and the out-of-domain paraphrase of the same relation
 RELATIONS_ID = {"left": "{a} left of the {b}", "right": "{a} right of the {b}",
                 "above": "{a} above the {b}", "below": "{a} below the {b}"}
@@ -221,7 +229,7 @@ def _row(rng: random.Random, task: str, split: str, i: int, ood: bool, out: path
     n_shapes = rng.randint(*spec.ood_shapes) if ood else rng.randint(*spec.shapes)
     while True:
         w, h, bg, shapes = _scene(rng, n_shapes, spec)
-        if shapes:
+        if shapes and (task != "mcq" or _nameable(shapes)):
             break
     rel = f"images/{task}-{split}-{i}.png"
     if out is not None:  # None: text only (the tokenizer's training corpus)
@@ -230,6 +238,21 @@ def _row(rng: random.Random, task: str, split: str, i: int, ood: bool, out: path
         for s in shapes:
             _draw(draw, s, spec.alpha)
         img.save(out / rel, optimize=False, compress_level=1)
+    if task in QA_KINDS:
+        question, answer, images = _qa(rng, task, shapes)
+        if task == "gui":  # the second screen: the first without one shape
+            rel2 = f"images/{task}-{split}-{i}-b.png"
+            if out is not None:
+                img = _background(w, h, bg, spec)
+                draw = ImageDraw.Draw(img, "RGBA" if spec.alpha < 1 else None)
+                for s in images:
+                    _draw(draw, s, spec.alpha)
+                img.save(out / rel2, optimize=False, compress_level=1)
+            return {"id": f"{task}-{split}-{i}", "image": [rel, rel2], "accu_reward_method": QA_KINDS[task],
+                    "conversations": [{"from": "human", "value": "<image><image>" + question},
+                                      {"from": "gpt", "value": answer}]}
+        return {"id": f"{task}-{split}-{i}", "image": rel, "accu_reward_method": QA_KINDS[task],
+                "conversations": [{"from": "human", "value": "<image>" + question}, {"from": "gpt", "value": answer}]}
     if task == "rec":
         expr, target = _refer(rng, shapes, ood)
         question, answer = REC_QUESTION.format(expr=expr), json.dumps(target.box)
@@ -240,6 +263,40 @@ def _row(rng: random.Random, task: str, split: str, i: int, ood: bool, out: path
         extra = {}
     return {"id": f"{task}-{split}-{i}", "image": rel, **extra,
             "conversations": [{"from": "human", "value": "<image>" + question}, {"from": "gpt", "value": answer}]}
+
+
+def _nameable(shapes: list[Shape]) -> list[tuple[str, Shape]]:
+    """Shapes a colour question can name without giving the colour away: the only one of its
+    kind, or the strictly largest."""
+    out = [(f"the {s.kind}", s) for s in shapes if sum(o.kind == s.kind for o in shapes) == 1]
+    areas = sorted((s.area for s in shapes), reverse=True)
+    if len(areas) == 1 or areas[0] > areas[1]:
+        out.append(("the largest shape", max(shapes, key=lambda s: s.area)))
+    return out
+
+
+def _qa(rng: random.Random, kind: str, shapes: list[Shape]) -> tuple[str, str, list[Shape]]:
+    """(question, answer, the second screen's shapes for ``gui``) of a QA row about ``shapes``."""
+    if kind == "count":
+        return "How many shapes are in the image?", str(len(shapes)), []
+    if kind == "yes_no":
+        probe = rng.choice(shapes).name if rng.random() < 0.5 else f"{rng.choice(list(COLOURS))} {rng.choice(SHAPES)}"
+        present = any(s.name == probe for s in shapes)
+        return f"Is there a {probe} in the image? Answer yes or no.", "yes" if present else "no", []
+    if kind == "mcq":
+        named = _nameable(shapes)
+        what, target = rng.choice(named)
+        options = rng.sample([c for c in COLOURS if c != target.colour], 3) + [target.colour]
+        rng.shuffle(options)
+        listed = " ".join(f"{'ABCD'[k]}. {c}" for k, c in enumerate(options))
+        return f"What colour is {what}? {listed} Answer with the option's letter.", "ABCD"[options.index(target.colour)], []
+    if kind == "math":
+        points = rng.randint(2, 9)
+        return f"Each shape in the image is worth {points} points. How many points is the image worth?", \
+            str(points * len(shapes)), []
+    gone = rng.choice(shapes)  # gui
+    return ("The second screen should show everything the first one shows. Which shape is missing from it? "
+            "Answer with its colour and kind."), gone.name, [s for s in shapes if s is not gone]
 
 
 def text_rows(n: int, seed: int = 0) -> list[dict]:
@@ -266,9 +323,10 @@ def main(argv=None) -> None:
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-val", type=int, default=300)
     ap.add_argument("--n-ood", type=int, default=300)
+    ap.add_argument("--tasks", nargs="+", default=["rec", "ovd"], choices=TASKS)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    files = generate(args.out, args.seed, args.n_train, args.n_val, args.n_ood)
+    files = generate(args.out, args.seed, args.n_train, args.n_val, args.n_ood, tasks=tuple(args.tasks))
     for k, p in files.items():
         print(f"{k:14s} {sum(1 for _ in open(p)):6d} rows  {p}")
     print(f"generated in {time.perf_counter() - t0:.1f} s")

@@ -6,7 +6,9 @@ Optionally VLM-R1's random subset (``eval.max_samples`` rows drawn with ``eval.s
 OVD: one dataset-level COCOeval (pycocotools) over every val image -- mAP@[.5:.95], AP50, AP75 --
 with every prediction scored 1.0 and labels outside the ground-truth vocabulary dropped, plus
 greedy precision / recall at IoU 0.5 (a prediction matches an unmatched ground truth of the same
-label). ``records`` keep per-image boxes for the report's gallery.
+label). QA (answers that are not boxes): the row's accuracy reward (its ``accu_reward_method``,
+else VLM-R1's ``default``); accuracy is the share scored 1, ``mean_score`` the mean.
+``records`` keep per-image boxes for the report's gallery.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import io
 import json
 import random
 
-from rewards import REGISTRY, parse
+from rewards import REGISTRY, parse, resolve
 from rewards.boxes import iou, maybe_rescale
 from rewards.ovd import gt_items
 from rewards.rec import solution_box
@@ -63,6 +65,23 @@ def ovd_record(r) -> dict:
             "completion": r.completion_text, "gt": [b for b, _ in gts], "gt_labels": [l for _, l in gts],
             "pred": [b for b, _ in preds], "pred_labels": [l for _, l in preds],
             "failure": None if answer is not None else "no_answer"}
+
+
+def qa_record(r) -> dict:
+    """One answer that is not a box, scored by the row's accuracy reward."""
+    method = resolve(r.prompt.accu_method or "default")
+    value, failure = REGISTRY[method].evaluate(r.completion_text, r.prompt.solution, **_info(r))
+    return {"id": r.prompt.id, "image": r.prompt.images[0] if r.prompt.images else None, "question": r.prompt.question,
+            "completion": r.completion_text, "gt": [], "pred": [], "gt_labels": [], "pred_labels": [],
+            "answer": parse.last_answer(r.completion_text), "truth": r.prompt.solution, "reward": method,
+            "score": value, "hit": value >= 1.0, "failure": failure}
+
+
+def qa_metrics(records: list[dict]) -> dict:
+    n = len(records)
+    return {"samples": n, "accuracy": sum(r["hit"] for r in records) / max(n, 1),
+            "mean_score": sum(r["score"] for r in records) / max(n, 1),
+            "parse_failures": sum(r["failure"] is not None for r in records)}
 
 
 def rec_metrics(records: list[dict]) -> dict:
@@ -123,19 +142,22 @@ def ovd_metrics(records: list[dict]) -> dict:
             "parse_failures": sum(r["failure"] is not None for r in records)}
 
 
+RECORDS = {"rec": (rec_record, rec_metrics), "ovd": (ovd_record, ovd_metrics), "qa": (qa_record, qa_metrics)}
+
+
 def record(r) -> dict:
-    return rec_record(r) if r.prompt.task == "rec" else ovd_record(r)
+    return RECORDS[r.prompt.task][0](r)
 
 
 def score_rollouts(rollouts: list, task: str | None = None) -> tuple[dict, list[dict]]:
-    """(metrics, per-sample records) for greedy rollouts; with rows of both tasks the metrics of
-    each are prefixed ``rec/`` and ``ovd/``."""
+    """(metrics, per-sample records) for greedy rollouts; with rows of several tasks the metrics
+    of each are prefixed with the task (``rec/``, ``ovd/``, ``qa/``)."""
     records = [record(r) for r in rollouts]
-    by_task = {t: [rec for r, rec in zip(rollouts, records) if r.prompt.task == t] for t in ("rec", "ovd")}
+    by_task = {t: [rec for r, rec in zip(rollouts, records) if r.prompt.task == t] for t in RECORDS}
     by_task = {t: recs for t, recs in by_task.items() if recs}
     metrics = {}
     for t, recs in by_task.items():
-        m = rec_metrics(recs) if t == "rec" else ovd_metrics(recs)
+        m = RECORDS[t][1](recs)
         metrics.update(m if len(by_task) == 1 else {f"{t}/{k}": v for k, v in m.items()})
     return metrics, records
 

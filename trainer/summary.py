@@ -29,7 +29,7 @@ def step_metrics(step: int, batch, totals, tm: dict, phase: dict) -> dict:
            **{k: v for k, v in batch.times.items() if k.startswith("sampling/")}}
     row.update(hack_signals(rollouts, records))
     rec = [x for x in records if "hit" in x]
-    if rec:  # REC accuracy of the sampled answers (IoU > 0.5), VLM-R1's criterion
+    if rec:  # accuracy of the sampled answers: REC IoU > 0.5 (VLM-R1's criterion), QA scored 1
         row["accuracy"] = sum(x["hit"] for x in rec) / len(rec)
     row.update({k: v for k, v in tm.items()})
     return row

@@ -178,3 +178,21 @@ def test_two_learner_ranks_zero3_and_two_engines(tmp_path, tiny_model, synthetic
     assert summary["steps"] == 2 and summary["samples"] == 16 and summary["distinct_prompts"] == 4
     assert rows[0]["items"] == 8 and rows[1]["engine_logp_abs_diff"] < 0.05  # step 2 sampled from synced engines
     assert all(r["sampling/signal_frac"] in (0.0, 0.5, 1.0) for r in rows)  # share of the 2 groups with IoU spread
+
+
+def test_vlm_r1_qa_tasks_train_and_evaluate_with_each_rows_reward(tmp_path, tiny_model, synthetic):
+    """conf=qa: counting, yes/no, multiple choice, math and two-screen rows (2 images per prompt),
+    generated on demand, each scored by its row's accu_reward_method in training and evaluation."""
+    syn = tmp_path / "syn"
+    summary, rows, stdout = _run(tmp_path, tiny_model, synthetic, "conf=qa", f"data.synthetic.dir={syn}",
+                                 "data.synthetic.n_train=8", "data.synthetic.n_val=4", "data.synthetic.n_ood=2",
+                                 "trainer.max_steps=1", "trainer.prompts_per_step=5", "rollout.num_generations=2",
+                                 "rollout.max_new_tokens=16", "trainer.eval_steps=1", "eval.train_samples=20",
+                                 "wandb.mode=disabled", "trainer.report=false")
+    assert "generating the synthetic shapes data (count, yes_no, mcq, math, gui)" in stdout
+    assert summary["steps"] == 1 and rows[0]["items"] == 10 and "reward/format" in rows[0]
+    import json
+    final = json.loads((tmp_path / "run" / "eval" / "step_000001.json").read_text())
+    assert {r["reward"] for r in final["records"]} == {"numeric", "yes_no", "mcq", "math", "all_match"}
+    assert final["metrics"]["samples"] == 20 and 0 <= final["metrics"]["mean_score"] <= 1
+    assert sum(r["image"] is not None for r in final["records"]) == 20

@@ -53,3 +53,23 @@ def test_subset_is_vlm_r1s_seeded_sample():
     rows = list(range(5000))
     assert evaluate.subset(rows, 2000, 42) == random.Random(42).sample(rows, 2000)
     assert evaluate.subset(rows, None) == rows and evaluate.subset(rows[:10], 2000) == rows[:10]
+
+
+def test_qa_answers_are_scored_by_the_rows_own_method():
+    from data.loaders import Prompt
+    from actors.rollout import Rollout
+
+    def qa(text, solution, method):
+        p = Prompt("q", ("/nonexistent.png",), ((100, 100),), "how many?", solution, "qa", method)
+        return Rollout(p, 0, [1], [2], text, "stop", [0.0], ((1000, 1000),))
+    rollouts = [qa("<think>a</think><answer>3</answer>", "3", "numeric"),       # right
+                qa("<think>a</think><answer>B.</answer>", "C", "mcq"),          # wrong letter
+                qa("<think>a</think><answer>red circl</answer>", "red circle", "fuzzy"),  # partly right
+                qa("<think>a</think><answer>0.5</answer>", "1/2", None)]        # no method: VLM-R1's default
+    m, recs = evaluate.score_rollouts(rollouts)
+    assert [r["reward"] for r in recs] == ["numeric", "mcq", "fuzzy", "answer"]
+    assert [r["hit"] for r in recs] == [True, False, False, True]
+    assert m["accuracy"] == 0.5 and m["samples"] == 4
+    assert m["mean_score"] == pytest.approx((1 + 0 + 2 * 9 / 19 + 1) / 4)  # ratio("red circl", "red circle") = 18/19
+    mixed, _ = evaluate.score_rollouts(rollouts + [_rollout('<answer>{"bbox_2d": [0, 0, 56, 112]}</answer>', "[0, 0, 100, 200]")])
+    assert mixed["qa/accuracy"] == 0.5 and mixed["rec/accuracy"] == 1.0
