@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from data.images import open_rgb
-from data.loaders import Prompt
+from data.loaders import MAX_IMAGES, Prompt
 from data.prompts import messages
 from models import answer_frame
 
@@ -56,7 +56,7 @@ class RolloutEngine:
         t0 = time.perf_counter()
         mm_kwargs = {"mm_processor_kwargs": proc_kw} if proc_kw else {}
         self.llm = LLM(model=model_path, dtype=self.dtype, max_model_len=cfg["max_model_len"], seed=seed + index,
-                       limit_mm_per_prompt={"image": 4, "video": 0}, enforce_eager=cfg["enforce_eager"],
+                       limit_mm_per_prompt={"image": MAX_IMAGES, "video": 0}, enforce_eager=cfg["enforce_eager"],
                        tensor_parallel_size=cfg["devices_per_engine"] if _has_gpu() else 1,
                        gpu_memory_utilization=cfg["gpu_memory_utilization"], logprobs_mode="processed_logprobs",
                        # never split a prompt's prefill across steps: vLLM then discards the sampled token

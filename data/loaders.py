@@ -43,6 +43,9 @@ class Prompt:
     source: str = ""                          # file:line
 
 
+MAX_IMAGES = 4  # images per prompt the rollout engines accept (vLLM's limit_mm_per_prompt)
+
+
 @dataclass
 class SkipReport:
     """Counts of skipped rows by reason, with the first examples of each."""
@@ -146,6 +149,10 @@ def _prompt(row, where, folders, task, method, report, strict, max_pixels) -> Pr
     row_method = row.get("accu_reward_method") or method
     if row_method is not None and ALIASES.get(row_method, row_method) not in REGISTRY:
         report.add("unknown_reward", where, f"accu_reward_method {row_method!r} is not a known reward", strict)
+        return None
+    if len(images) > MAX_IMAGES:
+        report.add("too_many_images", where, f"{len(images)} images; the engines take at most {MAX_IMAGES} per prompt",
+                   strict)
         return None
     abs_paths, sizes = [], []
     for rel in images:

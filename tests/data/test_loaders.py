@@ -53,6 +53,7 @@ def test_every_bad_row_is_reported_with_its_line_and_good_rows_survive(tmp_path,
         _row("ok.png", solution="the man"),                          # 14 bad_solution
         _row("ok.png", accu_reward_method="telepathy"),              # 15 unknown_reward
         _row(["ok.png", "ok2.png"], id="good2"),                     # 16 multi-image: fine
+        _row(["ok.png"] * 5),                                        # 17 too_many_images (engines take 4)
     ]
     prompts, report = load_prompts(_write(tmp_path / "d.jsonl", rows), str(folder), "rec", max_image_pixels=1_000_000)
     assert [p.id for p in prompts] == ["good1", "good2"]
@@ -60,10 +61,10 @@ def test_every_bad_row_is_reported_with_its_line_and_good_rows_survive(tmp_path,
     assert prompts[1].image_sizes == ((64, 48), (64, 48))
     assert dict(report.skipped) == {"malformed_json": 1, "bad_row": 1, "missing_image": 1, "unreadable_image": 3,
                                     "image_too_large": 1, "image_outside_folder": 3, "box_outside_image": 1,
-                                    "bad_solution": 2, "unknown_reward": 1}
+                                    "bad_solution": 2, "unknown_reward": 1, "too_many_images": 1}
     assert report.loaded == 2
     summary = report.summary()
-    assert "14 skipped" in summary and "d.jsonl:2" in summary and "d.jsonl:9" in summary
+    assert "15 skipped" in summary and "d.jsonl:2" in summary and "d.jsonl:9" in summary
 
 
 def test_strict_mode_stops_at_the_first_bad_row_with_its_location(tmp_path, folder):
