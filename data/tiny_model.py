@@ -8,7 +8,8 @@ Builds, deterministically from a seed and with no network, a Hugging Face model 
 - a byte-level BPE tokenizer trained on the synthetic task's text with Qwen's pre-tokenizer
   (digits are single tokens), Qwen's special tokens and a Qwen2-VL style chat template;
 - the family's image processor (Qwen2/2.5-VL: 14 px patches, 2x2 merge, one token per 28x28
-  pixels; Qwen3-VL: 16 px patches, one token per 32x32 pixels);
+  pixels; Qwen3-VL: 16 px patches, one token per 32x32 pixels; GLM-4.1V: 14 px, its own image
+  tokens added to the tokenizer);
 - the family's model with ~1M parameters (text 128 x 2 layers, vision 64 x 2 layers),
   initialised from the seed (``models/``: one tiny builder per family).
 
@@ -16,7 +17,8 @@ Builds, deterministically from a seed and with no network, a Hugging Face model 
 supervised run (``orchestrator.py mode=sft``, the same learner, config and loaders) on the
 synthetic REC and OVD answers, so that it writes the answer format most of the time while its
 boxes are still imprecise -- something for GRPO to improve. ``builtin:tiny-random`` is the random
-init. Other families: ``builtin:tiny-qwen2-vl``, ``builtin:tiny-qwen3-vl`` (and ``...-random``).
+init. Other families: ``builtin:tiny-qwen2-vl``, ``builtin:tiny-qwen3-vl``, ``builtin:tiny-glm4v``
+(and ``...-random``).
 ``resolve_model_path`` builds any of them once into the cache and returns its path; any other
 value is returned as is (a local directory or a hub id, loaded by the normal Hugging Face code).
 """
@@ -87,7 +89,7 @@ SIZES = {"tiny": (128, 2, 2, 1, 512, 64, 2, 2, 128),       # ~1M: the embedded d
 
 
 # builtin:tiny-<slug> names the family; builtin:tiny alone is Qwen2.5-VL
-SLUGS = {"qwen2.5-vl": "qwen2_5_vl", "qwen2-vl": "qwen2_vl", "qwen3-vl": "qwen3_vl"}
+SLUGS = {"qwen2.5-vl": "qwen2_5_vl", "qwen2-vl": "qwen2_vl", "qwen3-vl": "qwen3_vl", "glm4v": "glm4v"}
 
 
 def build(out_dir: str | os.PathLike, seed: int = 0, rope_theta: float = 20.0, size: str = "tiny",

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from models import qwen
+from models import glm, qwen
 
 # How a family's grounding answers give box coordinates (``Family.coords``; ``model.coords`` overrides):
 COORDS = {
@@ -44,6 +44,8 @@ FAMILIES = {
                        qwen.rope_index, "qwen_module.py", qwen.tiny_qwen2_vl),
     "qwen3_vl": Family("qwen3_vl", ("qwen3_vl",), qwen.VISION_TOKENS, "visual", "norm1000",
                        qwen.rope_index, "qwen_module.py", qwen.tiny_qwen3_vl),
+    "glm4v": Family("glm4v", ("glm4v",), glm.VISION_TOKENS, "visual", "norm1000",
+                    qwen.rope_index, "glm_module.py", glm.tiny_glm4v),
 }
 
 

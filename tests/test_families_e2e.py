@@ -14,7 +14,7 @@ import conf
 
 pytestmark = pytest.mark.e2e
 REPO = pathlib.Path(__file__).resolve().parents[1]
-OTHERS = ["qwen2_vl", "qwen3_vl"]
+OTHERS = ["qwen2_vl", "qwen3_vl", "glm4v"]
 
 
 @pytest.fixture(scope="module", params=OTHERS)
@@ -77,7 +77,8 @@ def test_engine_tokens_and_logprobs_equal_the_learners_before_and_after_a_sync(f
         ray.shutdown()
 
 
-@pytest.mark.parametrize("slug", ["qwen3-vl", pytest.param("qwen2-vl", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("slug", ["qwen3-vl", pytest.param("qwen2-vl", marks=pytest.mark.slow),
+                                  pytest.param("glm4v", marks=pytest.mark.slow)])
 def test_a_builtin_family_trains_and_evaluates_from_the_main_command(slug, synthetic, tmp_path):
     """``python orchestrator.py conf=rec model.path=builtin:tiny-<family>-random``: built into the
     cache, two GRPO steps with a sync between them, an evaluation before and after. (A random

@@ -16,7 +16,7 @@ def test_teacher_forced_logprobs_equal_the_generating_decode(tiny_model, synthet
     from data.prompts import messages
     proc = AutoProcessor.from_pretrained(tiny_model)
     model = AutoModelForImageTextToText.from_pretrained(tiny_model).eval()
-    image_pad = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    image_pad = model.config.image_token_id  # the family's image placeholder
     items, decoded = [], []
     for i, line in enumerate(open(synthetic / "rec_train.jsonl").readlines()[:3]):
         row = json.loads(line)

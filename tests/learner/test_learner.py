@@ -306,7 +306,9 @@ def test_shared_prompt_forward_equals_the_unshared_one_in_logprobs_and_gradients
     ga, gb = _grads(shared, items), _grads(plain, items)
     assert ga.keys() == gb.keys() and any("visual" in n for n in ga)  # the vision tower gets its gradient too
     for n in ga:  # fp32 round-off: the shared prompt sums G completions' gradients in another order
-        assert torch.allclose(ga[n], gb[n], rtol=1e-4, atol=1e-6), (n, float((ga[n] - gb[n]).abs().max()))
+        # (per tensor, relative to its norm: a bias summing many cancelling terms has elements near 0)
+        assert float((ga[n] - gb[n]).norm()) <= 1e-5 * float(gb[n].norm()) + 1e-8, \
+            (n, float((ga[n] - gb[n]).norm() / gb[n].norm()))
     assert sum(float(g.abs().sum()) for g in ga.values()) > 0
 
 
