@@ -9,7 +9,7 @@ Builds, deterministically from a seed and with no network, a Hugging Face model 
   (digits are single tokens), Qwen's special tokens and a Qwen2-VL style chat template;
 - the family's image processor (Qwen2/2.5-VL: 14 px patches, 2x2 merge, one token per 28x28
   pixels; Qwen3-VL: 16 px patches, one token per 32x32 pixels; GLM-4.1V: 14 px, its own image
-  tokens added to the tokenizer);
+  tokens added to the tokenizer; InternVL: 112 px tiles of 16 tokens);
 - the family's model with ~1M parameters (text 128 x 2 layers, vision 64 x 2 layers),
   initialised from the seed (``models/``: one tiny builder per family).
 
@@ -17,7 +17,8 @@ Builds, deterministically from a seed and with no network, a Hugging Face model 
 supervised run (``orchestrator.py mode=sft``, the same learner, config and loaders) on the
 synthetic REC and OVD answers, so that it writes the answer format most of the time while its
 boxes are still imprecise -- something for GRPO to improve. ``builtin:tiny-random`` is the random
-init. Other families: ``builtin:tiny-qwen2-vl``, ``builtin:tiny-qwen3-vl``, ``builtin:tiny-glm4v``
+init. Other families: ``builtin:tiny-qwen2-vl``, ``builtin:tiny-qwen3-vl``, ``builtin:tiny-glm4v``,
+``builtin:tiny-internvl``
 (and ``...-random``).
 ``resolve_model_path`` builds any of them once into the cache and returns its path; any other
 value is returned as is (a local directory or a hub id, loaded by the normal Hugging Face code).
@@ -56,8 +57,9 @@ def _corpus(seed: int) -> list[str]:
     return texts
 
 
-def build_tokenizer(seed: int = 0, vocab_size: int = 640):
-    """Train the BPE on the task text and wrap it as a Qwen2 tokenizer with the chat template."""
+def build_tokenizer(seed: int = 0, vocab_size: int = 640, named: dict[str, str] | None = None):
+    """Train the BPE on the task text and wrap it as a Qwen2 tokenizer with the chat template;
+    ``named`` adds a family's own special tokens, each also an attribute (``tok.start_image_token``)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
     from transformers import AddedToken, Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -72,8 +74,9 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 640):
     bpe.train_from_iterator(_corpus(seed), trainer)
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
-    tok = Qwen2Tokenizer(vocab=state["vocab"], merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    extra = {"extra_special_tokens": dict(named)} if named else {}
+    tok = Qwen2Tokenizer(vocab=state["vocab"], merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>", **extra)
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS + list((named or {}).values())])
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
@@ -89,7 +92,8 @@ SIZES = {"tiny": (128, 2, 2, 1, 512, 64, 2, 2, 128),       # ~1M: the embedded d
 
 
 # builtin:tiny-<slug> names the family; builtin:tiny alone is Qwen2.5-VL
-SLUGS = {"qwen2.5-vl": "qwen2_5_vl", "qwen2-vl": "qwen2_vl", "qwen3-vl": "qwen3_vl", "glm4v": "glm4v"}
+SLUGS = {"qwen2.5-vl": "qwen2_5_vl", "qwen2-vl": "qwen2_vl", "qwen3-vl": "qwen3_vl", "glm4v": "glm4v",
+         "internvl": "internvl"}
 
 
 def build(out_dir: str | os.PathLike, seed: int = 0, rope_theta: float = 20.0, size: str = "tiny",
@@ -107,8 +111,8 @@ def build(out_dir: str | os.PathLike, seed: int = 0, rope_theta: float = 20.0, s
     out = pathlib.Path(out_dir)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tok = build_tokenizer(seed)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    tok = build_tokenizer(seed, named=fam.tokens)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS + list(fam.tokens.values())}
     vocab = (len(tok) + 63) // 64 * 64
     torch.manual_seed(seed)
     model, processor = fam.tiny(SIZES[size], ids, vocab, rope_theta, tok, CHAT_TEMPLATE)

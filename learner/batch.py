@@ -35,8 +35,9 @@ def sanitize(tokens: list[int], banned: set[int], pad_id: int) -> tuple[list[int
     return ([pad_id if t in banned else t for t in tokens], [0 if t in banned else 1 for t in tokens])
 
 
-def collate(items: list[TrainItem], image_processor, pad_id: int, banned: set[int], image_token_id: int) -> dict:
-    """Model inputs plus the completion-aligned views the loss needs.
+def collate(items: list[TrainItem], vision, pad_id: int, banned: set[int], image_token_id: int) -> dict:
+    """Model inputs plus the completion-aligned views the loss needs. ``vision(images)`` gives the
+    family's vision inputs and the image tokens they fill (``Family.vision_inputs``).
 
     Returns ``inputs`` (for the model, with ``logits_to_keep`` selecting only positions that
     predict a completion token), ``targets`` ``[b, K]``, ``mask`` ``[b, K]``, ``advantages`` ``[b]``,
@@ -61,15 +62,13 @@ def collate(items: list[TrainItem], image_processor, pad_id: int, banned: set[in
     inputs = {"input_ids": input_ids, "attention_mask": attention, "logits_to_keep": keep}
     images = [open_rgb(p) for it in items for p in it.images]
     if images:
-        vision = image_processor(images=images, return_tensors="pt")
-        inputs["pixel_values"] = vision["pixel_values"]
-        inputs["image_grid_thw"] = vision["image_grid_thw"]
-        # transformers locates image tokens for Qwen2.5-VL's 3D rotary positions through this
-        # mask; without it every position is laid out as text, silently (2.7 nats per token off
-        # the engine on a trained model, invisible on a random one)
-        inputs["mm_token_type_ids"] = (input_ids == image_token_id).long()
-        merge = image_processor.merge_size ** 2
-        expected = int(vision["image_grid_thw"].prod(-1).sum()) // merge
+        vis, expected = vision(images)
+        inputs.update(vis)
+        if "image_grid_thw" in vis:
+            # transformers locates image tokens for Qwen2.5-VL's 3D rotary positions through this
+            # mask; without it every position is laid out as text, silently (2.7 nats per token off
+            # the engine on a trained model, invisible on a random one)
+            inputs["mm_token_type_ids"] = (input_ids == image_token_id).long()
         found = int((input_ids == image_token_id).sum())
         if expected != found:
             raise ValueError(f"prompt token ids carry {found} image tokens but the images give {expected} "
@@ -103,7 +102,7 @@ def groups_of(items: list[TrainItem]) -> list[list[TrainItem]]:
     return out
 
 
-def collate_shared(items: list[TrainItem], image_processor, pad_id: int, banned: set[int], image_token_id: int,
+def collate_shared(items: list[TrainItem], vision, pad_id: int, banned: set[int], image_token_id: int,
                    rope_index, dtype: torch.dtype = torch.float32) -> dict:
     """Like ``collate``, but each group's prompt (and its images) is computed once.
 
@@ -125,7 +124,7 @@ def collate_shared(items: list[TrainItem], image_processor, pad_id: int, banned:
     positions = torch.zeros((3, R, L), dtype=torch.long)
     segment = torch.full((R, L), -2, dtype=torch.long)  # -2 left padding, -1 prompt, i slot i
     images = [open_rgb(p) for g in groups for p in g[0].images]
-    vision = image_processor(images=images, return_tensors="pt") if images else None
+    vision = vision(images)[0] if images else None
     n_img = 0
     for r, g in enumerate(groups):
         prompt = torch.tensor(g[0].prompt_token_ids, dtype=torch.long)

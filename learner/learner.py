@@ -155,12 +155,12 @@ class Learner(CheckpointIO):
     def _collate(self, items: list[TrainItem], shared: bool) -> dict:
         """Model inputs for one micro-batch; completions of one prompt share its forward pass when
         ``learner.prefix_sharing`` is on and the model exposes its rotary index (Qwen2/2.5-VL)."""
-        ip = self.processor.image_processor
+        vision = self.family.vision_inputs(self.processor)
         rope = self._rope_index() if shared and self.cfg["prefix_sharing"] else None
         if rope is None:
-            return collate(items, ip, self.pad_id, self.banned, self.image_token_id)
+            return collate(items, vision, self.pad_id, self.banned, self.image_token_id)
         dtype = torch.bfloat16 if self.cfg["dtype"] == "bf16" else torch.float32
-        return collate_shared(items, ip, self.pad_id, self.banned, self.image_token_id, rope, dtype)
+        return collate_shared(items, vision, self.pad_id, self.banned, self.image_token_id, rope, dtype)
 
     def _rope_index(self):
         """``(ids, mm_token_type_ids, image_grid_thw) -> [3, 1, P]`` rotary positions, or None."""

@@ -11,10 +11,11 @@ and one entry in ``FAMILIES``; nothing else in the project names a family's toke
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from typing import Callable
 
-from models import glm, qwen
+from models import glm, internvl, qwen
 
 # How a family's grounding answers give box coordinates (``Family.coords``; ``model.coords`` overrides):
 COORDS = {
@@ -33,6 +34,12 @@ class Family:
     rope_index: Callable | None = None  # model -> positions function (None: the model computes its own)
     vlm_r1_module: str = ""  # the VLM-R1 plug-in (vlm_modules/) it matches
     tiny: Callable | None = None  # (dims, ids, vocab, rope_theta, tokenizer, chat template) -> (model, processor)
+    tokens: dict = field(default_factory=dict)  # the tiny build's own named special tokens (Qwen's are built in)
+    vision: Callable = qwen.grid_vision  # (processor, images) -> (vision model inputs, image tokens they fill)
+
+    def vision_inputs(self, processor) -> Callable:
+        """``images -> (vision model inputs, image tokens expected)`` for this family's processor."""
+        return functools.partial(self.vision, processor)
 
 
 FAMILIES = {
@@ -44,8 +51,10 @@ FAMILIES = {
                        qwen.rope_index, "qwen_module.py", qwen.tiny_qwen2_vl),
     "qwen3_vl": Family("qwen3_vl", ("qwen3_vl",), qwen.VISION_TOKENS, "visual", "norm1000",
                        qwen.rope_index, "qwen_module.py", qwen.tiny_qwen3_vl),
-    "glm4v": Family("glm4v", ("glm4v",), glm.VISION_TOKENS, "visual", "norm1000",
-                    qwen.rope_index, "glm_module.py", glm.tiny_glm4v),
+    "glm4v": Family("glm4v", ("glm4v",), tuple(glm.TOKENS.values()), "visual", "norm1000",
+                    qwen.rope_index, "glm_module.py", glm.tiny_glm4v, glm.TOKENS),
+    "internvl": Family("internvl", ("internvl",), tuple(internvl.TOKENS.values()), "vision_tower", "norm1000",
+                       None, "internvl_module.py", internvl.tiny_internvl, internvl.TOKENS, internvl.tile_vision),
 }
 
 

@@ -6,16 +6,14 @@ model, and grounding answers on a 0-1000 grid.
 """
 from __future__ import annotations
 
-VISION_TOKENS = ("<|begin_of_image|>", "<|end_of_image|>", "<|image|>", "<|begin_of_video|>", "<|end_of_video|>",
-                 "<|video|>")
+TOKENS = {"image_start_token": "<|begin_of_image|>", "image_end_token": "<|end_of_image|>",
+          "image_token": "<|image|>", "video_start_token": "<|begin_of_video|>",
+          "video_end_token": "<|end_of_video|>", "video_token": "<|video|>"}
 
 
 def tiny_glm4v(dims, ids, vocab, rope_theta, tok, chat_template):
-    from transformers import AddedToken, Glm4vConfig, Glm4vForConditionalGeneration, Glm4vImageProcessor, Glm4vProcessor
+    from transformers import Glm4vConfig, Glm4vForConditionalGeneration, Glm4vImageProcessor, Glm4vProcessor
     from transformers.models.glm4v.video_processing_glm4v import Glm4vVideoProcessor
-    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in VISION_TOKENS])
-    ids = {**ids, **{t: tok.convert_tokens_to_ids(t) for t in VISION_TOKENS}}
-    vocab = (len(tok) + 63) // 64 * 64
     th, tl, tn, tk, ti, vh, vd, vn, vi = dims
     hd = th // tn  # half of each head is rotary (partial_rotary_factor 0.5), split into (t, h, w)
     config = Glm4vConfig(

@@ -24,6 +24,15 @@ def rope_index(model):
     return lambda ids, types, grid: fn(ids, mm_token_type_ids=types, image_grid_thw=grid)[0]
 
 
+def grid_vision(processor, images) -> tuple[dict, int]:
+    """Vision inputs on a patch grid (``pixel_values``, ``image_grid_thw``) and the image tokens
+    they fill: one per ``merge_size x merge_size`` patches."""
+    ip = processor.image_processor
+    v = ip(images=images, return_tensors="pt")
+    grid = v["image_grid_thw"]
+    return {"pixel_values": v["pixel_values"], "image_grid_thw": grid}, int(grid.prod(-1).sum()) // ip.merge_size ** 2
+
+
 def _text(dims, ids, vocab, rope_theta, qwen3=False) -> dict:
     th, tl, tn, tk, ti = dims[:5]
     hd = th // tn  # head dim; mrope splits half of it into (t, h, w) sections

@@ -20,15 +20,16 @@ def test_the_family_follows_the_model_type(tiny_model, tmp_path):
     assert family_of(_config_dir(tmp_path, "qwen3_vl")).name == "qwen3_vl"
     for fam in FAMILIES.values():
         assert fam.vision_tokens and fam.vision_prefix and fam.coords in COORDS
-    assert [FAMILIES[f].coords for f in ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "glm4v")] == \
-        ["input_pixels"] * 2 + ["norm1000"] * 2
+    assert [FAMILIES[f].coords for f in ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "glm4v", "internvl")] == \
+        ["input_pixels"] * 2 + ["norm1000"] * 3
+    assert family_of(_config_dir(tmp_path, "internvl")).name == "internvl"
     assert family_of(_config_dir(tmp_path, "glm4v")).name == "glm4v"
 
 
 def test_an_unknown_family_says_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="model_type 'llava' belongs to no known family .* set model.family"):
         family_of(_config_dir(tmp_path, "llava"))
-    with pytest.raises(ValueError, match="model.family='llava' is not a known family: glm4v, qwen2_5_vl, qwen2_vl, qwen3_vl"):
+    with pytest.raises(ValueError, match="model.family='llava' is not a known family: glm4v, internvl, qwen2_5_vl, qwen2_vl, qwen3_vl"):
         family_of("anything", "llava")
 
 
@@ -75,5 +76,6 @@ def test_builtin_names():
     assert parse_builtin("builtin:tiny-qwen2.5-vl-random") == ("qwen2_5_vl", False)
     assert parse_builtin("Qwen/Qwen3-VL-2B-Instruct") is None
     with pytest.raises(ValueError, match="'builtin:tiny-llava' is not an embedded model: use one of builtin:tiny, "
-                                         "builtin:tiny-qwen2.5-vl, builtin:tiny-qwen2-vl, builtin:tiny-qwen3-vl, builtin:tiny-glm4v"):
+                                         "builtin:tiny-qwen2.5-vl, builtin:tiny-qwen2-vl, builtin:tiny-qwen3-vl, builtin:tiny-glm4v, "
+                                         "builtin:tiny-internvl"):
         parse_builtin("builtin:tiny-llava")

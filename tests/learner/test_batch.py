@@ -32,7 +32,8 @@ def test_teacher_forced_logprobs_equal_the_generating_decode(tiny_model, synthet
         comp = g.sequences[0, n:].tolist()
         decoded.append([float(torch.log_softmax(s[0].float(), -1)[t]) for s, t in zip(g.logits, comp)])
         items.append(TrainItem((row["id"], 0), inp["input_ids"][0].tolist(), comp, (path,), 0.0, []))
-    b = collate(items, proc.image_processor, proc.tokenizer.pad_token_id, set(), image_pad)
+    from models import family_of
+    b = collate(items, family_of(tiny_model).vision_inputs(proc), proc.tokenizer.pad_token_id, set(), image_pad)
     with torch.no_grad():
         logp = token_logprobs(model(**b["inputs"]).logits, b["targets"])
     first = int(b["inputs"]["logits_to_keep"][0])

@@ -55,8 +55,8 @@ def test_forced_vision_token_in_a_completion_does_not_break_the_step(tiny_model,
     items = _items(tiny_model, synthetic, vision_junk=True)
     lr = _learner(tiny_model, 2)
     from transformers import AutoProcessor
-    ip = AutoProcessor.from_pretrained(tiny_model).image_processor
-    b = collate(items[:2], ip, lr.pad_id, lr.banned, lr.image_token_id)
+    vision = lr.family.vision_inputs(AutoProcessor.from_pretrained(tiny_model))
+    b = collate(items[:2], vision, lr.pad_id, lr.banned, lr.image_token_id)
     # the junk token was replaced and masked: image tokens in the batch are the prompts' only
     in_prompts = sum(i.prompt_token_ids.count(lr.image_token_id) for i in items[:2])
     assert in_prompts >= 32 and int((b["inputs"]["input_ids"] == lr.image_token_id).sum()) == in_prompts
