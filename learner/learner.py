@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 
 import torch
 
@@ -128,7 +129,7 @@ class Learner(CheckpointIO):
         # VLM-R1's LoRA recipe adapts the language model only; the vision tower stays frozen
         targets = "|".join(lc["target_modules"])
         config = LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], lora_dropout=lc["dropout"],
-                            target_modules=rf"^(?!.*visual).*\.({targets})$")
+                            target_modules=rf"^(?!.*{re.escape(self.family.vision_prefix)}).*\.({targets})$")
         return get_peft_model(model, config)
 
     # ------------------------------------------------------------------ log-probs

@@ -39,6 +39,24 @@ def test_shared_prompt_forward_equals_the_unshared_one(family_model, synthetic):
     tl.test_shared_prompt_forward_equals_the_unshared_one_in_logprobs_and_gradients(family_model[1], synthetic, 2)
 
 
+def test_lora_frozen_tower_and_zero3_per_family(family_model, synthetic):
+    """LoRA adapts the language model only (the family's vision tower by name), a frozen tower is
+    neither trained nor sent, and ZeRO-3 trains."""
+    from models import FAMILIES
+    from tests.learner import test_learner as tl
+    name, path = family_model
+    tower = FAMILIES[name].vision_prefix
+    items = tl._items(path, synthetic)
+    lora = tl._learner(path, 4, **{"learner.lora.r": 4, "learner.lora.alpha": 8})
+    adapted = [n for n, p in lora.engine.module.named_parameters() if p.requires_grad]
+    assert adapted and all("lora_" in n and tower not in n for n in adapted)
+    assert lora.train_step(items)["grad_norm"] > 0
+    frozen = tl._learner(path, 4, **{"model.freeze_vision_tower": "true", "learner.zero_stage": 3})
+    assert not any(tower in n for n, _, _ in frozen.weight_meta())
+    before = frozen.param_checksum([tower])
+    assert frozen.train_step(items)["grad_norm"] > 0 and frozen.param_checksum([tower]) == before
+
+
 def test_engine_tokens_and_logprobs_equal_the_learners_before_and_after_a_sync(family_model, synthetic, tmp_path):
     from transformers import AutoProcessor
 
