@@ -105,8 +105,9 @@ def test_engine_tokens_and_logprobs_equal_the_learners_before_and_after_a_sync(f
                                   pytest.param("internvl", marks=pytest.mark.slow)])
 def test_a_builtin_family_trains_and_evaluates_from_the_main_command(slug, synthetic, tmp_path):
     """``python orchestrator.py conf=rec model.path=builtin:tiny-<family>-random``: built into the
-    cache, two GRPO steps with a sync between them, an evaluation before and after. (A random
-    model earns no reward, so its updates are zero: the update itself is tested above.)"""
+    cache, two GRPO steps with a sync between them, an evaluation before and after; the exported
+    checkpoint then evaluates on its own (``mode=eval``). (A random model earns no reward, so its
+    updates are zero: the update itself is tested above.)"""
     out = tmp_path / "run"
     env = {**os.environ, "VLM_R1_RAY_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, str(REPO / "orchestrator.py"), "conf=rec", f"model.path=builtin:tiny-{slug}-random",
@@ -123,3 +124,10 @@ def test_a_builtin_family_trains_and_evaluates_from_the_main_command(slug, synth
     assert all(r["items"] == 8 for r in steps)
     assert steps[1]["engine_logp_abs_diff"] < 0.05  # the engine sampled step 2 with step 1's weights
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
+    hf = out / "checkpoints" / "step_000002" / "hf"
+    cmd = [sys.executable, str(REPO / "orchestrator.py"), "mode=eval", "conf=rec", f"model.path={hf}",
+           f"data.synthetic.dir={synthetic}", f"trainer.output_dir={tmp_path / 'eval'}", "eval.max_samples=4",
+           "cluster.include_dashboard=false", "wandb.mode=disabled"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert json.loads((tmp_path / "eval" / "eval_results.json").read_text())["metrics"]["samples"] == 4
