@@ -24,9 +24,12 @@ from actors.group import shard
 
 class EnginePool:
     def __init__(self, engines, learners=None, meta=None, timeout_s: float = 600.0, backend: str = "gloo",
-                 max_attempts: int = 3, probe_s: float = 30.0, asynchronous: bool = False, pack_mb: float = 64):
+                 max_attempts: int = 3, probe_s: float = 30.0, asynchronous: bool = False, pack_mb: float = 64,
+                 delta_full_every: int = 0):
         self.engines, self.learners, self.meta = engines, learners, meta
         self.pack_bytes = int(pack_mb * 2**20)  # weight-sync pack size (0: one broadcast per tensor)
+        self.delta_full_every = delta_full_every  # > 0: delta sync, in full every that many updates
+        self.sync_bytes = 0  # bytes the last update put on the wire
         self.timeout_s, self.backend, self.max_attempts, self.probe_s = timeout_s, backend, max_attempts, probe_s
         # asynchronous: the learner may be mid-update while the engines generate, so a replaced
         # engine gets the weights of the last sync (kept by learner rank 0), not the learner's current ones
@@ -49,9 +52,11 @@ class EnginePool:
         host = ray.get(self.learners.actors[0].address.remote())[0]
         port, world = free_port(host), 1 + sum(workers)
         offsets = [1 + sum(workers[:i]) for i in range(len(workers))]
-        ray.get([self.learners.actors[0].init_weight_group.remote(host, port, world, self.pack_bytes)]
-                + self.engines.call_each("init_weight_group", [(host, port, o, world, self.backend, self.pack_bytes)
-                                                               for o in offsets]))
+        delta = self.delta_full_every > 0  # (a new group starts both sides over: the next update is full)
+        ray.get([self.learners.actors[0].init_weight_group.remote(host, port, world, self.pack_bytes,
+                                                                  self.delta_full_every)]
+                + self.engines.call_each("init_weight_group", [(host, port, o, world, self.backend, self.pack_bytes,
+                                                                delta) for o in offsets]))
 
     def sync(self, version: int | None = None) -> None:
         """Push the learner's current weights (``version`` updates old) to every engine; an engine
@@ -60,8 +65,9 @@ class EnginePool:
             return
         for attempt in range(1, self.max_attempts + 1):
             try:
-                ray.get(self.learners.call("broadcast_weights", keep=self.asynchronous)
-                        + self.engines.call("receive_weights", self.meta), timeout=self.timeout_s)
+                sent = ray.get(self.learners.call("broadcast_weights", keep=self.asynchronous)
+                               + self.engines.call("receive_weights", self.meta), timeout=self.timeout_s)
+                self.sync_bytes = sent[0]
                 self.version = self.version if version is None else version
                 return
             except (ray.exceptions.RayError, TimeoutError) as e:  # GetTimeoutError is a TimeoutError

@@ -112,6 +112,7 @@ def create_roles(cfg, model_path: str):
     engines.info = ray.get(engines.actors[0].info.remote())  # dtype chosen and why, threads
     meta = ray.get(learners.actors[0].weight_meta.remote(engines.info["dtype"]))
     pool = EnginePool(engines, learners, meta, r.timeout_s, "nccl" if gpu else "gloo",
-                      asynchronous=cfg.trainer.max_staleness > 0, pack_mb=pack_mb(r.sync_pack_mb, gpu))
+                      asynchronous=cfg.trainer.max_staleness > 0, pack_mb=pack_mb(r.sync_pack_mb, gpu),
+                      delta_full_every=r.sync_full_every if r.sync_delta else 0)
     pool.connect()
     return pool, learners, scorers

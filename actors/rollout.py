@@ -117,11 +117,11 @@ class RolloutEngine:
 
     # ------------------------------------------------------------------ weight sync
     def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str = "gloo",
-                          pack_bytes: int | None = None) -> list[int]:
+                          pack_bytes: int | None = None, delta: bool = False) -> list[int]:
         from learner.weight_sync import node_address
         here = node_address(host)  # where this engine's gloo pairs listen
         return self.llm.collective_rpc("init_weight_group", args=(host, port, rank_offset, world_size, backend),
-                                       kwargs={"bind_host": here, "pack_bytes": pack_bytes})
+                                       kwargs={"bind_host": here, "pack_bytes": pack_bytes, "delta": delta})
 
     def receive_weights(self, meta: list) -> int:
         """Receive a full update from the learner, then clear every cache that holds old results."""
@@ -139,6 +139,10 @@ class RolloutEngine:
 
     def weight_checksum(self, names: list[str]) -> dict[str, float]:
         return self.llm.collective_rpc("weight_checksum", args=(names,))[0]
+
+    def weight_digest(self, names: list[str]) -> str:
+        """Delta sync: sha256 of the weights this engine was sent (worker 0's kept copy)."""
+        return self.llm.collective_rpc("weight_digest", args=(names,))[0]
 
     def num_workers(self) -> int:
         """vLLM workers in this engine (tensor-parallel ranks), each a member of the weight group."""

@@ -19,11 +19,14 @@ class WeightSync:
     """Mixed into the vLLM worker class; ``self`` is the worker."""
 
     def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str = "gloo",
-                          timeout_s: float = 600.0, bind_host: str | None = None, pack_bytes: int | None = None) -> int:
+                          timeout_s: float = 600.0, bind_host: str | None = None, pack_bytes: int | None = None,
+                          delta: bool = False) -> int:
         """Join the weight group as rank ``rank_offset + local rank``; returns that rank. Gloo
-        listens on ``bind_host`` (this node's address; default: the learner's ``host``)."""
+        listens on ``bind_host`` (this node's address; default: the learner's ``host``). With
+        ``delta``, updates carry a header and changed elements, applied to a kept copy of the weights."""
         from learner.weight_sync import PACK_BYTES
         self._wsync_pack = PACK_BYTES if pack_bytes is None else pack_bytes
+        self._wsync_base = {} if delta else None  # name -> what this engine was sent last
         local = getattr(self, "rank", 0) or 0
         rank = rank_offset + local
         from learner.weight_sync import tcp_store
@@ -42,6 +45,8 @@ class WeightSync:
         import time
         from learner.weight_sync import receive_packs
         t0 = time.perf_counter()
+        if getattr(self, "_wsync_base", None) is not None:
+            return self._receive_delta(meta, t0)
         tensors, timing = receive_packs(self._wsync_group, meta, self._wsync_device, self._wsync_pack)
         n = 0
 
@@ -61,6 +66,28 @@ class WeightSync:
         total = time.perf_counter() - t0
         self._wsync_timing = {"receive_s": timing["wait_s"], "reload_s": total - timing["wait_s"]}
         return n
+
+    def _receive_delta(self, meta, t0: float) -> int:
+        """A delta update: the header, the changed elements folded into the kept copy, then a
+        reload of every tensor from that copy (vLLM re-runs its weight processing on all of them)."""
+        import time
+        from learner.weight_sync import apply_delta, delta_wire_meta, receive_packs
+        header = torch.empty(len(meta), dtype=torch.int64, device=self._wsync_device)
+        self._wsync_group.broadcast(header, 0).wait()
+        counts = header.tolist()
+        tensors, timing = receive_packs(self._wsync_group, delta_wire_meta(meta, counts), self._wsync_device,
+                                        self._wsync_pack)
+        base = self._wsync_base
+        apply_delta(base, meta, counts, tensors)
+        wait = time.perf_counter() - t0
+        self.reload_weights(weights_iterator=iter([(name, base[name]) for name, _, _ in meta]))
+        self._wsync_timing = {"receive_s": wait, "reload_s": time.perf_counter() - t0 - wait}
+        return len(meta)
+
+    def weight_digest(self, names: list[str]) -> str:
+        """sha256 of the kept copy of the weights (delta sync), to compare with the learner's."""
+        from learner.weight_sync import tensor_digest
+        return tensor_digest((n, self._wsync_base[n]) for n in names)
 
     def last_sync_timing(self) -> dict[str, float]:
         """Seconds of the last update spent receiving tensors and reloading them into the model."""

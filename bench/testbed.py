@@ -90,23 +90,24 @@ def run_variant(name: str, out: pathlib.Path, steps: int, lr: float, dtype: str,
     return res
 
 
-def run_grpo(name: str, out: pathlib.Path, steps: int, lr: float, log: list) -> dict:
+def run_grpo(name: str, out: pathlib.Path, steps: int, lr: float, log: list, extra: tuple = ()) -> dict:
     """GRPO (conf=rec, G=8, 8 prompts a step, beta 0) over the variant's warm start, evaluated
     greedily on the same 300 val images before and after; returns the deltas."""
     d = out / name
     data, hf = d / "data", sorted((d / "sft" / "checkpoints").glob("step_*"))[-1] / "hf"
-    tag = f"grpo_{steps}_lr{lr:g}"
+    tag = f"grpo_{steps}_lr{lr:g}" + "".join(f"_{o.replace('=', '-').replace('.', '_')}" for o in extra)
     g = run_stage(f"{name}/{tag}", out, [
         "conf=rec", f"model.path={hf}", "seed=0", f"data.synthetic.dir={data}", f"data.image_folders={data}",
         f"data.train_files={data}/rec_train.jsonl", f"data.val_files={data}/rec_val.jsonl", f"learner.lr={lr}",
         "learner.beta=0", "learner.dtype=fp32", "rollout.num_generations=8", "trainer.prompts_per_step=8",
-        f"trainer.max_steps={steps}", f"trainer.eval_steps={steps}", "eval.train_samples=100000"], "summary.json", log)
+        f"trainer.max_steps={steps}", f"trainer.eval_steps={steps}", "eval.train_samples=100000", *extra],
+        "summary.json", log)
     first = eval_records(g / "eval" / "step_000000.json")
     last = eval_records(g / "eval" / f"step_{steps:06d}.json")
     rows = [json.loads(x) for x in (g / "metrics.jsonl").read_text().splitlines() if x.strip()]
     sampled = [r["reward/rec_iou"] for r in rows if "reward/rec_iou" in r]
     k = max(1, len(sampled) // 10)
-    return {"steps": steps, "lr": lr, "seconds": next((x["seconds"] for x in log if x["stage"] == f"{name}/{tag}"), None),
+    return {"steps": steps, "lr": lr, "overrides": list(extra), "seconds": next((x["seconds"] for x in log if x["stage"] == f"{name}/{tag}"), None),
             "acc": [mean_se([float(r["hit"]) for r in recs]) for recs in (first, last)],
             "iou": [mean_se([float(r["iou"]) for r in recs]) for recs in (first, last)],
             "sampled_iou": [sum(sampled[:k]) / k, sum(sampled[-k:]) / k]}
@@ -115,13 +116,14 @@ def run_grpo(name: str, out: pathlib.Path, steps: int, lr: float, log: list) -> 
 def grpo_table(rows: list[dict]) -> str:
     lines = ["GRPO over the warm start (conf=rec, G=8, 8 prompts a step, beta 0), REC in domain, greedy, "
              "same 300 val images", "",
-             "| variant | steps | lr | minutes | accuracy before -> after | mean IoU before -> after | "
-             "sampled IoU first -> last tenth |", "|---|---|---|---|---|---|---|"]
+             "| variant | steps | lr | overrides | minutes | accuracy before -> after | mean IoU before -> after | "
+             "sampled IoU first -> last tenth |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         g = r["grpo"]
         (a0, sa0), (a1, sa1) = g["acc"]
         (i0, si0), (i1, si1) = g["iou"]
-        lines.append(f"| {r['variant']} | {g['steps']} | {g['lr']:g} | {(g['seconds'] or 0) / 60:.1f} | "
+        lines.append(f"| {r['variant']} | {g['steps']} | {g['lr']:g} | {' '.join(g.get('overrides', [])) or '-'} | "
+                     f"{(g['seconds'] or 0) / 60:.1f} | "
                      f"{a0:.3f} -> {a1:.3f} ({a1 - a0:+.3f}) | {i0:.3f} -> {i1:.3f} ({i1 - i0:+.3f}) | "
                      f"{g['sampled_iou'][0]:.3f} -> {g['sampled_iou'][1]:.3f} |")
     return "\n".join(lines)
@@ -151,6 +153,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--dtype", default="fp32", help="learner.dtype of the warm start")
     ap.add_argument("--grpo-steps", type=int, default=0, help="then GRPO for this many steps (0: warm starts only)")
     ap.add_argument("--grpo-lr", type=float, default=1e-4)
+    ap.add_argument("--grpo-overrides", nargs="*", default=[], help="more config overrides for the GRPO runs")
     ap.add_argument("--out", default="outputs/testbed")
     ap.add_argument("--fresh", action="store_true")
     args = ap.parse_args(argv)
@@ -166,7 +169,7 @@ def main(argv=None) -> list[dict]:
     for name in args.variants:
         rows.append(run_variant(name, out, args.steps, args.lr, args.dtype, log))
         if args.grpo_steps:
-            rows[-1] = {**rows[-1], "grpo": run_grpo(name, out, args.grpo_steps, args.grpo_lr, log)}
+            rows[-1] = {**rows[-1], "grpo": run_grpo(name, out, args.grpo_steps, args.grpo_lr, log, tuple(args.grpo_overrides))}
         print(table(rows, cpu), flush=True)
     md = table(rows, cpu) + ("\n\n" + grpo_table(rows) if args.grpo_steps else "")
     print(md)

@@ -378,14 +378,18 @@ class Learner(CheckpointIO):
             out.append((name, str(dtype).replace("torch.", ""), shape))
         return out
 
-    def init_weight_group(self, host: str, port: int, world_size: int, pack_bytes: int | None = None) -> int:
-        """Rank 0: create the store and join the group (blocks until the engines join)."""
+    def init_weight_group(self, host: str, port: int, world_size: int, pack_bytes: int | None = None,
+                          delta_full_every: int = 0) -> int:
+        """Rank 0: create the store and join the group (blocks until the engines join). With
+        ``delta_full_every`` > 0 updates send only changed elements (``rollout.sync_delta``), every
+        ``delta_full_every``-th update and the first after joining in full."""
         if self.rank != 0:
             return 0
-        from learner.weight_sync import WeightSender
+        from learner.weight_sync import DeltaEncoder, WeightSender
         self.sender = WeightSender(host, port, world_size, "nccl" if torch.cuda.is_available() else "gloo",
                                    pack_bytes=pack_bytes)
         self.sender.connect()
+        self.delta = DeltaEncoder(delta_full_every) if delta_full_every > 0 else None
         return world_size
 
     def broadcast_weights(self, bucket_mb: float = 256.0, keep: bool = False) -> int:
@@ -394,29 +398,54 @@ class Learner(CheckpointIO):
         import deepspeed
         dtype = self.sync_dtype
         named = list(self._named_weights())
-        sent, kept = 0, []
+        delta = getattr(self, "delta", None) if self.rank == 0 else None
+        full = delta.full_due() if delta is not None else True
+        sent, kept, counts, pieces = 0, [], [], []
         for bucket in buckets(named, bucket_mb * 2**20, self._numel):
             params = [p for _, p, _ in bucket]
             zero3 = any(hasattr(p, "ds_id") for p in params)
             ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero3 else contextlib.nullcontext()
             with ctx, torch.no_grad():
-                if self.rank == 0:
-                    tensors = [(p + delta() if delta else p).detach().to(dtype, copy=keep) for _, p, delta in bucket]
+                if self.rank != 0:
+                    continue
+                tensors = [(p + d() if d else p).detach().to(dtype, copy=keep or delta is not None) for _, p, d in bucket]
+                if delta is None:
                     sent += self.sender.send(tensors)
                     kept += tensors if keep else []
+                    continue
+                for (name, _, _), t in zip(bucket, tensors):  # encoded now, sent once the header is out
+                    n, parts = delta.encode(name, t, full)
+                    counts.append(n)
+                    pieces.append(parts)
+        if delta is not None:
+            self.sender.send_header(torch.tensor(counts, dtype=torch.int64))
+            for parts in pieces:
+                sent += self.sender.send(parts)
+            delta.updates += 1
         if self.rank == 0:
             self.sender.finish()
-        self._snapshot = kept if keep else None
+        self._snapshot = kept if keep and delta is None else None
         return sent
 
     def resend_weights(self) -> int:
         """Rank 0: send again the weights of the last ``broadcast_weights(keep=True)`` -- what a
         replaced engine needs while this learner has already moved on (asynchronous training)."""
+        delta = getattr(self, "delta", None)
+        if delta is not None:  # what the engines hold is the encoder's base: all of it, dense
+            names = [name for name, _, _ in self._named_weights()]
+            self.sender.send_header(torch.full((len(names),), -1, dtype=torch.int64))
+            n = self.sender.send([delta.base[name] for name in names])
+            self.sender.finish()
+            return n
         if getattr(self, "_snapshot", None) is None:
             raise RuntimeError("resend_weights: no weights were kept at the last sync (broadcast_weights(keep=True))")
         n = self.sender.send(self._snapshot)
         self.sender.finish()
         return n
+
+    def weight_digest(self) -> str:
+        """Rank 0 with delta sync: sha256 of the weights the engines should hold (for checks)."""
+        return self.delta.digest([name for name, _, _ in self._named_weights()])
 
     def param_checksum(self, names: list[str]) -> dict[str, float]:
         """Sum of each matching parameter (gathered under ZeRO-3), for tests."""

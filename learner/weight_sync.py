@@ -109,6 +109,10 @@ class WeightSender:
             self._packer = Packer(self.group, self.pack_bytes)
         return self._packer.add(tensors)
 
+    def send_header(self, header: torch.Tensor) -> None:
+        """Broadcast a delta update's header (before any of its tensors) and wait for it."""
+        self.group.broadcast(header, 0).wait()
+
     def finish(self) -> None:
         """Send what is still packed and wait until every buffer of this update is on the wire."""
         if hasattr(self, "_packer"):
@@ -246,3 +250,99 @@ def buckets(named, limit_bytes: float, numel):
             bucket, size = [], 0.0
     if bucket:
         yield bucket
+
+
+# ---------------------------------------------------------------------------- delta sync
+# With ``rollout.sync_delta``, an update announces per tensor how it travels (one int64 header
+# broadcast: -1 dense, n > 0 sparse with n changed elements, 0 unchanged) and then sends, in meta
+# order, a dense tensor or its changed elements' flat indices (int32) and values. Both sides
+# derive the same wire layout (``delta_wire_meta``) and packs (``wire_packs``) from it. The engine
+# keeps a copy of what it was sent (its base) to apply the changes to.
+DENSE, UNCHANGED = -1, 0
+
+
+def delta_wire_meta(meta, counts) -> list[tuple[str, str, tuple[int, ...]]]:
+    """The tensors an update puts on the wire, in order, from the header ``counts``.
+
+    >>> delta_wire_meta([("a", "bfloat16", (4, 4)), ("b", "bfloat16", (8,)), ("c", "bfloat16", (2,))], [-1, 3, 0])
+    [('a', 'bfloat16', (4, 4)), ('b#idx', 'int32', (3,)), ('b#val', 'bfloat16', (3,))]
+    """
+    out = []
+    for (name, dtype, shape), n in zip(meta, counts):
+        if n == DENSE:
+            out.append((name, dtype, tuple(shape)))
+        elif n > 0:
+            out += [(f"{name}#idx", "int32", (n,)), (f"{name}#val", dtype, (n,))]
+    return out
+
+
+class DeltaEncoder:
+    """Learner side: what the engines hold (the values last sent, in the sync dtype), to send each
+    tensor as its changed elements when that is smaller than the tensor, and in full every
+    ``full_every`` updates (and after ``reset``: a new group, a replaced engine)."""
+
+    def __init__(self, full_every: int = 10):
+        self.full_every, self.base, self.updates = max(1, int(full_every)), {}, 0
+
+    def reset(self) -> None:
+        self.base, self.updates = {}, 0
+
+    def full_due(self) -> bool:
+        return not self.base or self.updates % self.full_every == 0
+
+    def encode(self, name: str, cur: torch.Tensor, full: bool) -> tuple[int, list[torch.Tensor]]:
+        """(header count, tensors to send) for ``cur``; the base becomes ``cur``."""
+        base = self.base.get(name)
+        if full or base is None or base.shape != cur.shape or cur.numel() >= 2**31:
+            self.base[name] = cur.detach().clone()
+            return DENSE, [self.base[name]]
+        flat_cur, flat_base = cur.reshape(-1), base.view(-1)
+        # compare the bits (a NaN equals itself, -0.0 differs from 0.0): the engine gets exactly these values
+        bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[cur.element_size()]
+        idx = (flat_cur.view(bits) != flat_base.view(bits)).nonzero().reshape(-1)
+        n = idx.numel()
+        if n == 0:
+            return UNCHANGED, []
+        if n * (4 + cur.element_size()) >= cur.numel() * cur.element_size():  # sparse is no smaller
+            base.copy_(cur)
+            return DENSE, [base]
+        vals = flat_cur[idx]
+        flat_base[idx] = vals
+        return n, [idx.to(torch.int32), vals]
+
+    def digest(self, names) -> str:
+        return tensor_digest((n, self.base[n]) for n in names)
+
+
+def tensor_digest(named) -> str:
+    """sha256 over the bytes of ``(name, tensor)`` pairs, in order: equal iff bit-identical."""
+    import hashlib
+    h = hashlib.sha256()
+    for name, t in named:
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def apply_delta(base: dict, meta, counts, received) -> list[str]:
+    """Engine side: fold an update's ``received`` ``(wire name, tensor)`` pairs (in
+    ``delta_wire_meta`` order) into ``base`` (name -> tensor); returns the names it changed."""
+    it = iter(received)
+    changed = []
+    for (name, _, _), n in zip(meta, counts):
+        if n == DENSE:
+            _, t = next(it)
+            if name in base and base[name].shape == t.shape:
+                base[name].copy_(t)
+            else:
+                base[name] = t.clone()
+        elif n > 0:
+            if name not in base:
+                raise RuntimeError(f"weight sync: a delta for {name} arrived before any full weights "
+                                   f"(the learner and this engine disagree about the last sync)")
+            (_, idx), (_, vals) = next(it), next(it)
+            base[name].view(-1)[idx.long()] = vals
+        else:
+            continue
+        changed.append(name)
+    return changed

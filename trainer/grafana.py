@@ -29,6 +29,7 @@ PANELS = [
     ("Seconds per step, by phase", "s", ["time/rollout_s", "time/reward_s", "time/train_s", "time/sync_s",
                                          "time/step_s"]),
     ("Rollout tokens per second", "none", ["rollout/tokens_per_s"]),
+    ("Weight sync bytes per update", "bytes", ["sync/bytes"]),
     ("Completion length and truncation", "none", ["completion_len/mean", "completion_len/max", "truncated_frac"]),
     ("Boxes per answer (predicted vs ground truth)", "none", ["boxes/pred_per_answer", "boxes/gt_per_answer"]),
     ("Loss, gradient norm, entropy", "none", ["loss", "grad_norm", "entropy"]),
