@@ -47,6 +47,38 @@ VARIANTS = {
 }
 
 
+def constant_box(data: pathlib.Path) -> dict:
+    """The no-localisation floor of a val set: the single box (in image-relative coordinates, on a
+    1/20 grid) that scores best when answered for every image, its accuracy and mean IoU. A model
+    that answers one box everywhere reaches this without looking."""
+    import numpy as np
+    from PIL import Image
+    gts = []
+    for line in (data / "rec_val.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        with Image.open(data / row["image"]) as im:
+            w, h = im.size
+        x1, y1, x2, y2 = json.loads(row["conversations"][1]["value"])
+        gts.append((x1 / w, y1 / h, x2 / w, y2 / h))
+    g = np.array(gts)  # [n, 4]
+    v = np.linspace(0, 1, 21)
+    xs = np.array([(a, b) for a in v for b in v if b > a])  # [m, 2] (lo, hi)
+    cand = np.array([(x[0], y[0], x[1], y[1]) for x in xs for y in xs])  # [M, 4]
+    ix = np.clip(np.minimum(cand[:, None, 2], g[None, :, 2]) - np.maximum(cand[:, None, 0], g[None, :, 0]), 0, None)
+    iy = np.clip(np.minimum(cand[:, None, 3], g[None, :, 3]) - np.maximum(cand[:, None, 1], g[None, :, 1]), 0, None)
+    inter = ix * iy
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    iou = inter / (area(cand)[:, None] + area(g)[None, :] - inter)
+    acc = (iou > 0.5).mean(1)
+    best = int(acc.argmax())
+    return {"box": [round(float(c), 2) for c in cand[best]], "acc": float(acc[best]), "iou": float(iou[best].mean())}
+
+
+def distinct_boxes(records: list[dict]) -> int:
+    """How many different boxes the greedy answers give (a collapsed policy answers one)."""
+    return len({tuple(round(c) for c in r["pred"][0]) for r in records if r["pred"]})
+
+
 def run_variant(name: str, out: pathlib.Path, steps: int, lr: float, dtype: str, log: list) -> dict:
     from data.synthetic import Scene, generate
     from data.tiny_model import build
@@ -110,14 +142,15 @@ def run_grpo(name: str, out: pathlib.Path, steps: int, lr: float, log: list, ext
     return {"steps": steps, "lr": lr, "overrides": list(extra), "seconds": next((x["seconds"] for x in log if x["stage"] == f"{name}/{tag}"), None),
             "acc": [mean_se([float(r["hit"]) for r in recs]) for recs in (first, last)],
             "iou": [mean_se([float(r["iou"]) for r in recs]) for recs in (first, last)],
-            "sampled_iou": [sum(sampled[:k]) / k, sum(sampled[-k:]) / k]}
+            "sampled_iou": [sum(sampled[:k]) / k, sum(sampled[-k:]) / k],
+            "distinct": [distinct_boxes(first), distinct_boxes(last)]}
 
 
 def grpo_table(rows: list[dict]) -> str:
     lines = ["GRPO over the warm start (conf=rec, G=8, 8 prompts a step, beta 0), REC in domain, greedy, "
              "same 300 val images", "",
              "| variant | steps | lr | overrides | minutes | accuracy before -> after | mean IoU before -> after | "
-             "sampled IoU first -> last tenth |", "|---|---|---|---|---|---|---|---|"]
+             "sampled IoU first -> last tenth | distinct boxes before -> after |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         g = r["grpo"]
         (a0, sa0), (a1, sa1) = g["acc"]
@@ -125,23 +158,29 @@ def grpo_table(rows: list[dict]) -> str:
         lines.append(f"| {r['variant']} | {g['steps']} | {g['lr']:g} | {' '.join(g.get('overrides', [])) or '-'} | "
                      f"{(g['seconds'] or 0) / 60:.1f} | "
                      f"{a0:.3f} -> {a1:.3f} ({a1 - a0:+.3f}) | {i0:.3f} -> {i1:.3f} ({i1 - i0:+.3f}) | "
-                     f"{g['sampled_iou'][0]:.3f} -> {g['sampled_iou'][1]:.3f} |")
+                     f"{g['sampled_iou'][0]:.3f} -> {g['sampled_iou'][1]:.3f} | "
+                     f"{g['distinct'][0]} -> {g['distinct'][1]} |")
     return "\n".join(lines)
 
 
-def table(rows: list[dict], cpu: str) -> str:
+def table(rows: list[dict], cpu: str, out: pathlib.Path) -> str:
     base = next((r for r in rows if r["variant"] == "current"), None)
-    lines = [f"Warm start of each testbed variant, REC in domain (300 val images); CPU: {cpu}", "",
-             "| variant | scene (model) | warm start | minutes | accuracy | mean IoU | IoU vs current |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"Warm start of each testbed variant, REC in domain (300 val images); CPU: {cpu}. One box: the "
+             "single best constant answer's accuracy (no localisation); distinct: different boxes in the greedy "
+             "answers", "",
+             "| variant | scene (model) | warm start | minutes | accuracy | one box | distinct | mean IoU | "
+             "IoU vs current |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mins = (r["build_seconds"] + (r["warm_seconds"] or 0)) / 60
         ratio = f"{r['iou'][0] / base['iou'][0]:.2f}x" if base and base["iou"][0] > 0 else "-"
         scene = (json.dumps(r["scene"]) if r["scene"] else "default") + (f" ({json.dumps(r['model'])})" if r["model"] else "")
         w = r["warm"]
+        floor = constant_box(out / r["variant"] / "data")
+        distinct = distinct_boxes(eval_records(out / r["variant"] / "eval" / "eval_results.json"))
         lines.append(f"| {r['variant']} | {scene} | "
                      f"{w['steps']} steps of {w.get('tasks', 'rec:ovd')}, lr {w['lr']:g}, {w['dtype']} | {mins:.1f} | "
-                     f"{r['acc'][0]:.3f} ± {r['acc'][1]:.3f} | {r['iou'][0]:.3f} ± {r['iou'][1]:.3f} | {ratio} |")
+                     f"{r['acc'][0]:.3f} ± {r['acc'][1]:.3f} | {floor['acc']:.3f} | {distinct} | "
+                     f"{r['iou'][0]:.3f} ± {r['iou'][1]:.3f} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -170,8 +209,8 @@ def main(argv=None) -> list[dict]:
         rows.append(run_variant(name, out, args.steps, args.lr, args.dtype, log))
         if args.grpo_steps:
             rows[-1] = {**rows[-1], "grpo": run_grpo(name, out, args.grpo_steps, args.grpo_lr, log, tuple(args.grpo_overrides))}
-        print(table(rows, cpu), flush=True)
-    md = table(rows, cpu) + ("\n\n" + grpo_table(rows) if args.grpo_steps else "")
+        print(table(rows, cpu, out), flush=True)
+    md = table(rows, cpu, out) + ("\n\n" + grpo_table(rows) if args.grpo_steps else "")
     print(md)
     (out / "testbed.json").write_text(json.dumps({"cpu": cpu, "rows": rows}))
     (out / "testbed.md").write_text(md + "\n")
