@@ -4,6 +4,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 
@@ -90,7 +91,12 @@ def test_ray_job_submit_runs_the_orchestrator(cluster, tiny_model, synthetic, tm
            "--runtime-env-json", json.dumps(runtime_env), "--submission-id", f"vr1-{uuid.uuid4().hex[:6]}", "--",
            "python", "orchestrator.py", "conf=ovd", "cluster.address=auto", f"model.path={tiny_model}",
            f"data.synthetic.dir={synthetic}", f"trainer.output_dir={out}", *COMMON]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=cluster["env"])
+    for _ in range(12):  # the head's job agent may still be starting on a loaded machine: Ray refuses the
+        # submission then ("No available agent to submit job, please try again later"), nothing was run
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=cluster["env"])
+        if "No available agent to submit job" not in proc.stdout + proc.stderr:
+            break
+        time.sleep(5)
     assert proc.returncode == 0 and "succeeded" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-3000:]
     job_id = cmd[cmd.index("--submission-id") + 1]
     logs = subprocess.run([ray, "job", "logs", "--address", cluster["dashboard"], job_id], capture_output=True,
