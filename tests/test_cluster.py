@@ -97,6 +97,7 @@ def test_ray_job_submit_runs_the_orchestrator(cluster, tiny_model, synthetic, tm
         if "No available agent to submit job" not in proc.stdout + proc.stderr:
             break
         time.sleep(5)
+        cmd[cmd.index("--submission-id") + 1] = f"vr1-{uuid.uuid4().hex[:6]}"
     assert proc.returncode == 0 and "succeeded" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-3000:]
     job_id = cmd[cmd.index("--submission-id") + 1]
     logs = subprocess.run([ray, "job", "logs", "--address", cluster["dashboard"], job_id], capture_output=True,
