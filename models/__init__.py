@@ -69,6 +69,9 @@ def answer_frame(coords: str, image_processor, width: int, height: int) -> tuple
     if coords == "norm1000":
         return 1000, 1000
     if coords == "input_pixels":
+        if not hasattr(image_processor, "merge_size"):
+            raise ValueError(f"model.coords=input_pixels needs a processor that resizes onto a patch grid "
+                             f"(Qwen2/2.5-VL's); {type(image_processor).__name__} does not: use norm1000")
         from data.images import model_input_size
         return model_input_size(image_processor, width, height)
     raise ValueError(f"model.coords={coords!r}: use one of {', '.join(COORDS)} (or auto: the family's own)")
