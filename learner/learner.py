@@ -389,7 +389,12 @@ class Learner(CheckpointIO):
         self.sender = WeightSender(host, port, world_size, "nccl" if torch.cuda.is_available() else "gloo",
                                    pack_bytes=pack_bytes)
         self.sender.connect()
-        self.delta = DeltaEncoder(delta_full_every) if delta_full_every > 0 else None
+        if delta_full_every <= 0:
+            self.delta = None
+        elif getattr(self, "delta", None) is None:
+            self.delta = DeltaEncoder(delta_full_every)
+        else:
+            self.delta.reset()  # (a rebuilt group: the next update goes in full)
         return world_size
 
     def broadcast_weights(self, bucket_mb: float = 256.0, keep: bool = False) -> int:
@@ -421,7 +426,7 @@ class Learner(CheckpointIO):
             self.sender.send_header(torch.tensor(counts, dtype=torch.int64))
             for parts in pieces:
                 sent += self.sender.send(parts)
-            delta.updates += 1
+            delta.sent()
         if self.rank == 0:
             self.sender.finish()
         self._snapshot = kept if keep and delta is None else None

@@ -282,13 +282,19 @@ class DeltaEncoder:
     ``full_every`` updates (and after ``reset``: a new group, a replaced engine)."""
 
     def __init__(self, full_every: int = 10):
-        self.full_every, self.base, self.updates = max(1, int(full_every)), {}, 0
+        self.full_every, self.base, self.updates, self.force_full = max(1, int(full_every)), {}, 0, True
 
     def reset(self) -> None:
-        self.base, self.updates = {}, 0
+        """A new group: the engines hold nothing the next update can build on. The base is kept
+        (it is still what the last sync sent, which ``resend_weights`` may need)."""
+        self.updates, self.force_full = 0, True
 
     def full_due(self) -> bool:
-        return not self.base or self.updates % self.full_every == 0
+        return self.force_full or not self.base or self.updates % self.full_every == 0
+
+    def sent(self) -> None:
+        """An update went out."""
+        self.updates, self.force_full = self.updates + 1, False
 
     def encode(self, name: str, cur: torch.Tensor, full: bool) -> tuple[int, list[torch.Tensor]]:
         """(header count, tensors to send) for ``cur``; the base becomes ``cur``."""

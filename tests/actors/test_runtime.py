@@ -221,6 +221,9 @@ def test_delta_sync_keeps_engine_and_learner_weights_identical(tiny_model, synth
         for update in range(4):
             if update == 3:
                 pool.connect()  # as after a replaced engine: both sides start over
+                # (asynchronous runs then resend the last synced weights, dense, to every engine)
+                ray.get([learner.resend_weights.remote()] + pool.engines.call("receive_weights", pool.meta))
+                assert ray.get(engine.weight_digest.remote(names)) == ray.get(learner.weight_digest.remote())
             rollouts = ray.get(engine.generate.remote(prompts))
             assert ray.get(learners.call_sharded("train_step", _items(rollouts)))[0]["grad_norm"] > 0
             pool.sync(version=update + 1)

@@ -94,7 +94,7 @@ def test_delta_updates_rebuild_the_senders_weights_bit_exact_in_fewer_bytes(limi
             n, parts = enc.encode(name, t, full)
             counts.append(n)
             pieces.append(parts)
-        enc.updates += 1
+        enc.sent()
         assert counts == want, (update, counts)
         got = {}
 
