@@ -239,20 +239,19 @@ def _row(rng: random.Random, task: str, split: str, i: int, ood: bool, out: path
             _draw(draw, s, spec.alpha)
         img.save(out / rel, optimize=False, compress_level=1)
     if task in QA_KINDS:
-        question, answer, images = _qa(rng, task, shapes)
+        question, answer, second = _qa(rng, task, shapes)
+        rels = [rel]
         if task == "gui":  # the second screen: the first without one shape
-            rel2 = f"images/{task}-{split}-{i}-b.png"
+            rels.append(f"images/{task}-{split}-{i}-b.png")
             if out is not None:
                 img = _background(w, h, bg, spec)
                 draw = ImageDraw.Draw(img, "RGBA" if spec.alpha < 1 else None)
-                for s in images:
+                for s in second:
                     _draw(draw, s, spec.alpha)
-                img.save(out / rel2, optimize=False, compress_level=1)
-            return {"id": f"{task}-{split}-{i}", "image": [rel, rel2], "accu_reward_method": QA_KINDS[task],
-                    "conversations": [{"from": "human", "value": "<image><image>" + question},
-                                      {"from": "gpt", "value": answer}]}
-        return {"id": f"{task}-{split}-{i}", "image": rel, "accu_reward_method": QA_KINDS[task],
-                "conversations": [{"from": "human", "value": "<image>" + question}, {"from": "gpt", "value": answer}]}
+                img.save(out / rels[1], optimize=False, compress_level=1)
+        return {"id": f"{task}-{split}-{i}", "image": rels if len(rels) > 1 else rel,
+                "accu_reward_method": QA_KINDS[task], "conversations": [{"from": "human", "value": "<image>" * len(rels) + question},
+                                  {"from": "gpt", "value": answer}]}
     if task == "rec":
         expr, target = _refer(rng, shapes, ood)
         question, answer = REC_QUESTION.format(expr=expr), json.dumps(target.box)
