@@ -159,7 +159,8 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
 
         # 4. log, then evaluate / checkpoint when due
         phase["step"] = time.perf_counter() - t_step
-        row = {**step_metrics(step + 1, batch, totals, train_metrics, phase), **batch.rules, "sync/bytes": engines.sync_bytes}
+        row = {**step_metrics(step + 1, batch, totals, train_metrics, phase), **batch.rules,
+               "sync/bytes": engines.sync_bytes}
         row.update(drift_signals(row, history[0] if history else None, last_eval), screened_frac=screened)
         events = rules.observe(step, row)  # scheduled rule changes taking effect from the next step
         if events:

@@ -249,9 +249,9 @@ def _row(rng: random.Random, task: str, split: str, i: int, ood: bool, out: path
                 for s in second:
                     _draw(draw, s, spec.alpha)
                 img.save(out / rels[1], optimize=False, compress_level=1)
+        turns = [{"from": "human", "value": "<image>" * len(rels) + question}, {"from": "gpt", "value": answer}]
         return {"id": f"{task}-{split}-{i}", "image": rels if len(rels) > 1 else rel,
-                "accu_reward_method": QA_KINDS[task], "conversations": [{"from": "human", "value": "<image>" * len(rels) + question},
-                                  {"from": "gpt", "value": answer}]}
+                "accu_reward_method": QA_KINDS[task], "conversations": turns}
     if task == "rec":
         expr, target = _refer(rng, shapes, ood)
         question, answer = REC_QUESTION.format(expr=expr), json.dumps(target.box)

@@ -75,7 +75,8 @@ class WeightSyncIO:
             with ctx, torch.no_grad():
                 if self.rank != 0:
                     continue
-                tensors = [(p + d() if d else p).detach().to(dtype, copy=keep or delta is not None) for _, p, d in bucket]
+                copy = keep or delta is not None  # kept (resend) or encoded later: never a view of the parameter
+                tensors = [(p + d() if d else p).detach().to(dtype, copy=copy) for _, p, d in bucket]
                 if delta is None:
                     sent += self.sender.send(tensors)
                     kept += tensors if keep else []
