@@ -54,13 +54,6 @@ def _expression(question: str) -> str:
     return tail[:-1] if tail.endswith(".") else tail
 
 
-def _truth(solution: str) -> str:
-    """A QA solution's answer (inside ``<answer>`` tags if it has them)."""
-    from rewards import parse
-    inner = parse.first_answer(solution)
-    return (inner if inner is not None else solution).strip()
-
-
 def _scale(box, size, input_size) -> list[int]:
     (w, h), (iw, ih) = size, input_size
     return [round(box[0] * iw / w), round(box[1] * ih / h), round(box[2] * iw / w), round(box[3] * ih / h)]
@@ -75,7 +68,8 @@ def sft_answer(task: str, question: str, solution: str, image_size, input_size) 
     """
     import json
     if task == "qa":
-        return f"<think>I look at the image.</think><answer>{_truth(solution)}</answer>"
+        from rewards.answers import truth
+        return f"<think>I look at the image.</think><answer>{truth(solution)}</answer>"
     if task == "rec":
         box = _scale(json.loads(solution), image_size, input_size)
         return f'<think>The target is {_expression(question)}.</think><answer>{{"bbox_2d": {json.dumps(box)}}}</answer>'
