@@ -14,6 +14,7 @@ under ``--out``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
 import shutil
@@ -47,6 +48,7 @@ VARIANTS = {
 }
 
 
+@functools.lru_cache(maxsize=None)  # the table is printed after every variant
 def constant_box(data: pathlib.Path) -> dict:
     """The no-localisation floor of a val set: the single box (in image-relative coordinates, on a
     1/20 grid) that scores best when answered for every image, its accuracy and mean IoU. A model
