@@ -68,8 +68,8 @@ def sft_answer(task: str, question: str, solution: str, image_size, input_size) 
     """
     import json
     if task == "qa":
-        from rewards.answers import truth
-        return f"<think>I look at the image.</think><answer>{truth(solution)}</answer>"
+        from rewards.answers import ground_truth
+        return f"<think>I look at the image.</think><answer>{ground_truth(solution)}</answer>"
     if task == "rec":
         box = _scale(json.loads(solution), image_size, input_size)
         return f'<think>The target is {_expression(question)}.</think><answer>{{"bbox_2d": {json.dumps(box)}}}</answer>'

@@ -38,7 +38,7 @@ def _answer(text: str, last: bool = True) -> str:
     return (inner if inner is not None else text).strip()
 
 
-def truth(solution: str) -> str:
+def ground_truth(solution: str) -> str:
     """The ground truth of a row: its solution, or the ``<answer>`` inside it."""
     return _answer(solution, last=False)
 
@@ -166,7 +166,7 @@ def math_equal(answer: str, truth: str) -> bool:
 # ---------------------------------------------------------------------------- the rewards
 def mcq_detail(completion: str, solution: str, **info):
     """1.0 when the answer's option letter is the solution's (``extract_choice`` on both)."""
-    truth = truth(solution)
+    truth = ground_truth(solution)
     correct = (extract_choice(truth) or truth).upper()
     picked = extract_choice(_answer(completion, last=False))
     if picked is None:
@@ -181,7 +181,7 @@ def yes_no_detail(completion: str, solution: str, **info):
         m = re.search(r"(yes|no)", text.lower())
         return m.group(1) if m else ""
     got = first(_answer(completion, last=False))
-    return (1.0 if got == first(truth(solution)) else 0.0), (None if got else "no_yes_no")
+    return (1.0 if got == first(ground_truth(solution)) else 0.0), (None if got else "no_yes_no")
 
 
 def numeric_detail(completion: str, solution: str, **info):
@@ -211,7 +211,7 @@ def default_detail(completion: str, solution: str, **info):
     """VLM-R1's default accuracy: 1.0 when ``math_equal`` holds; else, with digits in the solution,
     ``numeric`` (``fuzzy`` when either is not a number); with an option letter, ``mcq``; else
     ``fuzzy``."""
-    answer, truth = _answer(completion), truth(solution)
+    answer, truth = _answer(completion), ground_truth(solution)
     if math_equal(answer, truth):
         return 1.0, None
     if re.search(r"\d", truth):
