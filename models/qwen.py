@@ -59,32 +59,33 @@ def _image_processor(patch: int, max_tokens: int = 64, **kw):
                                  temporal_patch_size=2, merge_size=2, **kw)
 
 
+def _patch14_processor(processor_cls, tok, chat_template):
+    """The processor of a Qwen2/2.5-VL tiny build: 14 px patches, video on the image's pixel budget."""
+    from transformers import Qwen2VLVideoProcessor
+    ip = _image_processor(14)
+    video = Qwen2VLVideoProcessor(min_pixels=ip.size["shortest_edge"], max_pixels=ip.size["longest_edge"])
+    return processor_cls(image_processor=ip, tokenizer=tok, video_processor=video, chat_template=chat_template)
+
+
 def tiny_qwen2_5_vl(dims, ids, vocab, rope_theta, tok, chat_template):
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
-                              Qwen2VLVideoProcessor)
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
     vh, vd, vn, vi = dims[5:]
     config = Qwen2_5_VLConfig(
         text_config=_text(dims, ids, vocab, rope_theta),
         vision_config=dict(depth=vd, hidden_size=vh, intermediate_size=vi, num_heads=vn, out_hidden_size=dims[0],
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                            fullatt_block_indexes=[vd - 1]), **_special(ids))
-    ip = _image_processor(14)
-    video = Qwen2VLVideoProcessor(min_pixels=ip.size["shortest_edge"], max_pixels=ip.size["longest_edge"])
-    proc = Qwen2_5_VLProcessor(image_processor=ip, tokenizer=tok, video_processor=video, chat_template=chat_template)
-    return Qwen2_5_VLForConditionalGeneration(config), proc
+    return Qwen2_5_VLForConditionalGeneration(config), _patch14_processor(Qwen2_5_VLProcessor, tok, chat_template)
 
 
 def tiny_qwen2_vl(dims, ids, vocab, rope_theta, tok, chat_template):
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, Qwen2VLVideoProcessor
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
     vh, vd, vn, vi = dims[5:]
     config = Qwen2VLConfig(
         text_config=_text(dims, ids, vocab, rope_theta),
         vision_config=dict(depth=vd, embed_dim=vh, mlp_ratio=max(1, vi // vh), num_heads=vn, hidden_size=dims[0],
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2), **_special(ids))
-    ip = _image_processor(14)
-    video = Qwen2VLVideoProcessor(min_pixels=ip.size["shortest_edge"], max_pixels=ip.size["longest_edge"])
-    proc = Qwen2VLProcessor(image_processor=ip, tokenizer=tok, video_processor=video, chat_template=chat_template)
-    return Qwen2VLForConditionalGeneration(config), proc
+    return Qwen2VLForConditionalGeneration(config), _patch14_processor(Qwen2VLProcessor, tok, chat_template)
 
 
 def tiny_qwen3_vl(dims, ids, vocab, rope_theta, tok, chat_template):
