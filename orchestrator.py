@@ -152,15 +152,14 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
         # 3. push the new weights (version step + 1) to every engine
         t0 = time.perf_counter()
         engines.sync(version=step + 1)
-        phase["sync"] = time.perf_counter() - t0
+        phase["sync"], phase["sync_bytes"] = time.perf_counter() - t0, engines.sync_bytes
         meter.stop()
         for k in ("rollout", "reward", "train", "sync"):
             times[k] += phase[k]
 
         # 4. log, then evaluate / checkpoint when due
         phase["step"] = time.perf_counter() - t_step
-        row = {**step_metrics(step + 1, batch, totals, train_metrics, phase), **batch.rules,
-               "sync/bytes": engines.sync_bytes}
+        row = {**step_metrics(step + 1, batch, totals, train_metrics, phase), **batch.rules}
         row.update(drift_signals(row, history[0] if history else None, last_eval), screened_frac=screened)
         events = rules.observe(step, row)  # scheduled rule changes taking effect from the next step
         if events:

@@ -22,6 +22,7 @@ def step_metrics(step: int, batch, totals, tm: dict, phase: dict) -> dict:
            "boxes/gt_per_answer": sum(len(x["gt"]) for x in records) / len(records),
            "rollout/tokens_per_s": sum(lengths) / max(batch.times["rollout"], 1e-9), "time/step_s": phase["step"],
            **{f"time/{k}_s": phase[k] for k in ("rollout", "reward", "train", "sync")},
+           "sync/bytes": phase.get("sync_bytes", 0),
            "reward/queue_depth": phase["queue_depth"], "reward/worker_recoveries": phase["reward_recoveries"],
            "rollout/engine_restarts": phase.get("engine_restarts", 0),
            "staleness/max": staleness, "staleness/mean": float(staleness),
