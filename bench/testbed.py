@@ -45,6 +45,12 @@ VARIANTS = {
     "qwen3_big_shapes": ({"side": (28, 56)}, {"family": "qwen3_vl"}, {}),
     "qwen3_84px_rec": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {"family": "qwen3_vl"},
                        {"tasks": "rec", "steps": 800}),
+    # one shape per image: localisation alone; Qwen3-VL's position embeddings at unit scale
+    # (models/qwen.py), the lever bench.probe found
+    "qwen3_one_84px": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 1)}, {"family": "qwen3_vl"},
+                       {"tasks": "rec", "steps": 1000}),
+    "qwen3_two_84px": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {"family": "qwen3_vl"},
+                       {"tasks": "rec", "steps": 2000}),
 }
 
 

@@ -38,7 +38,8 @@ WARM_STEPS = 400  # ~2-3 minutes on 2 CPU cores: format learned, boxes still rou
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
-BUILD_VERSION = 3  # bump when the recipe changes, so caches rebuild (2: warm start with 3D positions; 3: fp32)
+BUILD_VERSION = 4  # bump when the recipe changes, so caches rebuild (2: warm start with 3D positions; 3: fp32;
+# 4: Qwen3-VL's position embeddings at unit scale)
 
 
 def cache_root() -> pathlib.Path:

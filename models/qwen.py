@@ -89,6 +89,7 @@ def tiny_qwen2_vl(dims, ids, vocab, rope_theta, tok, chat_template):
 
 
 def tiny_qwen3_vl(dims, ids, vocab, rope_theta, tok, chat_template):
+    import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
     vh, vd, vn, vi = dims[5:]
@@ -103,4 +104,10 @@ def tiny_qwen3_vl(dims, ids, vocab, rope_theta, tok, chat_template):
     ip = _image_processor(16, image_mean=[0.5] * 3, image_std=[0.5] * 3)  # Qwen3-VL's normalisation
     video = Qwen3VLVideoProcessor(size=dict(ip.size))
     proc = Qwen3VLProcessor(image_processor=ip, tokenizer=tok, video_processor=video, chat_template=chat_template)
-    return Qwen3VLForConditionalGeneration(config), proc
+    model = Qwen3VLForConditionalGeneration(config)
+    # The position embeddings at unit scale instead of the generic 0.02: next to the random patch
+    # projection they then say where each patch is from the first step on. A one-shape REC scene
+    # (84 px, python -m bench.probe) reached 0.97 accuracy after 1500 supervised steps this way,
+    # against 0.60 at 0.02 (and Qwen2.5-VL, with no absolute positions, 0.11).
+    torch.nn.init.normal_(model.model.visual.pos_embed.weight, std=1.0)
+    return model, proc
