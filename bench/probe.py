@@ -109,26 +109,26 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--n-train", type=int, default=2000)
-    ap.add_argument("--n-val", type=int, default=200)
+    ap.add_argument("--n-val", type=int, default=300)
     ap.add_argument("--eval-every", type=int, default=200)
-    ap.add_argument("--pos-scale", type=float, default=0.0, help="re-init the vision pos embedding with this std")
+    ap.add_argument("--pos-scale", type=float, default=0.0, help="re-draw the vision tower's position embeddings (Qwen3-VL) at this std; the build's: 1.0, the generic init: 0.02")
     ap.add_argument("--coords", default="input_pixels", choices=["input_pixels", "norm1000"])
     ap.add_argument("--rope-theta", type=float, default=20.0)
     ap.add_argument("--out", default="/tmp/probe")
     args = ap.parse_args(argv)
     from bench.testbed import constant_box
     from data.synthetic import Scene, generate
-    from data.tiny_model import build
+    from data.tiny_model import BUILD_VERSION, build
     from models import answer_frame, family_named  # noqa: F401
     torch.manual_seed(0)
     random.seed(0)
     scene = json.loads(args.scene)
     key = re.sub(r"[^a-z0-9]+", "_", json.dumps(scene, sort_keys=True).lower()) or "default"
-    data = pathlib.Path(args.out) / f"data_{key}_{args.n_train}"
+    data = pathlib.Path(args.out) / f"data_{key}_{args.n_train}_{args.n_val}"
     if not (data / "rec_val.jsonl").exists():
         generate(data, seed=0, n_train=args.n_train, n_val=args.n_val, n_ood=0, tasks=("rec",),
                  spec=Scene(**{k: tuple(v) if isinstance(v, list) else v for k, v in scene.items()}), progress=False)
-    mdir = pathlib.Path(args.out) / f"model_{args.family}_{args.size}_{args.rope_theta:g}"
+    mdir = pathlib.Path(args.out) / f"model_v{BUILD_VERSION}_{args.family}_{args.size}_{args.rope_theta:g}"
     if not (mdir / "BUILD.json").exists():
         build(mdir, seed=0, family=args.family, size=args.size, rope_theta=args.rope_theta)
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -149,6 +149,7 @@ def main(argv=None):
     pad = processor.tokenizer.pad_token_id
     rng = random.Random(0)
     t0 = time.perf_counter()
+    curve = []
     model.train()
     for step in range(1, args.steps + 1):
         b = collate(rng.sample(train, args.batch), pad)
@@ -162,9 +163,15 @@ def main(argv=None):
             print(f"step {step} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
         if step % args.eval_every == 0 or step == args.steps:
             r = evaluate(model, processor, val, frame)
+            curve.append((step, r["acc"]))
             print(f"EVAL step {step}: acc {r['acc']:.3f} iou {r['iou']:.3f} distinct {r['distinct']} "
                   f"parsed {r['parsed']:.2f} (floor {floor['acc']:.3f}/{floor['iou']:.3f}) "
                   f"{time.perf_counter() - t0:.0f}s", flush=True)
+    from conf.hardware import describe_cpu
+    pos = f"pos std {args.pos_scale:g}" if args.pos_scale else "as built"
+    print(f"\n| family | scene | coords | init | val accuracy at step {' / '.join(str(k) for k, _ in curve)} | "
+          f"one box | CPU |\n|---|---|---|---|---|---|---|\n| {args.family} ({args.size}) | {args.scene} | {frame} | {pos} | "
+          f"{' / '.join(f'{a:.3f}' for _, a in curve)} | {floor['acc']:.3f} | {describe_cpu()} |")
 
 
 if __name__ == "__main__":

@@ -140,7 +140,8 @@ def run_grpo(name: str, out: pathlib.Path, steps: int, lr: float, log: list, ext
         "conf=rec", f"model.path={hf}", "seed=0", f"data.synthetic.dir={data}", f"data.image_folders={data}",
         f"data.train_files={data}/rec_train.jsonl", f"data.val_files={data}/rec_val.jsonl", f"learner.lr={lr}",
         "learner.beta=0", "learner.dtype=fp32", "rollout.num_generations=8", "trainer.prompts_per_step=8",
-        f"trainer.max_steps={steps}", f"trainer.eval_steps={steps}", "eval.train_samples=100000", *extra],
+        f"trainer.max_steps={steps}", "trainer.epochs=100", f"trainer.eval_steps={steps}", "eval.train_samples=100000",
+        *extra],
         "summary.json", log)
     first = eval_records(g / "eval" / "step_000000.json")
     last = eval_records(g / "eval" / f"step_{steps:06d}.json")

@@ -14,6 +14,7 @@ import pathlib
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from data.synthetic import SCENES
 from models import COORDS, FAMILIES
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent
@@ -24,6 +25,7 @@ CHOICES = {
     "model.family": ["auto", *FAMILIES],
     "model.coords": ["auto", *COORDS],
     "data.task": ["rec", "ovd", "qa"],
+    "data.synthetic.scene": list(SCENES),
     "learner.zero_stage": [0, 1, 2, 3],
     "learner.dtype": ["auto", "fp32", "bf16"],
     "learner.off_policy": ["bypass", "decoupled", "none"],
@@ -170,6 +172,8 @@ def _validate_funcs(cfg: DictConfig) -> None:
 def resolve(cfg: DictConfig, cache_root: pathlib.Path) -> DictConfig:
     """Fill the run-time defaults (synthetic data dir) and resolve every interpolation."""
     if cfg.data.synthetic.dir is None:
-        cfg.data.synthetic.dir = str(cache_root / f"synthetic-s{cfg.data.synthetic.seed}")
+        scene = cfg.data.synthetic.scene
+        cfg.data.synthetic.dir = str(cache_root / f"synthetic-s{cfg.data.synthetic.seed}"
+                                     f"{'' if scene == 'default' else '-' + scene}")
     OmegaConf.resolve(cfg)
     return cfg

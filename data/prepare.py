@@ -15,12 +15,13 @@ def ensure_synthetic(data_cfg) -> bool:
     missing = [p for p in wanted if root in p.parents and not p.exists()]
     if not missing:
         return False
-    from data.synthetic import TASKS, generate
+    from data.synthetic import TASKS, generate, scene_named
     tasks = [t for t in TASKS if any(p.name.startswith(f"{t}_") for p in missing)]
     t0 = time.perf_counter()
     print(f"generating the synthetic shapes data ({', '.join(tasks)}) into {root} ...", flush=True)
     s = data_cfg.synthetic
-    generate(root, seed=s.seed, n_train=s.n_train, n_val=s.n_val, n_ood=s.n_ood, tasks=tuple(tasks))
+    generate(root, seed=s.seed, n_train=s.n_train, n_val=s.n_val, n_ood=s.n_ood, tasks=tuple(tasks),
+             spec=scene_named(s.get("scene", "default")))
     print(f"generated in {time.perf_counter() - t0:.1f} s", flush=True)
     still = [p for p in missing if not p.exists()]
     if still:

@@ -131,25 +131,36 @@ def build(out_dir: str | os.PathLike, seed: int = 0, rope_theta: float = 20.0, s
     return out
 
 
-def parse_builtin(path: str) -> tuple[str, bool] | None:
-    """``builtin:tiny[-<family>][-random]`` -> (family, warm-started?); None for any other path.
+# warm-start recipes by suffix: "" (the default: REC + OVD on the default scene, WARM_STEPS) and
+# "-one-shape" (REC on the one_shape scene, long enough that the box follows the shape)
+RECIPES = {"": {"scene": "default", "tasks": "rec:ovd", "steps": WARM_STEPS},
+           "-one-shape": {"scene": "one_shape", "tasks": "rec", "steps": 1000}}
 
-    >>> parse_builtin("builtin:tiny"), parse_builtin("builtin:tiny-qwen3-vl-random"), parse_builtin("/m")
-    (('qwen2_5_vl', True), ('qwen3_vl', False), None)
+
+def parse_builtin(path: str) -> tuple[str, dict | None] | None:
+    """``builtin:tiny[-<family>][-random|-one-shape]`` -> (family, warm-start recipe or None for
+    the random init); None for any other path.
+
+    >>> parse_builtin("builtin:tiny")[1]["steps"], parse_builtin("builtin:tiny-qwen3-vl-random"), parse_builtin("/m")
+    (400, ('qwen3_vl', None), None)
     """
     if not path.startswith("builtin:"):
         return None
     name = path[len("builtin:"):]
-    warm = not name.endswith("-random")
-    name = name if warm else name[:-len("-random")]
+    recipe = RECIPES[""]
+    for suffix, r in [("-random", None), *RECIPES.items()]:
+        if suffix and name.endswith(suffix):
+            name, recipe = name[:-len(suffix)], r
+            break
     if name == "tiny":
-        return "qwen2_5_vl", warm
+        return "qwen2_5_vl", recipe
     slug = name[len("tiny-"):] if name.startswith("tiny-") else None
     if slug not in SLUGS:
         names = ", ".join(["builtin:tiny"] + [f"builtin:tiny-{s}" for s in SLUGS])
-        raise ValueError(f"model.path={path!r} is not an embedded model: use one of {names} "
-                         f"(each also as ...-random, the untrained init), a local directory or a hub id")
-    return SLUGS[slug], warm
+        raise ValueError(f"model.path={path!r} is not an embedded model: use one of {names} (each also as "
+                         f"...-random, the untrained init, or ...-one-shape, warm-started on the one-shape "
+                         f"scene), a local directory or a hub id")
+    return SLUGS[slug], recipe
 
 
 def resolve_model_path(path: str, seed: int = 0) -> str:
@@ -158,7 +169,7 @@ def resolve_model_path(path: str, seed: int = 0) -> str:
     parsed = parse_builtin(path)
     if parsed is None:
         return path
-    family, warm = parsed
+    family, recipe = parsed
     slug = next(s for s, f in SLUGS.items() if f == family)
     base = cache_root() / f"tiny-{slug}-v{BUILD_VERSION}-s{seed}"
     if not (base / "BUILD.json").exists():
@@ -166,27 +177,30 @@ def resolve_model_path(path: str, seed: int = 0) -> str:
         print(f"building the embedded tiny {slug} into {base} ...", flush=True)
         build(base, seed, family=family)
         print(f"built in {time.perf_counter() - t0:.1f} s", flush=True)
-    if not warm:
+    if recipe is None:
         return str(base)
-    out = base.with_name(base.name + "-warm")
+    scene = recipe["scene"]
+    out = base.with_name(base.name + "-warm" + ("" if scene == "default" else f"-{scene}"))
     if not (out / "BUILD.json").exists():
-        warm_start(base, out, seed)
+        warm_start(base, out, seed, recipe["steps"], scene, recipe["tasks"])
     return str(out)
 
 
-def warm_start(base: pathlib.Path, out: pathlib.Path, seed: int = 0, steps: int = WARM_STEPS) -> pathlib.Path:
-    """Supervised warm start of ``base`` on the synthetic REC + OVD answers, saved at ``out``."""
+def warm_start(base: pathlib.Path, out: pathlib.Path, seed: int = 0, steps: int = WARM_STEPS,
+               scene: str = "default", tasks: str = "rec:ovd") -> pathlib.Path:
+    """Supervised warm start of ``base`` on the synthetic answers of ``tasks`` in ``scene``, saved at ``out``."""
     import subprocess
     import sys
     repo = pathlib.Path(__file__).resolve().parents[1]
-    syn = cache_root() / "synthetic-s0"
+    syn = cache_root() / ("synthetic-s0" + ("" if scene == "default" else f"-{scene}"))
     work = out.with_name(out.name + f".work{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     print(f"warm-starting the tiny model ({steps} supervised steps on the synthetic answers) ...", flush=True)
     t0 = time.perf_counter()
+    files = lambda split: ":".join(f"{syn}/{t}_{split}.jsonl" for t in tasks.split(":"))  # noqa: E731
     cmd = [sys.executable, str(repo / "orchestrator.py"), "mode=sft", f"model.path={base}", f"seed={seed}",
-           "data.task=rec:ovd", f"data.synthetic.dir={syn}", f"data.image_folders={syn}",
-           f"data.train_files={syn}/rec_train.jsonl:{syn}/ovd_train.jsonl", f"data.val_files={syn}/rec_val.jsonl:{syn}/ovd_val.jsonl",
+           f"data.task={tasks}", f"data.synthetic.dir={syn}", f"data.synthetic.scene={scene}", f"data.image_folders={syn}",
+           f"data.train_files={files('train')}", f"data.val_files={files('val')}",
            f"trainer.max_steps={steps}", "trainer.prompts_per_step=16", "trainer.epochs=100", "learner.lr=3e-3",
            "learner.lr_schedule=cosine", "learner.warmup_steps=10", "learner.beta=0", "learner.micro_batch_size=16",
            # fp32 whatever the CPU: the same warm start everywhere, and on a CPU with AMX, bf16 (auto) made
@@ -198,7 +212,8 @@ def warm_start(base: pathlib.Path, out: pathlib.Path, seed: int = 0, steps: int 
     subprocess.run(cmd, check=True, cwd=repo)
     hf = work / "checkpoints" / f"step_{steps:06d}" / "hf"
     info = json.loads((base / "BUILD.json").read_text())
-    info.update({"warm_start_steps": steps, "warm_start_seconds": round(time.perf_counter() - t0, 1)})
+    info.update({"warm_start_steps": steps, "warm_start_scene": scene, "warm_start_tasks": tasks,
+                 "warm_start_seconds": round(time.perf_counter() - t0, 1)})
     (hf / "BUILD.json").write_text(json.dumps(info))
     if out.exists():
         shutil.rmtree(out)

@@ -72,10 +72,24 @@ def test_one_data_file_trains_every_convention(tiny_model, coords):
 
 def test_builtin_names():
     from data.tiny_model import parse_builtin
-    assert parse_builtin("builtin:tiny-qwen2-vl") == ("qwen2_vl", True)
-    assert parse_builtin("builtin:tiny-qwen2.5-vl-random") == ("qwen2_5_vl", False)
+    assert parse_builtin("builtin:tiny-qwen2-vl") == ("qwen2_vl", {"scene": "default", "tasks": "rec:ovd", "steps": 400})
+    assert parse_builtin("builtin:tiny-qwen2.5-vl-random") == ("qwen2_5_vl", None)
+    assert parse_builtin("builtin:tiny-qwen3-vl-one-shape") == ("qwen3_vl", {"scene": "one_shape", "tasks": "rec", "steps": 1000})
     assert parse_builtin("Qwen/Qwen3-VL-2B-Instruct") is None
     with pytest.raises(ValueError, match="'builtin:tiny-llava' is not an embedded model: use one of builtin:tiny, "
                                          "builtin:tiny-qwen2.5-vl, builtin:tiny-qwen2-vl, builtin:tiny-qwen3-vl, builtin:tiny-glm4v, "
                                          "builtin:tiny-internvl"):
         parse_builtin("builtin:tiny-llava")
+
+
+def test_tiny_qwen3_vl_position_embeddings_start_at_unit_scale(tmp_path):
+    """The testbed's localisation lever (bench.probe): the tiny Qwen3-VL's learned absolute
+    position embeddings are drawn at std 1, far above the generic init of every other weight."""
+    from safetensors.torch import load_file
+
+    from data.tiny_model import build
+    weights = load_file(str(build(tmp_path / "q3", seed=0, family="qwen3_vl") / "model.safetensors"))
+    pos = next(v for k, v in weights.items() if k.endswith("visual.pos_embed.weight"))
+    patch = next(v for k, v in weights.items() if k.endswith("visual.patch_embed.proj.weight"))
+    assert pos.shape[0] == 64 and 0.9 < float(pos.float().std()) < 1.1
+    assert float(patch.float().std()) < 0.05

@@ -1,6 +1,7 @@
 """What a step logs and what a run prints at the end (used by orchestrator.py)."""
 from __future__ import annotations
 
+import json
 import pathlib
 
 
@@ -129,6 +130,21 @@ def summarize(history: list[dict], times: dict, wall: float, cpu_share: float | 
             "time_s": {**{k: round(v, 2) for k, v in times.items()}, "other": round(wall - phases, 2), "total": round(wall, 2)}}
 
 
+HEADLINE = ("accuracy", "mean_iou", "mAP", "AP50", "mean_score")  # the eval metrics the summary compares
+
+
+def eval_span(out_dir: pathlib.Path) -> str | None:
+    """The headline val metrics at the first and the last evaluation saved under ``out_dir/eval``,
+    as one line ("accuracy 0.187 -> 0.267, ..."), or None with fewer than two evaluations."""
+    files = sorted((out_dir / "eval").glob("step_*.json")) if (out_dir / "eval").is_dir() else []
+    if len(files) < 2:
+        return None
+    (a, b) = (json.loads(f.read_text())["metrics"] for f in (files[0], files[-1]))
+    parts = [f"{k} {a[k]:.3f} -> {b[k]:.3f} ({b[k] - a[k]:+.3f})" for k in HEADLINE if k in a and k in b]
+    steps = f"step {int(files[0].stem[5:])} -> {int(files[-1].stem[5:])}"
+    return f"val ({steps}, {b.get('samples', '?')} samples): " + ", ".join(parts) if parts else None
+
+
 def print_summary(s: dict, out_dir: pathlib.Path) -> None:
     t = s["time_s"]
     share = lambda k: f"{t[k]:.1f}s ({100 * t[k] / max(t['total'], 1e-9):.0f}%)"  # noqa: E731
@@ -136,6 +152,9 @@ def print_summary(s: dict, out_dir: pathlib.Path) -> None:
         print("\ndone: no steps to run (already at trainer.max_steps?)")
         return
     print(f"\ndone: {s['steps']} steps, {s['samples']} samples; reward {s['reward_first']:.3f} -> {s['reward_last']:.3f}")
+    span = eval_span(out_dir)
+    if span:
+        print(span)
     print("time: " + ", ".join(f"{k} {share(k)}" for k in ("rollout", "reward", "train", "sync", "eval_ckpt", "other"))
           + (f" (asynchronous, max_staleness={s['max_staleness']}: rollout and reward ran beside training; 'train' "
              "is the wait for the learner after them)" if s.get("max_staleness") else ""))

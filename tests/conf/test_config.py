@@ -34,6 +34,7 @@ def test_reward_funcs_replaced_by_task_file_adjusted_by_command_line():
     (["learner.zero_stage=4"], "not one of [0, 1, 2, 3]"),
     (["reward.funcs.rec_iuo=1"], "unknown reward 'rec_iuo'"),
     (["reward.funcs.rec_iou=heavy"], "weight must be a finite number"),
+    (["data.synthetic.scene=crowded"], "not one of ['default', 'one_shape']"),
 ])
 def test_bad_configs_fail_fast_with_a_hint(args, message):
     with pytest.raises(ConfigError) as e:
@@ -56,7 +57,7 @@ def test_required_keys_exist_with_their_names():
 def test_every_shipped_yaml_validates_and_resolves(path, tmp_path):
     c = conf.resolve(conf.load([f"conf={path.stem}"]), tmp_path)
     assert str(tmp_path) in c.data.train_files
-    assert c.data.task == (path.stem if path.stem in ("rec", "ovd") else "qa")  # VLM-R1's other tasks share qa
+    assert c.data.task == (path.stem if path.stem in ("rec", "ovd") else "rec" if path.stem == "testbed" else "qa")
     from data.synthetic import TASKS
     for f in (c.data.train_files + ":" + c.data.val_files).split(":"):  # each names a file the generator writes
         assert any(f.endswith(f"/{t}_train.jsonl") or f.endswith(f"/{t}_val.jsonl") for t in TASKS), f
@@ -105,3 +106,22 @@ def test_auto_dtype_follows_the_cpu_flags():
     # this machine: the answer agrees with its own /proc/cpuinfo
     flags = cpu_flags()
     assert native_bf16(flags, gpu=False)[0] == bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def test_a_named_scene_gets_a_data_dir_of_its_own(tmp_path):
+    """conf=testbed's one-shape scene never mixes with the default scene's cached files, and the
+    generator draws it: 84 px images, shapes of side 24-48."""
+    import json
+
+    from data.prepare import ensure_synthetic
+    c = conf.resolve(conf.load(["conf=testbed", "data.synthetic.n_train=6", "data.synthetic.n_val=4",
+                                "data.synthetic.n_ood=4"]), tmp_path)
+    assert c.data.synthetic.dir == str(tmp_path / "synthetic-s0-one_shape") and c.model.path.endswith("-one-shape")
+    assert conf.resolve(conf.load([]), tmp_path).data.synthetic.dir == str(tmp_path / "synthetic-s0")
+    assert ensure_synthetic(c.data)
+    from PIL import Image
+    root = pathlib.Path(c.data.synthetic.dir)
+    rows = [json.loads(x) for x in (root / "rec_train.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(Image.open(root / r["image"]).size == (84, 84) for r in rows)
+    boxes = [json.loads(r["conversations"][1]["value"]) for r in rows]
+    assert all(24 <= b[2] - b[0] <= 48 and b[2] - b[0] == b[3] - b[1] and 0 <= b[0] and b[2] < 84 for b in boxes)

@@ -73,3 +73,18 @@ def test_qa_answers_are_scored_by_the_rows_own_method():
     assert m["mean_score"] == pytest.approx((1 + 0 + 2 * 9 / 19 + 1) / 4)  # ratio("red circl", "red circle") = 18/19
     mixed, _ = evaluate.score_rollouts(rollouts + [_rollout('<answer>{"bbox_2d": [0, 0, 56, 112]}</answer>', "[0, 0, 100, 200]")])
     assert mixed["qa/accuracy"] == 0.5 and mixed["rec/accuracy"] == 1.0
+
+
+def test_the_run_summary_compares_the_first_and_last_evaluation(tmp_path, capsys):
+    from trainer.summary import eval_span, print_summary
+    (tmp_path / "eval").mkdir()
+    assert eval_span(tmp_path) is None  # nothing to compare yet
+    for step, acc, iou in [(0, 0.187, 0.27), (100, 0.23, 0.35), (300, 0.267, 0.369)]:
+        evaluate.save(tmp_path / "eval" / f"step_{step:06d}.json",
+                      {"samples": 300, "accuracy": acc, "mean_iou": iou, "parse_failures": 0}, [])
+    assert eval_span(tmp_path) == ("val (step 0 -> 300, 300 samples): accuracy 0.187 -> 0.267 (+0.080), "
+                                   "mean_iou 0.270 -> 0.369 (+0.099)")
+    s = {"steps": 3, "samples": 96, "reward_first": 1.0, "reward_last": 1.2, "chosen": {},
+         "time_s": {k: 1.0 for k in ("rollout", "reward", "train", "sync", "eval_ckpt", "other", "total")}}
+    print_summary(s, tmp_path)
+    assert "accuracy 0.187 -> 0.267 (+0.080)" in capsys.readouterr().out
