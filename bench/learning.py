@@ -5,6 +5,8 @@ alone (VLM-R1's box-padding hack).
 
     python -m bench.learning                         # the full experiment (see README for its time)
     python -m bench.learning --seeds 0 --steps 20    # a quick look
+    python -m bench.learning --testbed --steps 300 --prompts-per-step 8 --ovd-steps 0 --staleness 0 \
+        --out outputs/learning_testbed                # on the localisation testbed (conf=testbed)
 
 Every stage is one ``orchestrator.py`` command, printed as it starts, so the experiment is also
 the recipe for doing it by hand. A stage whose results already exist is skipped: an interrupted
@@ -86,6 +88,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--ovd-steps", type=int, default=100, help="training steps of each OVD run (0: skip OVD)")
     ap.add_argument("--staleness", type=int, nargs="+", default=[1, 0],
                     help="trainer.max_staleness of the GRPO arm (the first) and of the arms compared with it")
+    ap.add_argument("--testbed", action="store_true",
+                    help="conf=testbed (one-shape scenes, the tiny Qwen3-VL) instead of conf=rec on builtin:tiny")
     ap.add_argument("--out", default="outputs/learning")
     ap.add_argument("--fresh", action="store_true", help="delete --out first")
     args = ap.parse_args(argv)
@@ -96,22 +100,23 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     sys.path.insert(0, str(REPO))
     from data.tiny_model import cache_root, resolve_model_path
-    syn = cache_root() / "synthetic-s0"
+    rec = "conf=testbed" if args.testbed else "conf=rec"
+    syn = cache_root() / ("synthetic-s0-one_shape" if args.testbed else "synthetic-s0")
     val2 = f"data.val_files={syn}/rec_val.jsonl:{syn}/rec_val_ood.jsonl"
     log: list[dict] = []
     S, B = args.steps, args.prompts_per_step
 
-    warm = resolve_model_path("builtin:tiny", 0)
+    warm = resolve_model_path("builtin:tiny-qwen3-vl-one-shape" if args.testbed else "builtin:tiny", 0)
     if args.warm_steps:
-        d = run_stage("warm", out, ["mode=sft", "conf=rec", f"model.path={warm}", f"trainer.max_steps={args.warm_steps}",
+        d = run_stage("warm", out, ["mode=sft", rec, f"model.path={warm}", f"trainer.max_steps={args.warm_steps}",
                                     "trainer.prompts_per_step=16", "learner.micro_batch_size=16", "learner.lr=1e-3",
                                     "learner.lr_schedule=cosine", "seed=100"], "checkpoints", log)
         warm = str(sorted((d / "checkpoints").glob("step_*"))[-1] / "hf")
-    base_dir = run_stage("base_eval", out, ["mode=eval", "conf=rec", f"model.path={warm}", val2], "eval_results.json", log)
+    base_dir = run_stage("base_eval", out, ["mode=eval", rec, f"model.path={warm}", val2], "eval_results.json", log)
     results = {"base": split_metrics(eval_records(base_dir / "eval_results.json")), "sft": [], "grpo": [], "curves": {}}
 
     for seed in args.seeds:
-        common = ["conf=rec", f"seed={seed}", f"model.path={warm}", f"trainer.max_steps={S}",
+        common = [rec, f"seed={seed}", f"model.path={warm}", f"trainer.max_steps={S}",
                   f"trainer.prompts_per_step={B}", f"trainer.save_steps={S}", "trainer.keep_checkpoints=1"]
         for k in args.staleness:  # the first is the GRPO arm of the tables; others are compared to it
             name = f"grpo_rec_s{seed}" + (f"_k{k}" if k != args.staleness[0] else "")
@@ -126,7 +131,7 @@ def main(argv=None) -> dict:
         s = run_stage(f"sft_rec_s{seed}", out, ["mode=sft", *common, f"learner.lr={args.sft_lr}", "learner.beta=0"],
                       "checkpoints", log)
         hf = sorted((s / "checkpoints").glob("step_*"))[-1] / "hf"
-        e = run_stage(f"sft_rec_s{seed}_eval", out, ["mode=eval", "conf=rec", f"model.path={hf}", val2],
+        e = run_stage(f"sft_rec_s{seed}_eval", out, ["mode=eval", rec, f"model.path={hf}", val2],
                       "eval_results.json", log)
         results["sft"].append(split_metrics(eval_records(e / "eval_results.json")))
         # the two arms saw the same prompts (same seed, B and sampler)

@@ -49,6 +49,8 @@ VARIANTS = {
     # (models/qwen.py), the lever bench.probe found
     "qwen3_one_84px": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 1)}, {"family": "qwen3_vl"},
                        {"tasks": "rec", "steps": 1000}),
+    "qwen3_one_84px_1200": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 1)}, {"family": "qwen3_vl"},
+                            {"tasks": "rec", "steps": 1200}),
     "qwen3_two_84px": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {"family": "qwen3_vl"},
                        {"tasks": "rec", "steps": 2000}),
 }
