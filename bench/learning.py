@@ -186,7 +186,7 @@ def tables(res: dict, args) -> str:
         lines.append(f"| {label} | " + " | ".join(_fmt(_pool(arm, s, k)) for s in ("in", "ood") for k in ("hit", "iou")) + " |")
     d = lambda arm, s, k: mean_se(_pool(arm, s, k))[0]  # noqa: E731
     lines += ["", f"GRPO - base, in-domain: accuracy {100 * (d(res['grpo'], 'in', 'hit') - d([res['base']], 'in', 'hit')):+.1f} "
-              f"points (target +10), mean IoU {d(res['grpo'], 'in', 'iou') - d([res['base']], 'in', 'iou'):+.3f} (target +0.10)",
+              f"points (target +15), mean IoU {d(res['grpo'], 'in', 'iou') - d([res['base']], 'in', 'iou'):+.3f} (target +0.10)",
               f"GRPO - SFT, out-of-domain: accuracy {100 * (d(res['grpo'], 'ood', 'hit') - d(res['sft'], 'ood', 'hit')):+.1f} "
               f"points, mean IoU {d(res['grpo'], 'ood', 'iou') - d(res['sft'], 'ood', 'iou'):+.3f} (target > 0)"]
     if len(args.staleness) > 1:
@@ -237,7 +237,9 @@ def plot(res: dict, path: pathlib.Path) -> None:
               ("OVD: sampled boxes per answer", "ovd_", "boxes/pred_per_answer"),
               ("OVD: sampled ovd_odlength", "ovd_", "reward/ovd_odlength"),
               ("OVD: sampled ovd_map", "ovd_", "reward/ovd_map")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+    panels = [p for p in panels if any(n.startswith(p[1]) and rows for n, rows in res["curves"].items())]  # skipped runs: no panel
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 3.6), squeeze=False)
+    axes = axes[0]
     for ax, (title, prefix, key) in zip(axes, panels):
         for name, rows in res["curves"].items():
             if name.startswith(prefix) and rows:

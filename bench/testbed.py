@@ -6,6 +6,7 @@ and evaluate REC in domain (accuracy = IoU > 0.5, mean IoU, with standard errors
     python -m bench.testbed --variants current big_84px  # some of them
     python -m bench.testbed --steps 200              # shorter warm starts
     python -m bench.testbed --variants big_84px_rec --grpo-steps 200  # and GRPO over the warm start
+    python -m bench.testbed --variants qwen3_one_84px_recovd --ovd-grpo-steps 200  # OVD GRPO over it
 
 Each stage is an ``orchestrator.py`` command (printed); finished stages are kept, so an
 interrupted run continues (``--fresh`` starts over). Writes ``testbed.md`` / ``testbed.json``
@@ -51,6 +52,8 @@ VARIANTS = {
                        {"tasks": "rec", "steps": 1000}),
     "qwen3_one_84px_1200": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 1)}, {"family": "qwen3_vl"},
                             {"tasks": "rec", "steps": 1200}),
+    "qwen3_one_84px_recovd": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 1)}, {"family": "qwen3_vl"},
+                              {"tasks": "rec:ovd", "steps": 1200}),
     "qwen3_two_84px": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {"family": "qwen3_vl"},
                        {"tasks": "rec", "steps": 2000}),
 }
@@ -157,6 +160,34 @@ def run_grpo(name: str, out: pathlib.Path, steps: int, lr: float, log: list, ext
             "distinct": [distinct_boxes(first), distinct_boxes(last)]}
 
 
+def run_grpo_ovd(name: str, out: pathlib.Path, steps: int, lr: float, log: list) -> dict:
+    """GRPO on the variant's OVD rows (conf=ovd: format + odLength, G=8, 8 prompts a step, beta 0)
+    over its warm start; val mAP (COCOeval over the 300 val images, greedy) before and after."""
+    d = out / name
+    data, hf = d / "data", sorted((d / "sft" / "checkpoints").glob("step_*"))[-1] / "hf"
+    g = run_stage(f"{name}/ovd_grpo_{steps}_lr{lr:g}", out, [
+        "conf=ovd", f"model.path={hf}", "seed=0", f"data.synthetic.dir={data}", f"data.image_folders={data}",
+        f"data.train_files={data}/ovd_train.jsonl", f"data.val_files={data}/ovd_val.jsonl", f"learner.lr={lr}",
+        "learner.beta=0", "learner.dtype=fp32", "rollout.num_generations=8", "trainer.prompts_per_step=8",
+        f"trainer.max_steps={steps}", "trainer.epochs=100", f"trainer.eval_steps={steps}", "eval.train_samples=100000"],
+        "summary.json", log)
+    first, last = (json.loads((g / "eval" / f"step_{s:06d}.json").read_text())["metrics"] for s in (0, steps))
+    return {"steps": steps, "lr": lr, "seconds": next((x["seconds"] for x in log if x["stage"].startswith(f"{name}/ovd_grpo")), None),
+            **{k: [first[k], last[k]] for k in ("mAP", "AP50", "boxes_per_answer")}}
+
+
+def ovd_table(rows: list[dict]) -> str:
+    lines = ["OVD GRPO over the warm start (conf=ovd: format + odLength, G=8, 8 prompts a step, beta 0), greedy val, "
+             "300 images", "", "| variant | steps | lr | minutes | val mAP before -> after | AP50 before -> after | "
+             "boxes per answer |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        g = r["ovd_grpo"]
+        lines.append(f"| {r['variant']} | {g['steps']} | {g['lr']:g} | {(g['seconds'] or 0) / 60:.1f} | "
+                     f"{g['mAP'][0]:.3f} -> {g['mAP'][1]:.3f} | {g['AP50'][0]:.3f} -> {g['AP50'][1]:.3f} | "
+                     f"{g['boxes_per_answer'][0]:.2f} -> {g['boxes_per_answer'][1]:.2f} |")
+    return "\n".join(lines)
+
+
 def grpo_table(rows: list[dict]) -> str:
     lines = ["GRPO over the warm start (conf=rec, G=8, 8 prompts a step, beta 0), REC in domain, greedy, "
              "same 300 val images", "",
@@ -203,6 +234,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--dtype", default="fp32", help="learner.dtype of the warm start")
     ap.add_argument("--grpo-steps", type=int, default=0, help="then GRPO for this many steps (0: warm starts only)")
     ap.add_argument("--grpo-lr", type=float, default=1e-4)
+    ap.add_argument("--ovd-grpo-steps", type=int, default=0, help="then GRPO on the OVD rows for this many steps")
     ap.add_argument("--grpo-overrides", nargs="*", default=[], help="more config overrides for the GRPO runs")
     ap.add_argument("--out", default="outputs/testbed")
     ap.add_argument("--fresh", action="store_true")
@@ -220,8 +252,11 @@ def main(argv=None) -> list[dict]:
         rows.append(run_variant(name, out, args.steps, args.lr, args.dtype, log))
         if args.grpo_steps:
             rows[-1] = {**rows[-1], "grpo": run_grpo(name, out, args.grpo_steps, args.grpo_lr, log, tuple(args.grpo_overrides))}
+        if args.ovd_grpo_steps:
+            rows[-1] = {**rows[-1], "ovd_grpo": run_grpo_ovd(name, out, args.ovd_grpo_steps, args.grpo_lr, log)}
         print(table(rows, cpu, out), flush=True)
-    md = table(rows, cpu, out) + ("\n\n" + grpo_table(rows) if args.grpo_steps else "")
+    md = table(rows, cpu, out) + ("\n\n" + grpo_table(rows) if args.grpo_steps else "") \
+        + ("\n\n" + ovd_table(rows) if args.ovd_grpo_steps else "")
     print(md)
     (out / "testbed.json").write_text(json.dumps({"cpu": cpu, "rows": rows}))
     (out / "testbed.md").write_text(md + "\n")

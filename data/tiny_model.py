@@ -18,8 +18,9 @@ supervised run (``orchestrator.py mode=sft``, the same learner, config and loade
 synthetic REC and OVD answers, so that it writes the answer format most of the time while its
 boxes are still imprecise -- something for GRPO to improve. ``builtin:tiny-random`` is the random
 init. Other families: ``builtin:tiny-qwen2-vl``, ``builtin:tiny-qwen3-vl``, ``builtin:tiny-glm4v``,
-``builtin:tiny-internvl``
-(and ``...-random``).
+``builtin:tiny-internvl`` (and ``...-random``). ``...-one-shape`` is warm-started instead by
+1,200 REC steps on the one-shape scene (``data.synthetic.SCENES``): the localisation testbed's
+model, ``builtin:tiny-qwen3-vl-one-shape`` (``conf=testbed``).
 ``resolve_model_path`` builds any of them once into the cache and returns its path; any other
 value is returned as is (a local directory or a hub id, loaded by the normal Hugging Face code).
 """
@@ -134,7 +135,7 @@ def build(out_dir: str | os.PathLike, seed: int = 0, rope_theta: float = 20.0, s
 # warm-start recipes by suffix: "" (the default: REC + OVD on the default scene, WARM_STEPS) and
 # "-one-shape" (REC on the one_shape scene, long enough that the box follows the shape)
 RECIPES = {"": {"scene": "default", "tasks": "rec:ovd", "steps": WARM_STEPS},
-           "-one-shape": {"scene": "one_shape", "tasks": "rec", "steps": 1000}}
+           "-one-shape": {"scene": "one_shape", "tasks": "rec", "steps": 1200}}
 
 
 def parse_builtin(path: str) -> tuple[str, dict | None] | None:
@@ -181,7 +182,8 @@ def resolve_model_path(path: str, seed: int = 0) -> str:
         return str(base)
     scene = recipe["scene"]
     out = base.with_name(base.name + "-warm" + ("" if scene == "default" else f"-{scene}"))
-    if not (out / "BUILD.json").exists():
+    done = json.loads((out / "BUILD.json").read_text()) if (out / "BUILD.json").exists() else {}
+    if done.get("warm_start_steps") != recipe["steps"]:  # never built, or by another recipe
         warm_start(base, out, seed, recipe["steps"], scene, recipe["tasks"])
     return str(out)
 
