@@ -1,12 +1,20 @@
 """A fast probe of what the tiny model can learn to localise: supervised REC in plain PyTorch
 (no Ray, no DeepSpeed, no engines), greedy evaluation against the constant-box floor.
 
-    python -m bench.probe --family qwen2_5_vl --steps 600 --scene '{"sizes": [84], "shapes": [1, 1]}'
+    S='{"sizes": [84], "side": [24, 48], "shapes": [1, 1]}'   # the one-shape scene
+    python -m bench.probe --family qwen3_vl --steps 2000 --eval-every 500 --scene "$S"   # README's rows
+    python -m bench.probe --family qwen3_vl --steps 2000 --eval-every 500 --scene "$S" --pos-scale 0.02
+    python -m bench.probe --family qwen2_5_vl --steps 2000 --eval-every 500 --scene "$S"
+
+Prints the loss, an evaluation every ``--eval-every`` steps (accuracy at IoU > 0.5, mean IoU,
+distinct boxes) against the one-box floor, and a markdown row naming the CPU. Data and the
+built model are cached under ``--out``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import random
 import re
@@ -90,8 +98,6 @@ def evaluate(model, processor, items, frame: str = "input_pixels") -> dict:
                 b = [b[0] * w / 1000, b[1] * h / 1000, b[2] * w / 1000, b[3] * h / 1000]
             ious.append(iou(b, it["gt"]))
             boxes.append(tuple(round(x) for x in b))
-            if len(boxes) <= 3:
-                print(f"  pred {b} gt {[round(x) for x in it['gt']]} iou {ious[-1]:.2f} | {text[-60:]!r}")
         else:
             ious.append(0.0)
     model.train()
@@ -101,10 +107,12 @@ def evaluate(model, processor, items, frame: str = "input_pixels") -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--family", default="qwen2_5_vl")
-    ap.add_argument("--size", default="tiny")
-    ap.add_argument("--scene", default="{}")
+    from data.tiny_model import SIZES, SLUGS
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--family", default="qwen2_5_vl", choices=sorted(set(SLUGS.values()) - {"internvl", "glm4v"}),
+                    help="a Qwen family (the probe feeds patch grids)")
+    ap.add_argument("--size", default="tiny", choices=list(SIZES))
+    ap.add_argument("--scene", default="{}", help='data.synthetic.Scene fields as JSON, e.g. \'{"sizes": [84], "shapes": [1, 1]}\'')
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch", type=int, default=16)
@@ -119,15 +127,18 @@ def main(argv=None):
     from bench.testbed import constant_box
     from data.synthetic import Scene, generate
     from data.tiny_model import BUILD_VERSION, build
-    from models import answer_frame, family_named  # noqa: F401
     torch.manual_seed(0)
     random.seed(0)
     scene = json.loads(args.scene)
+    try:
+        spec = Scene(**{k: tuple(v) if isinstance(v, list) else v for k, v in scene.items()})
+    except TypeError as e:
+        raise SystemExit(f"--scene {args.scene}: {e}; the fields are those of data.synthetic.Scene") from None
     key = re.sub(r"[^a-z0-9]+", "_", json.dumps(scene, sort_keys=True).lower()) or "default"
     data = pathlib.Path(args.out) / f"data_{key}_{args.n_train}_{args.n_val}"
     if not (data / "rec_val.jsonl").exists():
         generate(data, seed=0, n_train=args.n_train, n_val=args.n_val, n_ood=0, tasks=("rec",),
-                 spec=Scene(**{k: tuple(v) if isinstance(v, list) else v for k, v in scene.items()}), progress=False)
+                 spec=spec, progress=False)
     mdir = pathlib.Path(args.out) / f"model_v{BUILD_VERSION}_{args.family}_{args.size}_{args.rope_theta:g}"
     if not (mdir / "BUILD.json").exists():
         build(mdir, seed=0, family=args.family, size=args.size, rope_theta=args.rope_theta)
@@ -135,7 +146,9 @@ def main(argv=None):
     processor = AutoProcessor.from_pretrained(mdir)
     model = AutoModelForImageTextToText.from_pretrained(mdir, dtype=torch.float32)
     if args.pos_scale:
-        pe = model.model.visual.pos_embed
+        pe = getattr(model.model.visual, "pos_embed", None)
+        if pe is None:
+            raise SystemExit(f"--pos-scale: {args.family}'s vision tower has no learned position embeddings (qwen3_vl has)")
         torch.nn.init.normal_(pe.weight, std=args.pos_scale)
     frame = args.coords
     t0 = time.perf_counter()
@@ -144,8 +157,9 @@ def main(argv=None):
     print(f"data {data.name}: {len(train)} train, {len(val)} val; floor acc {floor['acc']:.3f} iou {floor['iou']:.3f}; "
           f"image tokens {int(train[0]['grid'].prod()) // 4}; load {time.perf_counter() - t0:.0f}s", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10) * 0.5 * (1 + __import__("math").cos(
-        __import__("math").pi * min(s, args.steps) / args.steps)))
+    # the warm start's schedule: 10 warm-up steps, then cosine to 0
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 10) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
     pad = processor.tokenizer.pad_token_id
     rng = random.Random(0)
     t0 = time.perf_counter()
