@@ -166,7 +166,7 @@ def main(argv=None):
     curve = []
     model.train()
     for step in range(1, args.steps + 1):
-        b = collate(rng.sample(train, args.batch), pad)
+        b = collate(rng.sample(train, min(args.batch, len(train))), pad)
         loss = model(**b).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
