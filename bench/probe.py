@@ -1,10 +1,10 @@
 """A fast probe of what the tiny model can learn to localise: supervised REC in plain PyTorch
 (no Ray, no DeepSpeed, no engines), greedy evaluation against the constant-box floor.
 
-    S='{"sizes": [84], "side": [24, 48], "shapes": [1, 1]}'   # the one-shape scene
-    python -m bench.probe --family qwen3_vl --steps 2000 --eval-every 500 --scene "$S"   # README's rows
-    python -m bench.probe --family qwen3_vl --steps 2000 --eval-every 500 --scene "$S" --pos-scale 0.02
-    python -m bench.probe --family qwen2_5_vl --steps 2000 --eval-every 500 --scene "$S"
+    python -m bench.probe --family qwen3_vl --n-val 200             # the README's rows (one-shape scene)
+    python -m bench.probe --family qwen3_vl --n-val 200 --pos-scale 0.02
+    python -m bench.probe --family qwen2_5_vl --n-val 200
+    python -m bench.probe --family qwen3_vl --scene '{}'            # the default scene
 
 Prints the loss, an evaluation every ``--eval-every`` steps (accuracy at IoU > 0.5, mean IoU,
 distinct boxes) against the one-box floor, and a markdown row naming the CPU. Data and the
@@ -23,6 +23,7 @@ import time
 import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+ONE_SHAPE = '{"sizes": [84], "side": [24, 48], "shapes": [1, 1]}'  # data.synthetic.SCENES["one_shape"], in domain
 
 
 def load(data: pathlib.Path, split: str, processor, task: str = "rec", frame: str = "input_pixels"):
@@ -112,13 +113,14 @@ def main(argv=None):
     ap.add_argument("--family", default="qwen2_5_vl", choices=sorted(set(SLUGS.values()) - {"internvl", "glm4v"}),
                     help="a Qwen family (the probe feeds patch grids)")
     ap.add_argument("--size", default="tiny", choices=list(SIZES))
-    ap.add_argument("--scene", default="{}", help='data.synthetic.Scene fields as JSON, e.g. \'{"sizes": [84], "shapes": [1, 1]}\'')
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--scene", default=ONE_SHAPE, help="data.synthetic.Scene fields as JSON (default: the one-shape "
+                    "scene; '{}' is the default scene)")
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-val", type=int, default=300)
-    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--pos-scale", type=float, default=0.0, help="re-draw the vision tower's position embeddings (Qwen3-VL) at this std; the build's: 1.0, the generic init: 0.02")
     ap.add_argument("--coords", default="input_pixels", choices=["input_pixels", "norm1000"])
     ap.add_argument("--rope-theta", type=float, default=20.0)
