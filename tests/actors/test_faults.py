@@ -81,7 +81,10 @@ def test_worker_killed_mid_batch_is_replaced_and_its_chunk_rescored():
 
 def test_hung_worker_is_treated_as_dead():
     group = ActorGroup(HangOnceWorker, 2, {"CPU": 0.5}, "reward-hang", args=(FUNCS,))
-    pool = ScorerPool(group, chunk=6, timeout_s=4)  # 4 chunks: two queued on each worker
+    ray.get([a.pid.remote() for a in group.actors])  # both up: the timeout measures scoring, not a slow start
+    # 10 s: a fresh replacement must start and score its chunks within it on a loaded 2-core
+    # machine (at 4 s, a CI run once replaced the healthy worker too)
+    pool = ScorerPool(group, chunk=6, timeout_s=10)  # 4 chunks: two queued on each worker
     rollouts = _rollouts()
     t0 = time.monotonic()
     pool.submit(rollouts)
