@@ -101,7 +101,8 @@ def main(argv=None) -> dict:
     sys.path.insert(0, str(REPO))
     from data.tiny_model import cache_root, resolve_model_path
     rec = "conf=testbed" if args.testbed else "conf=rec"
-    syn = cache_root() / ("synthetic-s0-one_shape" if args.testbed else "synthetic-s0")
+    from data.synthetic import data_dir_name
+    syn = cache_root() / data_dir_name(0, "one_shape" if args.testbed else "default")
     val2 = f"data.val_files={syn}/rec_val.jsonl:{syn}/rec_val_ood.jsonl"
     log: list[dict] = []
     S, B = args.steps, args.prompts_per_step

@@ -14,7 +14,7 @@ import pathlib
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from data.synthetic import SCENES
+from data.synthetic import SCENES, data_dir_name
 from models import COORDS, FAMILIES
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent
@@ -172,8 +172,6 @@ def _validate_funcs(cfg: DictConfig) -> None:
 def resolve(cfg: DictConfig, cache_root: pathlib.Path) -> DictConfig:
     """Fill the run-time defaults (synthetic data dir) and resolve every interpolation."""
     if cfg.data.synthetic.dir is None:
-        scene = cfg.data.synthetic.scene
-        cfg.data.synthetic.dir = str(cache_root / f"synthetic-s{cfg.data.synthetic.seed}"
-                                     f"{'' if scene == 'default' else '-' + scene}")
+        cfg.data.synthetic.dir = str(cache_root / data_dir_name(cfg.data.synthetic.seed, cfg.data.synthetic.scene))
     OmegaConf.resolve(cfg)
     return cfg

@@ -89,6 +89,12 @@ SCENES = {"default": DEFAULT_SCENE,
           "one_shape": Scene(sizes=(84,), shapes=(1, 1), ood_shapes=(2, 3), side=(24, 48))}
 
 
+def data_dir_name(seed: int, scene: str = "default") -> str:
+    """The cache folder of a synthetic set: ``synthetic-s<seed>``, with ``-<scene>`` for a named
+    scene other than the default, so scenes never share files."""
+    return f"synthetic-s{seed}" + ("" if scene == "default" else f"-{scene}")
+
+
 def scene_named(name: str) -> Scene:
     if name not in SCENES:
         raise ValueError(f"data.synthetic.scene={name!r} is not a named scene: use one of {', '.join(SCENES)}")

@@ -194,7 +194,8 @@ def warm_start(base: pathlib.Path, out: pathlib.Path, seed: int = 0, steps: int 
     import subprocess
     import sys
     repo = pathlib.Path(__file__).resolve().parents[1]
-    syn = cache_root() / ("synthetic-s0" + ("" if scene == "default" else f"-{scene}"))
+    from data.synthetic import data_dir_name
+    syn = cache_root() / data_dir_name(0, scene)
     work = out.with_name(out.name + f".work{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     print(f"warm-starting the tiny model ({steps} supervised steps on the synthetic answers) ...", flush=True)
