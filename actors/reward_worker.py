@@ -66,13 +66,22 @@ def tasks_from_rollouts(rollouts) -> list[ScoreTask]:
 
 class ScorerPool:
     """Driver side: spreads completions over the reward workers in chunks and collects every
-    completion exactly once. A worker that dies mid-chunk, or takes longer than ``timeout_s`` on
-    one, is replaced and its chunk is scored again on the next worker; after ``max_attempts`` on
-    one chunk the run stops with the chunk's keys (a completion that kills every worker)."""
+    completion exactly once. A worker that dies, or shows no progress for ``timeout_s`` while it has
+    chunks queued, is replaced and all its chunks are scored again on the workers; after
+    ``max_attempts`` on one chunk the run stops with the chunk's keys (a completion that kills every
+    worker).
 
-    def __init__(self, group, chunk: int, timeout_s: float, max_attempts: int = 3):
+    "No progress" is measured per worker from the later of: the chunk's submission, the worker's
+    last finished chunk, and (for a replacement) the moment it answered that it is up. So queueing
+    behind a slow chunk, or a replacement's start-up on a loaded machine, is never taken for a hang;
+    a replacement that does not come up within ``start_timeout_s`` is itself treated as hung."""
+
+    def __init__(self, group, chunk: int, timeout_s: float, max_attempts: int = 3, start_timeout_s: float | None = None):
         self.group, self.chunk, self.timeout_s, self.max_attempts = group, chunk, timeout_s, max_attempts
+        self.start_timeout_s = max(60.0, 3 * timeout_s) if start_timeout_s is None else start_timeout_s
         self.pending: dict = {}  # ref -> (tasks, worker index, actor handle, submit time, attempt, rules)
+        self.alive: dict = {}  # actor id -> last time the worker finished a chunk or came up
+        self.starting: dict = {}  # readiness ref of a replacement -> (actor id, spawn time)
         self.next = 0
         self.recovered = 0
 
@@ -89,16 +98,28 @@ class ScorerPool:
         actor = self.group.actors[i]
         self.pending[actor.score.remote(tasks, rules)] = (tasks, i, actor, time.monotonic(), attempt, rules)
 
+    def _deadline(self, entry) -> float:
+        _, _, actor, submitted, _, _ = entry
+        aid = actor._actor_id
+        for ref, (sid, spawned) in self.starting.items():
+            if sid == aid:  # a replacement still starting: its own (longer) start-up clock
+                return spawned + self.start_timeout_s
+        return max(submitted, self.alive.get(aid, submitted)) + self.timeout_s
+
     def _recover(self, refs: list, why: str) -> None:
-        """Replace the worker behind ``refs`` (once, whoever noticed first) and resend their chunks."""
-        for ref in refs:
+        """Replace the workers behind ``refs`` (each once) and resend every chunk queued on them."""
+        import time
+        dead = {self.pending[r][2]._actor_id for r in refs}
+        for ref in [r for r, v in self.pending.items() if v[2]._actor_id in dead]:
             tasks, i, actor, _, attempt, rules = self.pending.pop(ref)
             if attempt >= self.max_attempts:
                 raise RuntimeError(f"reward chunk {[t.key for t in tasks][:4]}... failed {attempt} times (last: worker "
                                    f"{why}); a completion in it may crash the reward code: see the worker logs")
-            if self.group.actors[i] is actor:  # not yet replaced by an earlier failure
+            if self.group.actors[i] is actor:  # not yet replaced for an earlier chunk
                 print(f"reward worker {i} {why}: replacing it and rescoring its chunks", flush=True)
-                self.group.replace(i)
+                new = self.group.replace(i)
+                self.starting = {r: v for r, v in self.starting.items() if v[0] != actor._actor_id}
+                self.starting[new.pid.remote()] = (new._actor_id, time.monotonic())
             self.recovered += 1
             self._send(tasks, attempt + 1, rules)
 
@@ -109,19 +130,29 @@ class ScorerPool:
         import ray
         out, failures = {}, collections.Counter()
         while self.pending:
-            deadline = min(v[3] for v in self.pending.values()) + self.timeout_s
-            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=max(0.05, deadline - time.monotonic()))
+            deadline = min(self._deadline(v) for v in self.pending.values())
+            ready, _ = ray.wait(list(self.pending) + list(self.starting), num_returns=1,
+                                timeout=max(0.05, deadline - time.monotonic()))
             if not ready:
                 now = time.monotonic()
-                self._recover([r for r, v in self.pending.items() if now - v[3] >= self.timeout_s],
-                              f"hung for {self.timeout_s:.0f}s (reward.timeout_s)")
+                self._recover([r for r, v in self.pending.items() if now >= self._deadline(v)],
+                              f"showed no progress for {self.timeout_s:.0f}s (reward.timeout_s)")
+                continue
+            ref = ready[0]
+            if ref in self.starting:  # a replacement is up: its chunks' clocks start now
+                aid, _ = self.starting.pop(ref)
+                try:
+                    ray.get(ref)
+                    self.alive[aid] = time.monotonic()
+                except ray.exceptions.RayActorError:
+                    pass  # died while starting: its chunks fail and are recovered below
                 continue
             try:
-                res = ray.get(ready[0])
+                res = ray.get(ref)
             except ray.exceptions.RayActorError:
-                self._recover([ready[0]], "died")
+                self._recover([ref], "died")
                 continue
-            self.pending.pop(ready[0])
+            self.alive[self.pending.pop(ref)[2]._actor_id] = time.monotonic()
             for key, total, values in zip(res["keys"], res["totals"], res["values"]):
                 if key in out:
                     raise RuntimeError(f"completion {key} was scored twice")

@@ -34,6 +34,23 @@ class HangOnceWorker(RewardWorker):
         return super().score(tasks, rules)
 
 
+class SlowReplacementWorker(RewardWorker):
+    """The first chunk ever hangs, and every replacement takes longer to start than a chunk's timeout."""
+
+    def __init__(self, *args, **kwargs):
+        marker = pathlib.Path(os.environ["HANG_MARKER"] + "-slow-start")
+        if marker.exists():
+            time.sleep(6)  # a replacement on a loaded machine
+        super().__init__(*args, **kwargs)
+
+    def score(self, tasks, rules=None):
+        marker = pathlib.Path(os.environ["HANG_MARKER"] + "-slow-start")
+        if not marker.exists():
+            marker.touch()
+            time.sleep(3600)
+        return super().score(tasks, rules)
+
+
 class CrashWorker(RewardWorker):
     def score(self, tasks, rules=None):
         os._exit(1)
@@ -82,8 +99,7 @@ def test_worker_killed_mid_batch_is_replaced_and_its_chunk_rescored():
 def test_hung_worker_is_treated_as_dead():
     group = ActorGroup(HangOnceWorker, 2, {"CPU": 0.5}, "reward-hang", args=(FUNCS,))
     ray.get([a.pid.remote() for a in group.actors])  # both up: the timeout measures scoring, not a slow start
-    # 10 s: a fresh replacement must start and score its chunks within it on a loaded 2-core
-    # machine (at 4 s, a CI run once replaced the healthy worker too)
+    # 10 s: the healthy worker must score a chunk within it on a loaded 2-core machine
     pool = ScorerPool(group, chunk=6, timeout_s=10)  # 4 chunks: two queued on each worker
     rollouts = _rollouts()
     t0 = time.monotonic()
@@ -92,6 +108,20 @@ def test_hung_worker_is_treated_as_dead():
     _check(scored, rollouts)
     # both chunks queued on the hung worker expire together: one replacement, both rescored
     assert group.replacements == 1 and pool.recovered == 2 and time.monotonic() - t0 < 60
+    group.shutdown()
+
+
+def test_a_slow_starting_replacement_is_not_taken_for_hung():
+    group = ActorGroup(SlowReplacementWorker, 2, {"CPU": 0.5}, "reward-slowstart", args=(FUNCS,))
+    ray.get([a.pid.remote() for a in group.actors])
+    pool = ScorerPool(group, chunk=6, timeout_s=3)  # the replacement needs 6 s to come up
+    rollouts = _rollouts()
+    pool.submit(rollouts)
+    scored, _ = pool.collect()
+    _check(scored, rollouts)
+    # the replacement's clock starts when it is up, and chunks queued behind others are not charged
+    # for the wait: one replacement, the hung worker's two chunks rescored once each
+    assert group.replacements == 1 and pool.recovered == 2
     group.shutdown()
 
 
