@@ -25,8 +25,9 @@ from actors.group import shard
 class EnginePool:
     def __init__(self, engines, learners=None, meta=None, timeout_s: float = 600.0, backend: str = "gloo",
                  max_attempts: int = 3, probe_s: float = 30.0, asynchronous: bool = False, pack_mb: float = 64,
-                 delta_full_every: int = 0):
+                 delta_full_every: int = 0, adapter: dict | None = None):
         self.engines, self.learners, self.meta = engines, learners, meta
+        self.adapter = adapter  # LoRA adapter sync: the PEFT config the engines write beside each update
         self.pack_bytes = int(pack_mb * 2**20)  # weight-sync pack size (0: one broadcast per tensor)
         self.delta_full_every = delta_full_every  # > 0: delta sync, in full every that many updates
         self.sync_bytes = 0  # bytes the last update put on the wire
@@ -56,7 +57,7 @@ class EnginePool:
         ray.get([self.learners.actors[0].init_weight_group.remote(host, port, world, self.pack_bytes,
                                                                   self.delta_full_every)]
                 + self.engines.call_each("init_weight_group", [(host, port, o, world, self.backend, self.pack_bytes,
-                                                                delta) for o in offsets]))
+                                                                delta, self.adapter) for o in offsets]))
 
     def sync(self, version: int | None = None) -> None:
         """Push the learner's current weights (``version`` updates old) to every engine; an engine

@@ -66,14 +66,21 @@ def resolve_loop(cfg, gpu: bool | None = None) -> str:
     return why
 
 
-def create_engines(cfg, model_path: str, gpu: bool | None = None):
+def adapter_rank(cfg) -> int:
+    """The LoRA rank the engines serve adapters of (``learner.lora.sync: adapter``), else 0."""
+    lora = cfg.learner.lora
+    return lora.r if lora.r > 0 and lora.sync == "adapter" else 0
+
+
+def create_engines(cfg, model_path: str, gpu: bool | None = None, lora_rank: int = 0):
+    """The rollout engines (``lora_rank`` > 0: serving the base plus a synced LoRA adapter)."""
     from actors.group import ActorGroup
     from actors.rollout import RolloutEngine
     r = cfg.rollout
     gpu = has_gpu() if gpu is None else gpu
     bundle = {"CPU": r.cpus_per_engine, "GPU": r.devices_per_engine if gpu else 0, **r.resources}
     return ActorGroup(RolloutEngine, r.num_engines, bundle, "rollout", args=(model_path, plain(r), cfg.seed),
-                      kwargs={"model_cfg": plain(cfg.model)}, kwargs_fn=lambda i: {"index": i},
+                      kwargs={"model_cfg": plain(cfg.model), "lora_rank": lora_rank}, kwargs_fn=lambda i: {"index": i},
                       env={**ACTOR_ENV, **_threads(cfg, r, "rollout")})
 
 
@@ -105,7 +112,7 @@ def create_roles(cfg, model_path: str):
     r, lc, rc = cfg.rollout, cfg.learner, cfg.reward
     gpu = has_gpu()
     resolve_loop(cfg, gpu)  # max_staleness auto -> a number: the threads and the pool are sized for it
-    engines = create_engines(cfg, model_path, gpu)
+    engines = create_engines(cfg, model_path, gpu, adapter_rank(cfg))
     learners = create_learners(cfg, model_path, cfg.trainer.prompts_per_step * r.num_generations // lc.world_size, gpu)
     scorers = ActorGroup(RewardWorker, rc.num_workers, {"CPU": rc.cpus_per_worker, **rc.resources}, "reward",
                          args=(dict(rc.funcs), rc.box_convention, plain(rc.params)), env=ACTOR_ENV)
@@ -113,6 +120,7 @@ def create_roles(cfg, model_path: str):
     meta = ray.get(learners.actors[0].weight_meta.remote(engines.info["dtype"]))
     pool = EnginePool(engines, learners, meta, r.timeout_s, "nccl" if gpu else "gloo",
                       asynchronous=cfg.trainer.max_staleness > 0, pack_mb=pack_mb(r.sync_pack_mb, gpu),
-                      delta_full_every=r.sync_full_every if r.sync_delta else 0)
+                      delta_full_every=r.sync_full_every if r.sync_delta else 0,
+                      adapter=ray.get(learners.actors[0].adapter_config.remote()))
     pool.connect()
     return pool, learners, scorers

@@ -41,7 +41,7 @@ class Rollout:
 class RolloutEngine:
     """Wraps ``vllm.LLM``. ``cfg`` is the ``rollout`` config section (a mapping)."""
 
-    def __init__(self, model_path: str, cfg, seed: int = 0, index: int = 0, model_cfg=None):
+    def __init__(self, model_path: str, cfg, seed: int = 0, index: int = 0, model_cfg=None, lora_rank: int = 0):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg["kv_cache_gb"]))
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         from transformers import AutoProcessor
@@ -55,6 +55,16 @@ class RolloutEngine:
         self.dtype, self.dtype_reason = resolve_dtype(cfg["dtype"], "rollout")
         t0 = time.perf_counter()
         mm_kwargs = {"mm_processor_kwargs": proc_kw} if proc_kw else {}
+        # LoRA adapter sync: the engine serves the frozen base plus the adapter of the last update
+        # (none before the first: a fresh adapter is zero, so the base is the policy)
+        self._lora, self._lora_root, self._lora_n = None, None, 0
+        if lora_rank > 0:
+            import atexit
+            import shutil
+            import tempfile
+            mm_kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=vllm_lora_rank(lora_rank))
+            self._lora_root = tempfile.mkdtemp(prefix=f"vlm-r1-lora-engine{index}-")
+            atexit.register(shutil.rmtree, self._lora_root, True)
         self.llm = LLM(model=model_path, dtype=self.dtype, max_model_len=cfg["max_model_len"], seed=seed + index,
                        limit_mm_per_prompt={"image": MAX_IMAGES, "video": 0}, enforce_eager=cfg["enforce_eager"],
                        tensor_parallel_size=cfg["devices_per_engine"] if _has_gpu() else 1,
@@ -105,7 +115,7 @@ class RolloutEngine:
         pairs = [p if isinstance(p, tuple) else (p, None) for p in prompts]
         prompts = [p for p, _ in pairs]
         params = [self.sampling_params(n, greedy, seed) for _, seed in pairs]
-        outs = self.llm.generate([self._request(p) for p in prompts], params, use_tqdm=False)
+        outs = self.llm.generate([self._request(p) for p in prompts], params, use_tqdm=False, lora_request=self._lora)
         rollouts = []
         for p, out in zip(prompts, outs):
             sizes = tuple(answer_frame(self.coords, self.processor.image_processor, w, h) for w, h in p.image_sizes)
@@ -117,15 +127,32 @@ class RolloutEngine:
 
     # ------------------------------------------------------------------ weight sync
     def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str = "gloo",
-                          pack_bytes: int | None = None, delta: bool = False) -> list[int]:
+                          pack_bytes: int | None = None, delta: bool = False, adapter: dict | None = None) -> list[int]:
+        """Join the learner's weight group (``adapter``: the PEFT config of LoRA adapter sync)."""
         from learner.weight_sync import node_address
+        if (adapter is not None) != (self._lora_root is not None):
+            raise ValueError("LoRA adapter sync needs an engine started with lora_rank > 0, and only then")
         here = node_address(host)  # where this engine's gloo pairs listen
         return self.llm.collective_rpc("init_weight_group", args=(host, port, rank_offset, world_size, backend),
-                                       kwargs={"bind_host": here, "pack_bytes": pack_bytes, "delta": delta})
+                                       kwargs={"bind_host": here, "pack_bytes": pack_bytes, "delta": delta,
+                                               "adapter": adapter})
 
     def receive_weights(self, meta: list) -> int:
-        """Receive a full update from the learner, then clear every cache that holds old results."""
-        n = self.llm.collective_rpc("receive_weights", args=(meta,))[0]
+        """Receive a full update from the learner, then clear every cache that holds old results.
+        With adapter sync each update is a new adapter directory under a new LoRA id (vLLM loads
+        it at the next generation; the previous directory is removed)."""
+        if self._lora_root is None:
+            n = self.llm.collective_rpc("receive_weights", args=(meta,))[0]
+        else:
+            import pathlib
+            import shutil
+            from vllm.lora.request import LoRARequest
+            self._lora_n += 1
+            path = pathlib.Path(self._lora_root) / f"v{self._lora_n}"
+            n = self.llm.collective_rpc("receive_weights", args=(meta,), kwargs={"adapter_dir": str(path)})[0]
+            old, self._lora = self._lora, LoRARequest("policy", self._lora_n, str(path))
+            if old is not None:
+                shutil.rmtree(old.lora_path, ignore_errors=True)
         t0 = time.perf_counter()
         self.llm.reset_prefix_cache()
         self.llm.reset_mm_cache()
@@ -163,6 +190,19 @@ class RolloutEngine:
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def vllm_lora_rank(r: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds rank ``r``.
+
+    >>> vllm_lora_rank(4), vllm_lora_rank(64), vllm_lora_rank(65)
+    (8, 64, 128)
+    """
+    ranks = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+    if r > ranks[-1]:
+        raise ValueError(f"learner.lora.r={r}: vLLM serves LoRA ranks up to {ranks[-1]}; use a smaller rank "
+                         "or learner.lora.sync=merged")
+    return next(x for x in ranks if x >= r)
 
 
 def _has_gpu() -> bool:

@@ -18,10 +18,17 @@ class WeightSyncIO:
     def _named_weights(self):
         """(name, parameter, delta) triples the engines need, in a fixed order: what can change.
 
-        Frozen parameters (e.g. the vision tower) are skipped. With LoRA, each adapted layer is
-        sent as ``base + delta`` under its base name; the merge is computed, never applied in
-        place (merging and unmerging every step would drift the frozen base by round-off)."""
+        Frozen parameters (e.g. the vision tower) are skipped. With LoRA and ``learner.lora.sync:
+        adapter`` only the adapters are sent, under PEFT's file names (``...q_proj.lora_A.weight``):
+        the engines hold the frozen base and load them as a vLLM LoRA. With ``merged`` each adapted
+        layer is sent as ``base + delta`` under its base name; the merge is computed, never applied
+        in place (merging and unmerging every step would drift the frozen base by round-off)."""
         model = self.engine.module
+        if self.adapter_sync:
+            for name, p in model.named_parameters():
+                if p.requires_grad:  # lora_A / lora_B of the adapted language-model layers
+                    yield name.replace(".default.", "."), p, None
+            return
         if self.lora:
             for mod_name, mod in model.get_base_model().named_modules():
                 if hasattr(mod, "get_delta_weight") and hasattr(mod, "base_layer"):
@@ -30,6 +37,20 @@ class WeightSyncIO:
         for name, p in model.named_parameters():
             if p.requires_grad:
                 yield name, p, None
+
+    @property
+    def adapter_sync(self) -> bool:
+        """True when each sync sends only the LoRA adapters (``learner.lora.sync: adapter``)."""
+        return bool(self.lora) and self.cfg["lora"].get("sync", "adapter") == "adapter"
+
+    def adapter_config(self) -> dict | None:
+        """The PEFT ``adapter_config.json`` an engine writes beside the adapters it is sent (plain
+        JSON values), or None when syncs send whole weights."""
+        if not self.adapter_sync:
+            return None
+        import json
+        config = self.engine.module.peft_config["default"].to_dict()
+        return json.loads(json.dumps(config, default=lambda v: sorted(v) if isinstance(v, (set, frozenset)) else str(v)))
 
     def weight_meta(self, engine_dtype: str = "float32") -> list[tuple[str, str, tuple[int, ...]]]:
         """``(name, dtype, shape)`` of every tensor an update sends, in order, in the engines' dtype."""

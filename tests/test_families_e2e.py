@@ -131,3 +131,13 @@ def test_a_builtin_family_trains_and_evaluates_from_the_main_command(slug, synth
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert json.loads((tmp_path / "eval" / "eval_results.json").read_text())["metrics"]["samples"] == 4
+
+
+def test_lora_adapter_sync_per_family(family_model, synthetic, tmp_path):
+    """vLLM serves the family's base plus the synced adapter, and samples the learner's policy."""
+    from tests.actors.test_lora_sync import _run
+    _, path = family_model
+    sent, gaps, meta = _run(path, synthetic, tmp_path, "adapter", updates=1)
+    assert meta and all(".lora_A." in n or ".lora_B." in n for n, _, _ in meta)
+    (before, after), = gaps
+    assert after < 0.05 < before, gaps

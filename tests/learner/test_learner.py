@@ -92,8 +92,21 @@ def test_frozen_vision_tower_is_neither_trained_nor_sent(tiny_model, synthetic):
     assert lr.param_checksum(["visual.blocks.0.mlp"]) == before
 
 
+def test_lora_adapter_sync_sends_the_adapters_under_peft_names(tiny_model, synthetic):
+    lr = _learner(tiny_model, 4, **{"learner.lora.r": 4, "learner.lora.alpha": 8})  # sync: adapter (default)
+    meta = lr.weight_meta()
+    adapted = {n for n, p in lr.engine.module.named_parameters() if p.requires_grad}
+    assert {n for n, _, _ in meta} == {n.replace(".default.", ".") for n in adapted}  # every adapter, nothing else
+    q = next(shape for n, _, shape in meta if n.endswith("layers.0.self_attn.q_proj.lora_A.weight"))
+    assert q[0] == 4  # rank x in_features
+    config = lr.adapter_config()
+    assert config["r"] == 4 and config["lora_alpha"] == 8 and config["peft_type"] == "LORA"
+    assert "visual" in config["target_modules"]  # the regex that keeps the vision tower out
+
+
 def test_lora_trains_adapters_only_and_sends_merged_base_weights(tiny_model, synthetic):
-    lr = _learner(tiny_model, 4, **{"learner.lora.r": 4, "learner.lora.alpha": 8})
+    lr = _learner(tiny_model, 4, **{"learner.lora.r": 4, "learner.lora.alpha": 8, "learner.lora.sync": "merged"})
+    assert lr.adapter_config() is None
     names = [n for n, _, _ in lr.weight_meta()]
     # only the adapted language-model layers, under the names vLLM loads (no lora_ / base_layer)
     assert names and all(".base_layer." not in n and "lora_" not in n and "visual" not in n for n in names)
