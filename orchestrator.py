@@ -196,7 +196,8 @@ def describe_choices(cfg, engine: dict, learner: dict, loop_reason: str = "set")
     chosen = {"loop": (f"asynchronous, max_staleness={K}" if K else "synchronous") + f" ({loop_reason})",
               "rollout": f"{engine['dtype']} ({engine['dtype_reason']}), {engine['threads']} threads",
               "learner": f"{learner['dtype']} ({learner['dtype_reason']}), {learner['threads']} threads, "
-                         f"off_policy={cfg.learner.off_policy}, prefix_sharing={cfg.learner.prefix_sharing}"}
+                         f"off_policy={cfg.learner.off_policy}, prefix_sharing={cfg.learner.prefix_sharing}",
+              **({"lora": learner["lora"]} if "lora" in learner else {})}  # r and sync, chosen and why
     print("; ".join(f"{k}: {v}" for k, v in chosen.items()), flush=True)
     return chosen
 

@@ -66,6 +66,14 @@ def resolve_loop(cfg, gpu: bool | None = None) -> str:
     return why
 
 
+def resolve_lora(cfg, gpu: bool) -> str:
+    """Set ``learner.lora.sync`` from ``auto`` to adapter or merged (before the engines and the
+    learners are made, so both see the same choice); returns why."""
+    from conf.hardware import resolve_lora_sync
+    cfg.learner.lora.sync, why = resolve_lora_sync(cfg.learner.lora.sync, gpu)
+    return why
+
+
 def adapter_rank(cfg) -> int:
     """The LoRA rank the engines serve adapters of (``learner.lora.sync: adapter``), else 0."""
     lora = cfg.learner.lora
@@ -112,8 +120,11 @@ def create_roles(cfg, model_path: str):
     r, lc, rc = cfg.rollout, cfg.learner, cfg.reward
     gpu = has_gpu()
     resolve_loop(cfg, gpu)  # max_staleness auto -> a number: the threads and the pool are sized for it
+    lora_why = resolve_lora(cfg, gpu)
     engines = create_engines(cfg, model_path, gpu, adapter_rank(cfg))
     learners = create_learners(cfg, model_path, cfg.trainer.prompts_per_step * r.num_generations // lc.world_size, gpu)
+    if lc.lora.r > 0:
+        learners.info["lora"] = f"r={lc.lora.r}, sync={lc.lora.sync} ({lora_why})"
     scorers = ActorGroup(RewardWorker, rc.num_workers, {"CPU": rc.cpus_per_worker, **rc.resources}, "reward",
                          args=(dict(rc.funcs), rc.box_convention, plain(rc.params)), env=ACTOR_ENV)
     engines.info = ray.get(engines.actors[0].info.remote())  # dtype chosen and why, threads

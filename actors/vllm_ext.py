@@ -29,6 +29,9 @@ class WeightSync:
         With ``adapter`` (a PEFT adapter config) updates are LoRA adapters, written to a directory."""
         from learner.weight_sync import PACK_BYTES
         self._wsync_adapter = adapter
+        if adapter is not None and backend == "gloo":
+            from actors.lora_cpu import install
+            install()  # one adapter for every token: skip the CPU ops' per-token weight copies
         self._wsync_pack = PACK_BYTES if pack_bytes is None else pack_bytes
         self._wsync_base = {} if delta else None  # name -> what this engine was sent last
         local = getattr(self, "rank", 0) or 0

@@ -30,7 +30,7 @@ CHOICES = {
     "learner.dtype": ["auto", "fp32", "bf16"],
     "learner.off_policy": ["bypass", "decoupled", "none"],
     "learner.is_guard": ["truncate", "mask"],
-    "learner.lora.sync": ["adapter", "merged"],
+    "learner.lora.sync": ["auto", "adapter", "merged"],
     "learner.lr_schedule": ["constant", "linear", "cosine"],
     "learner.loss_agg": ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"],
     "reward.box_convention": ["vlm_r1", "continuous"],

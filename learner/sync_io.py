@@ -41,7 +41,9 @@ class WeightSyncIO:
     @property
     def adapter_sync(self) -> bool:
         """True when each sync sends only the LoRA adapters (``learner.lora.sync: adapter``)."""
-        return bool(self.lora) and self.cfg["lora"].get("sync", "adapter") == "adapter"
+        from conf.hardware import resolve_lora_sync
+        return bool(self.lora) and resolve_lora_sync(self.cfg["lora"].get("sync", "auto"),
+                                                     torch.cuda.is_available())[0] == "adapter"
 
     def adapter_config(self) -> dict | None:
         """The PEFT ``adapter_config.json`` an engine writes beside the adapters it is sent (plain

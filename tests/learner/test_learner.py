@@ -93,7 +93,7 @@ def test_frozen_vision_tower_is_neither_trained_nor_sent(tiny_model, synthetic):
 
 
 def test_lora_adapter_sync_sends_the_adapters_under_peft_names(tiny_model, synthetic):
-    lr = _learner(tiny_model, 4, **{"learner.lora.r": 4, "learner.lora.alpha": 8})  # sync: adapter (default)
+    lr = _learner(tiny_model, 4, **{"learner.lora.r": 4, "learner.lora.alpha": 8, "learner.lora.sync": "adapter"})
     meta = lr.weight_meta()
     adapted = {n for n, p in lr.engine.module.named_parameters() if p.requires_grad}
     assert {n for n, _, _ in meta} == {n.replace(".default.", ".") for n in adapted}  # every adapter, nothing else
@@ -105,7 +105,7 @@ def test_lora_adapter_sync_sends_the_adapters_under_peft_names(tiny_model, synth
 
 
 def test_lora_trains_adapters_only_and_sends_merged_base_weights(tiny_model, synthetic):
-    lr = _learner(tiny_model, 4, **{"learner.lora.r": 4, "learner.lora.alpha": 8, "learner.lora.sync": "merged"})
+    lr = _learner(tiny_model, 4, **{"learner.lora.r": 4, "learner.lora.alpha": 8})  # sync: auto, merged on CPU
     assert lr.adapter_config() is None
     names = [n for n, _, _ in lr.weight_meta()]
     # only the adapted language-model layers, under the names vLLM loads (no lora_ / base_layer)
