@@ -65,12 +65,12 @@ class BatchSource:
     dynamic sampling (``trainer.sampling.DynamicSampler``), groups without spread are refilled.
     ``source(step)`` is None when the data is used up. Without dynamic sampling the batch still
     logs ``sampling/signal_frac``: the share of its groups whose task metric has spread above
-    ``min_std`` (the ones that carry a gradient)."""
+    ``min_std`` (the ones that carry a gradient), judged on ``metric`` as dynamic sampling would."""
 
     def __init__(self, engines, scorer_pool, train: list, sampler, rules, seed: int, dynamic=None,
-                 min_std: float = 0.01):
+                 min_std: float = 0.01, metric: str | None = None):
         self.engines, self.scorer_pool, self.train, self.sampler = engines, scorer_pool, train, sampler
-        self.rules, self.seed, self.dynamic, self.min_std = rules, seed, dynamic, min_std
+        self.rules, self.seed, self.dynamic, self.min_std, self.metric = rules, seed, dynamic, min_std, metric
 
     def __call__(self, step: int) -> Batch | None:
         first = self.sampler.next()
@@ -92,9 +92,8 @@ class BatchSource:
         batch = generate(first)
         if self.dynamic:
             return self.dynamic.fill(batch, more)
-        from trainer.sampling import group_spread
-        spread = group_spread(batch, None).values()
-        batch.times["sampling/signal_frac"] = sum(s > self.min_std for s in spread) / max(1, len(spread))
+        from trainer.sampling import signal_frac
+        batch.times["sampling/signal_frac"] = signal_frac(batch, self.metric, self.min_std)
         return batch
 
 

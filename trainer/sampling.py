@@ -52,6 +52,13 @@ def group_spread(batch: Batch, metric: str | None) -> dict[str, float]:
     return out
 
 
+def signal_frac(batch: Batch, metric: str | None, min_std: float) -> float:
+    """Share of ``batch``'s groups whose ``metric`` has spread above ``min_std``: the groups that
+    carry a policy gradient (logged with dynamic sampling off too, judged the same way)."""
+    spread = group_spread(batch, metric).values()
+    return sum(s > min_std for s in spread) / max(1, len(spread))
+
+
 def merge(batches: list[Batch]) -> Batch:
     """One batch of every group of ``batches`` (same step and weights), in order."""
     first = batches[0]

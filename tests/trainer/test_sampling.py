@@ -8,7 +8,7 @@ from actors.rollout import Rollout
 from data.loaders import Prompt
 from data.sampler import PromptSampler
 from trainer.pipeline import Batch
-from trainer.sampling import DynamicSampler, group_spread, task_metric
+from trainer.sampling import DynamicSampler, group_spread, signal_frac, task_metric
 
 G = 8
 
@@ -107,3 +107,13 @@ def test_sampler_take_continues_the_order_and_stays_within_an_epoch():
     s2 = PromptSampler(10, 4, seed=0, epochs=1)
     s2.next(), s2.next(), s2.take(2)
     assert s2.take(1) is None and s2.next() is None
+
+
+def test_signal_frac_judges_the_configured_metric_not_a_monitoring_reward():
+    """A binary accuracy reward trained on, and the continuous IoU kept at weight 0 to watch: with
+    the metric named, a group that is all hits has no signal although its IoUs differ."""
+    b = _batch(["a", "b"], random.Random(0), p=1.0)
+    for i, r in enumerate(b.rollouts):
+        b.scored[r.key]["values"].update(rec_iou=0.6 + 0.01 * i, rec_acc=1.0 if r.prompt.id == "a" else float(i % 2))
+    assert signal_frac(b, "rec_acc", 0.01) == 0.5  # only group b has hits and misses
+    assert signal_frac(b, None, 0.01) == 1.0  # the sum of every accuracy reward: both groups vary
