@@ -90,10 +90,11 @@ class BatchSource:
             return generate(indices) if indices else None
 
         batch = generate(first)
+        weights = getattr(now, "funcs", None)  # the step's weights: a weight-0 reward is watched, not trained
         if self.dynamic:
-            return self.dynamic.fill(batch, more)
+            return self.dynamic.fill(batch, more, weights)
         from trainer.sampling import signal_frac
-        batch.times["sampling/signal_frac"] = signal_frac(batch, self.metric, self.min_std)
+        batch.times["sampling/signal_frac"] = signal_frac(batch, self.metric, self.min_std, weights)
         return batch
 
 

@@ -27,24 +27,31 @@ from typing import Callable
 from trainer.pipeline import Batch
 
 
-def task_metric(values: dict, metric: str | None) -> float:
+def task_metric(values: dict, metric: str | None, weights: dict | None = None) -> float:
     """A completion's raw task metric: ``values[metric]``, or (``metric`` None) the sum of its
-    accuracy rewards' values (one per row: ``rec_iou``, ``ovd_map``, a row's own accuracy method...).
+    accuracy rewards' values (one per row: ``rec_iou``, ``ovd_map``, a row's own accuracy method...)
+    that the step trains on: an accuracy reward given weight 0 in ``weights`` (the step's
+    ``reward.funcs``, schedules applied) is only watched, and its spread carries no gradient. If
+    every accuracy reward has weight 0, all of them count.
 
     >>> task_metric({"rec_format": 1.0, "rec_iou": 0.25}, None), task_metric({"rec_format": 1.0}, "rec_format")
     (0.25, 1.0)
+    >>> task_metric({"rec_iou": 0.25, "rec_acc": 0.0}, None, {"rec_iou": 0.0, "rec_acc": 1.0})
+    0.0
     """
     if metric:
         return float(values.get(metric, 0.0))
     from rewards import REGISTRY
-    return float(sum(v for n, v in values.items() if n in REGISTRY and REGISTRY[n].accuracy))
+    acc = [n for n in values if n in REGISTRY and REGISTRY[n].accuracy]
+    trained = [n for n in acc if (weights or {}).get(n, 1.0) != 0]
+    return float(sum(values[n] for n in (trained or acc)))
 
 
-def group_spread(batch: Batch, metric: str | None) -> dict[str, float]:
+def group_spread(batch: Batch, metric: str | None, weights: dict | None = None) -> dict[str, float]:
     """Population standard deviation of the task metric within each prompt's group."""
     by_prompt: dict[str, list[float]] = {}
     for r in batch.rollouts:
-        by_prompt.setdefault(r.prompt.id, []).append(task_metric(batch.scored[r.key]["values"], metric))
+        by_prompt.setdefault(r.prompt.id, []).append(task_metric(batch.scored[r.key]["values"], metric, weights))
     out = {}
     for pid, xs in by_prompt.items():
         m = sum(xs) / len(xs)
@@ -52,10 +59,10 @@ def group_spread(batch: Batch, metric: str | None) -> dict[str, float]:
     return out
 
 
-def signal_frac(batch: Batch, metric: str | None, min_std: float) -> float:
+def signal_frac(batch: Batch, metric: str | None, min_std: float, weights: dict | None = None) -> float:
     """Share of ``batch``'s groups whose ``metric`` has spread above ``min_std``: the groups that
     carry a policy gradient (logged with dynamic sampling off too, judged the same way)."""
-    spread = group_spread(batch, metric).values()
+    spread = group_spread(batch, metric, weights).values()
     return sum(s > min_std for s in spread) / max(1, len(spread))
 
 
@@ -93,12 +100,13 @@ class DynamicSampler:
             raise ValueError("rollout.dynamic_sampling: min_std and max_rounds must be >= 0")
         self.B, self.min_std, self.max_rounds, self.metric = prompts_per_step, min_std, max_rounds, metric
 
-    def fill(self, first: Batch, more: Callable[[int], Batch | None]) -> Batch:
+    def fill(self, first: Batch, more: Callable[[int], Batch | None], weights: dict | None = None) -> Batch:
         """``first``'s groups with spread, refilled through ``more(n)`` (a scored batch of the next
         ``n`` prompts, or None when the data is used up) until there are ``prompts_per_step``;
-        completed with dropped groups if the rounds run out. Its ``times`` carry the counts."""
+        completed with dropped groups if the rounds run out. Its ``times`` carry the counts.
+        ``weights``: the step's reward weights (``task_metric``)."""
         pool, rounds, exhausted = first, 0, False
-        spread = group_spread(first, self.metric)
+        spread = group_spread(first, self.metric, weights)
         kept = [p.id for p in first.prompts if spread[p.id] > self.min_std]
         first_kept = len(kept)
         while len(kept) < self.B and rounds < self.max_rounds:
@@ -108,7 +116,7 @@ class DynamicSampler:
                 break
             rounds += 1
             pool = merge([pool, extra])
-            s = group_spread(extra, self.metric)
+            s = group_spread(extra, self.metric, weights)
             spread.update(s)
             kept += [p.id for p in extra.prompts if s[p.id] > self.min_std]
         with_signal = len(kept)

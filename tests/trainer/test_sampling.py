@@ -117,3 +117,9 @@ def test_signal_frac_judges_the_configured_metric_not_a_monitoring_reward():
         b.scored[r.key]["values"].update(rec_iou=0.6 + 0.01 * i, rec_acc=1.0 if r.prompt.id == "a" else float(i % 2))
     assert signal_frac(b, "rec_acc", 0.01) == 0.5  # only group b has hits and misses
     assert signal_frac(b, None, 0.01) == 1.0  # the sum of every accuracy reward: both groups vary
+    # no metric named: the accuracy rewards the step trains on (rec_iou at weight 0 is only watched)
+    weights = {"rec_format": 1.0, "rec_iou": 0.0, "rec_acc": 1.0}
+    assert signal_frac(b, None, 0.01, weights) == 0.5
+    assert signal_frac(b, None, 0.01, {"rec_iou": 0.0, "rec_acc": 0.0}) == 1.0  # none trained: all count
+    kept = DynamicSampler(2, 0.01, 0).fill(b, lambda n: None, weights)
+    assert kept.times["sampling/first_kept_frac"] == 0.5
