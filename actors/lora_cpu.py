@@ -3,9 +3,10 @@
 vLLM's CPU LoRA ops (``vllm.lora.ops.torch_ops``) serve many adapters at once by gathering each
 token's adapter weights (``weights[indices]``: one copy of the adapter per token) before a batched
 einsum. With one policy adapter, that copy is the whole cost: decode ran 20x slower than the base
-model (``python -m bench.lora_sync``). ``install()`` wraps the three bgmv ops: when every index is
-the same, the op is one matrix product with that adapter, the same arithmetic without the per-token
-copy; any other batch goes to vLLM's op unchanged. It runs inside the engine's worker process.
+model (``python -m bench.lora_sync``). ``install()`` replaces the decode (bgmv) and prefill (sgmv)
+ops: when every token has the same adapter, the op is one matrix product with it, the same
+arithmetic without the per-token copy; any other batch goes to vLLM's op unchanged. It runs
+inside the engine's worker process.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _adapter(weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype) -
     """The one ``[out, in]`` adapter every token uses, in ``dtype``, or None if tokens use
     different ones. Casts are kept until the stacked weights change (a new adapter is copied in
     place, which bumps the tensor's version): the shrink op computes in fp32 from bf16 adapters,
-    and casting the adapter at every call was most of its cost."""
+    and casting the adapter at every call was a large part of its cost."""
     if indices.numel() == 0 or not bool((indices == indices[0]).all()):
         return None
     k = int(indices[0])  # (a negative index wraps, as in the gathering op)
@@ -29,6 +30,8 @@ def _adapter(weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype) -
     hit = _CAST.get(key)
     if hit is not None and hit[0]() is weights and hit[1] == weights._version:
         return hit[2]
+    for stale in [c for c, v in _CAST.items() if v[0]() is None]:  # weights freed: drop their casts
+        del _CAST[stale]
     w = weights[k]
     w = (w.squeeze(0) if w.dim() == 3 else w).to(dtype)
     _CAST[key] = (weakref.ref(weights), weights._version, w)

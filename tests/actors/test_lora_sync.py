@@ -13,9 +13,9 @@ from tests.actors.test_runtime import _gap, _items
 pytestmark = pytest.mark.e2e
 
 
-def _run(tiny_model, synthetic, tmp_path, sync: str, updates: int = 2):
+def _run(tiny_model, synthetic, tmp_path, sync: str, updates: int = 2, extra=()):
     """(bytes sent per sync, [(gap before the sync, gap after it)] per update, tensor names sent)."""
-    cfg = conf.resolve(conf.load([
+    cfg = conf.resolve(conf.load([*extra,
         f"model.path={tiny_model}", f"data.synthetic.dir={synthetic}", "learner.lr=2e-2", "learner.beta=0.0",
         "learner.lora.r=8", "learner.lora.alpha=16", "learner.lora.dropout=0.0", f"learner.lora.sync={sync}",
         "learner.zero_stage=2", "rollout.num_generations=4", "trainer.prompts_per_step=2",
@@ -65,3 +65,14 @@ def test_merged_sync_sends_base_plus_delta_of_the_adapted_layers(tiny_model, syn
     assert meta and not any("lora_" in n for n, _, _ in meta)
     assert sent[0] == _bytes(meta)
     assert gaps[0][1] < 0.05, gaps
+
+
+def test_adapter_sync_with_delta_updates(tiny_model, synthetic, tmp_path):
+    """rollout.sync_delta on top of adapter sync: the second update carries only changed adapter
+    elements (or the whole tensor where that is smaller), and the engine still samples the
+    learner's policy after each."""
+    sent, gaps, meta = _run(tiny_model, synthetic, tmp_path, "adapter", updates=2,
+                            extra=("rollout.sync_delta=true", "rollout.sync_full_every=10", "learner.lr=1e-4"))
+    # full first; then each tensor as changed elements or whole, whichever is smaller (+ the header)
+    assert sent[0] == _bytes(meta) and 0 < sent[1] <= sent[0] + 8 * len(meta), sent
+    assert all(after < 0.05 for _, after in gaps), gaps
