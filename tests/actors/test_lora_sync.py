@@ -76,3 +76,19 @@ def test_adapter_sync_with_delta_updates(tiny_model, synthetic, tmp_path):
     # full first; then each tensor as changed elements or whole, whichever is smaller (+ the header)
     assert sent[0] == _bytes(meta) and 0 < sent[1] <= sent[0] + 8 * len(meta), sent
     assert all(after < 0.05 for _, after in gaps), gaps
+
+
+def test_main_command_with_lora_prints_its_sync_choice_and_trains_on_the_synced_adapter(tmp_path, tiny_model, synthetic):
+    """``orchestrator.py conf=rec learner.lora.r=8``: auto picks merged on CPU and says why; with
+    adapter sync the second step samples from the adapter the first step sent (engine and learner
+    log-probs agree)."""
+    from tests.actors.test_runtime import _run as run_main
+    common = ("conf=rec", "trainer.max_steps=2", "trainer.prompts_per_step=2", "rollout.num_generations=4",
+              "rollout.max_new_tokens=24", "learner.lora.r=8", "learner.lr=1e-2", "learner.beta=0",
+              "trainer.eval_steps=0", "trainer.report=false", "wandb.mode=disabled")
+    summary, rows, _ = run_main(tmp_path / "auto", tiny_model, synthetic, *common)
+    assert summary["chosen"]["lora"].startswith("r=8, sync=merged (auto: CPU")
+    summary, rows, _ = run_main(tmp_path / "adapter", tiny_model, synthetic, *common, "learner.lora.sync=adapter")
+    assert summary["chosen"]["lora"] == "r=8, sync=adapter (set)"
+    assert len(rows) == 2 and rows[1]["engine_logp_abs_diff"] < 0.05
+    assert 0 < rows[0]["sync/bytes"] < 200_000  # the adapters (~90 KB here), not the adapted layers (~1 MB)
