@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import shutil
-import sys
 
-from bench.learning import REPO, mean_se, rows_of, run_stage
+from bench.learning import mean_se, prepare_out, rows_of, run_stage
 
 
 def arm_figures(run_dir: pathlib.Path, G: int) -> dict:
@@ -52,11 +50,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="outputs/dynamic_sampling")
     ap.add_argument("--fresh", action="store_true")
     args = ap.parse_args(argv)
-    out = (REPO / args.out).resolve()
-    if args.fresh:
-        shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(REPO))
+    out = prepare_out(args.out, args.fresh)
     from conf.hardware import describe_cpu
     from data.tiny_model import resolve_model_path
     warm = resolve_model_path("builtin:tiny-qwen3-vl-one-shape", 0)

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import sys
 
-from bench.learning import REPO, rows_of, run_stage
+from bench.learning import prepare_out, rows_of, run_stage
 
 EVAL_KEYS = ("eval/mAP", "eval/AP50", "eval/recall@0.5", "eval/boxes_per_answer")
 
@@ -45,11 +43,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="outputs/hack_trigger")
     ap.add_argument("--fresh", action="store_true")
     args = ap.parse_args(argv)
-    out = (REPO / args.out).resolve()
-    if args.fresh:
-        shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(REPO))
+    out = prepare_out(args.out, args.fresh)
     from bench.common import machine, table
     from conf.hardware import describe_cpu
     from data.tiny_model import resolve_model_path

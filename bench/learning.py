@@ -28,6 +28,17 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 QUIET = ["trainer.report=false", "wandb.mode=disabled", "cluster.include_dashboard=false"]
 
 
+def prepare_out(out: str, fresh: bool) -> pathlib.Path:
+    """An experiment's output folder (under the repo), emptied first with ``fresh``; the repo is put
+    on the import path, as the stages run ``orchestrator.py`` from it."""
+    path = (REPO / out).resolve()
+    if fresh:
+        shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(REPO))
+    return path
+
+
 def run_stage(name: str, out: pathlib.Path, overrides: list[str], done_file: str, log: list) -> pathlib.Path:
     """``orchestrator.py overrides`` into ``out/name`` unless ``done_file`` exists there already."""
     run_dir = out / name
@@ -93,12 +104,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="outputs/learning")
     ap.add_argument("--fresh", action="store_true", help="delete --out first")
     args = ap.parse_args(argv)
-    out = (REPO / args.out).resolve()
-    if args.fresh:
-        shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out(args.out, args.fresh)
     t_start = time.perf_counter()
-    sys.path.insert(0, str(REPO))
     from data.tiny_model import cache_root, resolve_model_path
     rec = "conf=testbed" if args.testbed else "conf=rec"
     from data.synthetic import data_dir_name

@@ -18,13 +18,10 @@ import argparse
 import functools
 import json
 import pathlib
-import shutil
-import sys
 import time
 
-from bench.learning import eval_records, mean_se, run_stage
+from bench.learning import eval_records, mean_se, prepare_out, run_stage
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # name -> (scene overrides, model overrides, warm-start overrides)
 VARIANTS = {
@@ -239,11 +236,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--out", default="outputs/testbed")
     ap.add_argument("--fresh", action="store_true")
     args = ap.parse_args(argv)
-    out = (REPO / args.out).resolve()
-    if args.fresh:
-        shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(REPO))
+    out = prepare_out(args.out, args.fresh)
     from conf.hardware import describe_cpu
     cpu = describe_cpu()
     log: list[dict] = []
