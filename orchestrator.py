@@ -107,7 +107,10 @@ def train_loop(cfg, model_path: str, train: list, val: list, out_dir: pathlib.Pa
     # the step's reward rules (with dynamic sampling: groups without spread refilled); None: data used up
     metric = ds.metric and resolve(ds.metric)
     next_batch = BatchSource(engines, scorer_pool, train, sampler, rules, cfg.seed, DynamicSampler(
-        cfg.trainer.prompts_per_step, ds.min_std, ds.max_rounds, metric) if ds.enabled else None, ds.min_std, metric)
+        cfg.trainer.prompts_per_step, ds.min_std, ds.max_rounds, metric, ds.oversample) if ds.enabled else None,
+        ds.min_std, metric)
+    if next_batch.dynamic:
+        next_batch.dynamic.replay(history)  # a resumed run: the running share of groups with spread
 
     # the pipeline: with K > 0 the batches of steps start .. start+K-1 are generated before the
     # first update (all with the weights of version `start`); a resumed run brings its own

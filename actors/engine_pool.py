@@ -78,21 +78,25 @@ class EnginePool:
                 self.connect()
 
     # ------------------------------------------------------------------ generation
-    def generate(self, items: list, *args, on_shard=None) -> list:
-        """``engine.generate(shard, *args)`` on every engine; the rollouts in ``items`` order."""
-        parts = shard(items, self.engines.n)
-        results: list = [None] * len(parts)
-        pending = {self._submit(i, parts[i], args): (i, 1, time.monotonic()) for i in range(len(parts))}
+    def generate(self, items: list, *args, on_shard=None, more=None) -> list:
+        """``engine.generate(shard, *args)`` on every engine; the rollouts in ``items`` order, then
+        the items ``more`` added. ``on_shard(rollouts)`` sees each shard as it lands; ``more(rollouts,
+        engine)`` (streaming) may then return new items, which that engine generates at once while
+        the others are still busy (their rollouts follow ``items``', in the order they were added)."""
+        jobs = list(enumerate(shard(items, self.engines.n)))  # (engine, items), in output order
+        results: list = [None] * len(jobs)
+        pending = {self._submit(e, part, args): (j, 1, time.monotonic()) for j, (e, part) in enumerate(jobs)}
         failed: list[tuple[int, int]] = []
         while pending or failed:
             if not pending:  # everything that could land has landed: recover the rest, then resubmit
-                for i, attempt in failed:
+                for j, attempt in failed:
                     if attempt >= self.max_attempts:
-                        raise RuntimeError(f"rollout shard of engine {i} failed {attempt} times; the engine logs say why")
-                self._replace(sorted({i for i, _ in failed}), "died or hung mid-generation")
+                        raise RuntimeError(f"rollout shard of engine {jobs[j][0]} failed {attempt} times; the engine "
+                                           "logs say why")
+                self._replace(sorted({jobs[j][0] for j, _ in failed}), "died or hung mid-generation")
                 self.connect()
                 self._push_synced()
-                pending = {self._submit(i, parts[i], args): (i, a + 1, time.monotonic()) for i, a in failed}
+                pending = {self._submit(*jobs[j], args): (j, a + 1, time.monotonic()) for j, a in failed}
                 failed = []
                 continue
             deadline = min(t for _, _, t in pending.values()) + self.timeout_s
@@ -100,18 +104,24 @@ class EnginePool:
             if not done:  # the oldest call has run past the timeout: a hung engine is a dead one
                 now = time.monotonic()
                 for ref in [r for r, (_, _, t) in pending.items() if now - t >= self.timeout_s]:
-                    i, attempt, _ = pending.pop(ref)
-                    print(f"rollout engine {i} gave nothing for {self.timeout_s:.0f}s (rollout.timeout_s)", flush=True)
-                    failed.append((i, attempt))
+                    j, attempt, _ = pending.pop(ref)
+                    print(f"rollout engine {jobs[j][0]} gave nothing for {self.timeout_s:.0f}s (rollout.timeout_s)",
+                          flush=True)
+                    failed.append((j, attempt))
                 continue
-            i, attempt, _ = pending.pop(done[0])
+            j, attempt, _ = pending.pop(done[0])
             try:
-                results[i] = ray.get(done[0])
+                results[j] = ray.get(done[0])
             except ray.exceptions.RayActorError:
-                failed.append((i, attempt))
+                failed.append((j, attempt))
                 continue
             if on_shard is not None:
-                on_shard(results[i])
+                on_shard(results[j])
+            extra = more(results[j], jobs[j][0]) if more is not None else None
+            if extra:  # streaming: the engine that just finished generates the new items now
+                jobs.append((jobs[j][0], list(extra)))
+                results.append(None)
+                pending[self._submit(*jobs[-1], args)] = (len(jobs) - 1, 1, time.monotonic())
         return [r for part in results for r in part]
 
     def _push_synced(self) -> None:

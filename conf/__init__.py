@@ -19,7 +19,7 @@ from models import COORDS, FAMILIES
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent
 FREE_KEYS = {"reward.funcs", "reward.params", "reward.schedules", "reward.triggers", "rollout.resources", "learner.resources", "reward.resources"}  # user-named keys
-MIXED = {"trainer.max_staleness", "rollout.sync_pack_mb"}  # keys taking "auto" or a number
+MIXED = {"trainer.max_staleness", "rollout.sync_pack_mb", "rollout.dynamic_sampling.oversample"}  # keys taking "auto" or a number
 CHOICES = {
     "mode": ["train", "eval", "sft"],
     "model.family": ["auto", *FAMILIES],
@@ -138,6 +138,10 @@ def _validate_loop(cfg: DictConfig) -> None:
     if not (isinstance(ds.max_rounds, int) and ds.max_rounds >= 0) or not ds.min_std >= 0:
         raise ConfigError(f"rollout.dynamic_sampling: max_rounds ({ds.max_rounds!r}) must be a whole number >= 0 and "
                           f"min_std ({ds.min_std!r}) >= 0")
+    over = ds.oversample
+    if over != "auto" and (isinstance(over, bool) or not isinstance(over, (int, float)) or over < 1):
+        raise ConfigError(f"rollout.dynamic_sampling.oversample={over!r} must be auto or a number >= 1 (prompts "
+                          "generated per missing group)")
     if ds.metric is not None:
         from rewards import resolve, validate_funcs
         try:

@@ -6,18 +6,27 @@ the groups whose *raw task metric* (the accuracy rewards' values -- ``rec_iou``,
 or the reward named in ``metric``; never the shaped total, whose format or length terms can give a
 group spread its task metric does not have) has a population standard deviation above ``min_std``
 (not the group mean: under a continuous reward such as IoU, identical boxes give zero spread at
-any mean). Missing groups are refilled with fresh prompts from the data order, exactly as many as
-are missing, in up to ``max_rounds`` rounds; a prompt is kept with probability q = 1 - p^G -
-(1-p)^G, so a kept group costs 1/q prompts' generation on average.
+any mean). Missing groups are refilled with fresh prompts from the data order in up to
+``max_rounds`` refills per engine; a prompt is kept with probability q = 1 - p^G - (1-p)^G, so a
+kept group costs 1/q prompts' generation on average.
 
     ds = DynamicSampler(prompts_per_step=4, min_std=0.01, max_rounds=3, metric=None)
-    batch = ds.fill(first_batch, more=lambda n: generate(next n prompts) or None)
+    batch = ds.fill(first_batch, more=lambda n: generate(next n prompts) or None)   # round by round
+    step = ds.start(weights); n = step.landed(part, engine)                         # streaming
 
-Refills request exactly the missing count, so no surplus group ever exists: none is discarded and
-none is carried into a later step, where it would be one update staler than ``trainer.max_staleness``
-allows (a refill runs inside the same generation call, with the same weights). When the rounds are
-used up (or the data is), the step is completed with the dropped groups, which add no policy
-gradient, so every step keeps its shape; that is counted, never a crash.
+Streaming (``trainer.pipeline.generate_batch``): each engine's shard is scored and judged as it
+lands, and that engine is handed its refill at once, while the others are still generating; no
+engine waits for a round to end. A refill asks for the groups still missing, less those the prompts
+still generating may give (each counted as one group, or at the running rate with ``auto``).
+
+``oversample`` sizes requests: 1 (default) asks for exactly the missing count, so no surplus group
+exists; ``auto`` asks for missing / rate (the share of groups with spread over the last 10 steps),
+so one generation call usually fills the step: fewer, larger calls, which on engines whose decode
+cost is per step rather than per sequence is cheaper than a second round. A surplus is dropped
+(``sampling/surplus``), never carried into a later step, where it would be one update staler than
+``trainer.max_staleness`` allows. When the rounds are used up (or the data is), the step is
+completed with the dropped groups, which add no policy gradient, so every step keeps its shape;
+that is counted, never a crash.
 """
 from __future__ import annotations
 
@@ -95,40 +104,126 @@ def select(batch: Batch, prompt_ids: list[str]) -> Batch:
 
 
 class DynamicSampler:
-    def __init__(self, prompts_per_step: int, min_std: float, max_rounds: int, metric: str | None = None):
+    """One run's dynamic sampling: ``start(weights)`` opens a step's ``Fill``; the share of
+    generated groups that had spread over the last ``window`` steps (``rate``) sizes requests with
+    ``oversample: auto`` and tells a streaming fill how many of the prompts still generating will
+    be kept."""
+
+    window = 10  # steps the running signal rate is taken over
+
+    def __init__(self, prompts_per_step: int, min_std: float, max_rounds: int, metric: str | None = None,
+                 oversample: float | str = 1.0):
         if min_std < 0 or max_rounds < 0:
             raise ValueError("rollout.dynamic_sampling: min_std and max_rounds must be >= 0")
+        if oversample != "auto" and not (isinstance(oversample, (int, float)) and oversample >= 1):
+            raise ValueError(f"rollout.dynamic_sampling.oversample={oversample!r}: auto or a number >= 1")
         self.B, self.min_std, self.max_rounds, self.metric = prompts_per_step, min_std, max_rounds, metric
+        self.oversample = oversample
+        self.recent: list[tuple[int, int]] = []  # (groups with spread, groups generated) of the last steps
+
+    @property
+    def rate(self) -> float:
+        """Share of generated groups with spread over the last ``window`` steps (1.0 before any)."""
+        kept, generated = (sum(x) for x in zip(*self.recent)) if self.recent else (0, 0)
+        return kept / generated if generated else 1.0
+
+    def factor(self) -> float:
+        """Prompts generated per missing group: ``oversample``, or (auto) 1/rate, at most 4."""
+        if self.oversample == "auto":
+            return min(4.0, 1.0 / max(self.rate, 0.25))
+        return float(self.oversample)
+
+    def first_count(self) -> int:
+        """Prompts a step starts with: ``prompts_per_step``, times the factor."""
+        return math.ceil(self.B * self.factor() - 1e-9)
+
+    def replay(self, history: list[dict]) -> None:
+        """A resumed run: the running rate from the saved rows, as the uninterrupted run had it."""
+        self.recent = [(int(r["sampling/groups_with_signal"]), int(r["sampling/prompts_generated"]))
+                       for r in history if "sampling/groups_with_signal" in r][-self.window:]
+
+    def start(self, weights: dict | None = None, first_count: int | None = None) -> "Fill":
+        """A step's fill; ``weights``: the step's reward weights (``task_metric``)."""
+        return Fill(self, weights, self.first_count() if first_count is None else first_count)
 
     def fill(self, first: Batch, more: Callable[[int], Batch | None], weights: dict | None = None) -> Batch:
-        """``first``'s groups with spread, refilled through ``more(n)`` (a scored batch of the next
-        ``n`` prompts, or None when the data is used up) until there are ``prompts_per_step``;
-        completed with dropped groups if the rounds run out. Its ``times`` carry the counts.
-        ``weights``: the step's reward weights (``task_metric``)."""
-        pool, rounds, exhausted = first, 0, False
-        spread = group_spread(first, self.metric, weights)
-        kept = [p.id for p in first.prompts if spread[p.id] > self.min_std]
-        first_kept = len(kept)
-        while len(kept) < self.B and rounds < self.max_rounds:
-            extra = more(self.B - len(kept))
+        """``first``'s groups with spread, refilled round by round through ``more(n)`` (a scored
+        batch of the next ``n`` prompts, or None when the data is used up) until there are
+        ``prompts_per_step``; completed with dropped groups if the rounds run out. Its ``times``
+        carry the counts. (A streaming fill feeds ``Fill.landed`` as each engine's shard lands.)"""
+        step = self.start(weights, len(first.prompts))
+        parts, n = [first], step.landed(first)
+        while n:
+            extra = more(n)
             if extra is None:
-                exhausted = True
+                step.unfilled(n)
                 break
-            rounds += 1
-            pool = merge([pool, extra])
-            s = group_spread(extra, self.metric, weights)
-            spread.update(s)
-            kept += [p.id for p in extra.prompts if s[p.id] > self.min_std]
+            parts.append(extra)
+            n = step.landed(extra)
+        return step.result(merge(parts))
+
+
+class Fill:
+    """One step of dynamic sampling, fed each scored part as it lands (``landed``: how many new
+    prompts that part's engine should generate next) and closed by ``result``. Each engine gets
+    at most ``max_rounds`` refills; a refill asks for the groups still missing, less the prompts still
+    generating elsewhere (each worth 1/factor of a group), times the oversample factor: with
+    ``oversample: 1`` kept + outstanding never exceeds ``prompts_per_step``, so no surplus, whatever
+    order the engines land in."""
+
+    def __init__(self, ds: DynamicSampler, weights: dict | None, first_count: int):
+        self.ds, self.weights = ds, weights
+        self.spread: dict[str, float] = {}
+        self.kept: list[str] = []
+        self.first_count, self.outstanding, self.generated = first_count, first_count, 0
+        self.rounds: dict[int, int] = {}  # engine -> refills given to it
+        self.exhausted = False
+
+    def landed(self, part: Batch, engine: int = 0) -> int:
+        """Judge ``part`` (scored groups); the number of new prompts ``engine`` should generate."""
+        ds = self.ds
+        s = group_spread(part, ds.metric, self.weights)
+        self.spread.update(s)
+        self.kept += [p.id for p in part.prompts if s[p.id] > ds.min_std]
+        self.outstanding -= len(part.prompts)
+        self.generated += len(part.prompts)
+        f = ds.factor()  # prompts per missing group: each prompt still generating is worth 1/f of one
+        missing = ds.B - len(self.kept) - max(0, self.outstanding) / f
+        if missing <= 1e-9 or self.rounds.get(engine, 0) >= ds.max_rounds or self.exhausted:
+            return 0
+        n = math.ceil(missing * f - 1e-9)
+        self.rounds[engine] = self.rounds.get(engine, 0) + 1
+        self.outstanding += n
+        return n
+
+    def unfilled(self, n: int, exhausted: bool = True) -> None:
+        """``n`` prompts a refill asked for will not be generated (``exhausted``: the data is used up)."""
+        self.outstanding -= n
+        self.exhausted = self.exhausted or exhausted
+
+    def result(self, pool: Batch) -> Batch:
+        """The step's ``prompts_per_step`` groups from ``pool`` (every part that landed): those with
+        spread first, in data order; completed with groups without it if too few."""
+        ds, B = self.ds, self.ds.B
+        kept = [p.id for p in pool.prompts if self.spread.get(p.id, 0.0) > ds.min_std]
         with_signal = len(kept)
-        chosen = kept[:self.B]  # refills ask for the missing count only: never more than B
-        if len(chosen) < self.B:  # out of rounds or data: complete the step with groups that have none
-            chosen += [p.id for p in pool.prompts if p.id not in set(chosen)][:self.B - len(chosen)]
+        chosen = kept[:B]  # a surplus (oversampling) is dropped, never carried into a staler step
+        if len(chosen) < B:  # out of rounds or data: complete the step with groups that have none
+            taken = set(chosen)
+            chosen += [p.id for p in pool.prompts if p.id not in taken][:B - len(chosen)]
         out = select(pool, chosen)
-        out.times.update({"sampling/first_kept_frac": first_kept / max(1, len(first.prompts)),
-                          "sampling/kept_frac": with_signal / max(1, len(pool.prompts)),
-                          "sampling/signal_frac": min(with_signal, self.B) / self.B,
-                          "sampling/rounds": rounds, "sampling/prompts_generated": len(pool.prompts),
-                          "sampling/extra_generations": (len(pool.prompts) - self.B) * (len(first.rollouts)
-                                                                                       // max(1, len(first.prompts))),
-                          "sampling/filled": self.B - min(with_signal, self.B), "sampling/data_exhausted": int(exhausted)})
+        G = len(pool.rollouts) // max(1, len(pool.prompts))
+        n = len(pool.prompts)
+        ds.recent = (ds.recent + [(with_signal, n)])[-ds.window:]
+        first = pool.prompts[:self.first_count]  # (the pool is in data order: the first prompts, then refills)
+        first_kept = sum(self.spread.get(p.id, 0.0) > ds.min_std for p in first)
+        out.times.update({"sampling/first_kept_frac": first_kept / max(1, len(first)),
+                          "sampling/kept_frac": with_signal / max(1, n),
+                          "sampling/signal_frac": min(with_signal, B) / B,
+                          "sampling/groups_with_signal": with_signal,
+                          "sampling/rounds": max(self.rounds.values(), default=0),  # the most refills of one engine
+                          "sampling/refills": sum(self.rounds.values()), "sampling/prompts_generated": n,
+                          "sampling/extra_generations": (n - B) * G,
+                          "sampling/surplus": max(0, with_signal - B),
+                          "sampling/filled": B - min(with_signal, B), "sampling/data_exhausted": int(self.exhausted)})
         return out

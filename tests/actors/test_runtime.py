@@ -174,10 +174,17 @@ def test_two_learner_ranks_zero3_and_two_engines(tmp_path, tiny_model, synthetic
     summary, rows, _ = _run(tmp_path, tiny_model, synthetic, "conf=rec", "trainer.max_steps=2", "learner.world_size=2",
                             "learner.zero_stage=3", "rollout.num_engines=2", "trainer.prompts_per_step=2",
                             "rollout.num_generations=4", "rollout.max_new_tokens=24", "reward.funcs.repetition=1.0",
-                            "learner.lr=1e-2", "trainer.max_staleness=0")
+                            "learner.lr=1e-2", "trainer.max_staleness=0",
+                            # dynamic sampling streams: each engine is refilled as soon as its own shard is scored
+                            "rollout.dynamic_sampling.enabled=true", "rollout.dynamic_sampling.max_rounds=2")
     assert summary["steps"] == 2 and summary["samples"] == 16 and summary["distinct_prompts"] == 4
     assert rows[0]["items"] == 8 and rows[1]["engine_logp_abs_diff"] < 0.05  # step 2 sampled from synced engines
     assert all(r["sampling/signal_frac"] in (0.0, 0.5, 1.0) for r in rows)  # share of the 2 groups with IoU spread
+    for r in rows:  # at most 2 refills per engine; a step short of groups with spread used one engine's all
+        assert 0 <= r["sampling/rounds"] <= r["sampling/refills"] <= 2 * 2
+        assert r["sampling/prompts_generated"] >= 2 and r["sampling/surplus"] >= 0
+        assert r["sampling/filled"] == 0 or r["sampling/rounds"] == 2 or r["sampling/data_exhausted"]
+        assert r["sampling/filled"] == 2 - round(r["sampling/signal_frac"] * 2)
 
 
 def test_vlm_r1_qa_tasks_train_and_evaluate_with_each_rows_reward(tmp_path, tiny_model, synthetic):

@@ -95,6 +95,11 @@ def test_asynchronous_settings_are_checked_before_anything_starts():
         conf.load(["learner.is_cap=0.5"])
     with pytest.raises(conf.ConfigError, match="learner.off_policy='ppo' is not one of"):
         conf.load(["learner.off_policy=ppo"])
+    assert conf.load([]).rollout.dynamic_sampling.oversample == 1.0
+    assert conf.load(["rollout.dynamic_sampling.oversample=auto"]).rollout.dynamic_sampling.oversample == "auto"
+    for bad in ("0.5", "more", "true"):
+        with pytest.raises(conf.ConfigError, match="oversample=.* must be auto or a number >= 1"):
+            conf.load([f"rollout.dynamic_sampling.oversample={bad}"])
 
 
 def test_auto_dtype_follows_the_cpu_flags():

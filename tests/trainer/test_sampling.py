@@ -1,14 +1,16 @@
 """Dynamic sampling against a source of known pass rates: kept groups have spread, the cost per kept
 group is 1/q, refills never overshoot, the round cap completes the step instead of crashing."""
+import math
 import random
 
 import pytest
 
 from actors.rollout import Rollout
 from data.loaders import Prompt
+from actors.group import shard
 from data.sampler import PromptSampler
 from trainer.pipeline import Batch
-from trainer.sampling import DynamicSampler, group_spread, signal_frac, task_metric
+from trainer.sampling import DynamicSampler, group_spread, merge, signal_frac, task_metric
 
 G = 8
 
@@ -123,3 +125,89 @@ def test_signal_frac_judges_the_configured_metric_not_a_monitoring_reward():
     assert signal_frac(b, None, 0.01, {"rec_iou": 0.0, "rec_acc": 0.0}) == 1.0  # none trained: all count
     kept = DynamicSampler(2, 0.01, 0).fill(b, lambda n: None, weights)
     assert kept.times["sampling/first_kept_frac"] == 0.5
+
+
+
+def test_oversample_auto_fills_most_steps_in_one_call_and_drops_the_surplus():
+    """oversample: auto asks for B / rate prompts from the start (rate: the recent share of groups
+    with spread), so most steps need no refill; the surplus is dropped and counted, never trained."""
+    p, B, steps = 0.9, 4, 300
+    q = 1 - p ** G - (1 - p) ** G  # 0.57: a prompt's chance to give a group with spread
+    src, ds = Source(p, seed=2), DynamicSampler(B, 0.01, max_rounds=50, oversample="auto")
+    exact_src, exact = Source(p, seed=2), DynamicSampler(B, 0.01, max_rounds=50)
+    rounds = {"auto": 0, "exact": 0}
+    for _ in range(steps):
+        out = ds.fill(src.take(ds.first_count()), src.take)
+        assert len(out.prompts) == B and all(s > 0.01 for s in group_spread(out, None).values())
+        assert out.times["sampling/surplus"] == out.times["sampling/groups_with_signal"] - B >= 0
+        rounds["auto"] += out.times["sampling/rounds"]
+        ex = exact.fill(exact_src.take(B), exact_src.take)
+        rounds["exact"] += ex.times["sampling/rounds"]
+        assert ex.times["sampling/surplus"] == 0  # exact counts: never a surplus
+    assert ds.rate == pytest.approx(q, abs=0.12) and exact.rate == pytest.approx(q, abs=0.12)
+    assert ds.first_count() == math.ceil(B / ds.rate - 1e-9)
+    assert rounds["auto"] < 0.5 * rounds["exact"]  # far fewer generation calls than exact refills
+
+
+def _part(ids, kept):
+    """Scored groups: spread where ``kept[i]`` (half hits), else all misses."""
+    b = _batch(ids, random.Random(0), p=0.5)
+    for pid, k in zip(ids, kept):
+        for s in range(G):
+            b.scored[(pid, s)]["values"]["rec_iou"] = (0.9 if s % 2 else 0.0) if k else 0.0
+    return b
+
+
+def test_streaming_fill_hands_each_engine_its_refill_as_its_shard_lands():
+    """Two engines with 2 of the 4 first prompts each, B=4: engine 0 lands with 1 group kept while
+    engine 1's 2 prompts are still out: it is handed 1 new prompt at once (4 - 1 kept - 2 out);
+    each engine gets at most max_rounds refills; the step takes the first B groups with spread in
+    data order."""
+    ds = DynamicSampler(4, 0.01, max_rounds=1)
+    step = ds.start(None, first_count=4)
+    parts = [_part(["p0", "p1"], [True, False]), _part(["p2", "p3"], [False, False]),
+             _part(["p4"], [True]), _part(["p5", "p6"], [True, True])]
+    assert step.landed(parts[0], engine=0) == 1  # 4 - 1 kept - 2 still generating
+    assert step.landed(parts[1], engine=1) == 2  # 4 - 1 kept - 1 (engine 0's refill)
+    assert step.landed(parts[2], engine=0) == 0  # 4 - 2 - 2 out: none missing
+    assert step.landed(parts[3], engine=1) == 0  # 4 kept
+    out = step.result(merge(parts))
+    assert [p.id for p in out.prompts] == ["p0", "p4", "p5", "p6"]
+    assert out.times["sampling/rounds"] == 1 and out.times["sampling/refills"] == 2
+    assert out.times["sampling/first_kept_frac"] == 0.25 and out.times["sampling/surplus"] == 0
+    capped = ds.start(None, first_count=2)
+    assert capped.landed(_part(["q0", "q1"], [False, False]), engine=0) == 4
+    assert capped.landed(_part(["q2", "q3"], [False, False]), engine=0) == 0  # max_rounds=1 per engine
+    assert capped.landed(_part(["q4", "q5"], [False, False]), engine=1) == 4  # the other engine still may
+
+
+@pytest.mark.parametrize("oversample", [1.0, "auto"])
+def test_streaming_in_any_landing_order_keeps_spread_and_exact_requests_never_overshoot(oversample):
+    """Three engines whose shards land in random order, at a known pass rate: every kept group has
+    spread, and with exact requests (oversample 1) no step ever generates a surplus group."""
+    B, E, rng, src = 6, 3, random.Random(5), Source(0.8, seed=3)
+    ds = DynamicSampler(B, 0.01, max_rounds=10, oversample=oversample)
+    for _ in range(100):
+        step = ds.start()
+        out = [(e, src.take(len(ids))) for e, ids in enumerate(shard(list(range(step.first_count)), E)) if ids]
+        landed = []
+        while out:
+            e, part = out.pop(rng.randrange(len(out)))
+            landed.append(part)
+            if n := step.landed(part, e):
+                out.append((e, src.take(n)))
+        b = step.result(merge(sorted(landed, key=lambda b: int(b.prompts[0].id[1:]))))
+        assert len(b.prompts) == B and b.times["sampling/filled"] == 0
+        assert all(s > 0.01 for s in group_spread(b, None).values())
+        if oversample == 1.0:
+            assert b.times["sampling/surplus"] == 0
+
+
+def test_a_resumed_run_sizes_its_requests_as_the_uninterrupted_one():
+    rows = [{"sampling/groups_with_signal": k, "sampling/prompts_generated": n} for k, n in [(1, 8)] * 5 + [(4, 8)] * 10]
+    ds = DynamicSampler(4, 0.01, 3, oversample="auto")
+    ds.replay(rows)
+    assert ds.rate == 0.5 and ds.first_count() == 8  # the last 10 steps only
+    assert DynamicSampler(4, 0.01, 3, oversample=1.5).first_count() == 6
+    with pytest.raises(ValueError, match="oversample"):
+        DynamicSampler(4, 0.01, 3, oversample=0.5)
