@@ -58,6 +58,10 @@ class RolloutEngine:
         # LoRA adapter sync: the engine serves the frozen base plus the adapter of the last update
         # (none before the first: a fresh adapter is zero, so the base is the policy)
         self._lora, self._lora_root, self._lora_n = None, None, 0
+        self.transfer = cfg.get("weight_transfer", "vllm")  # vLLM's weight-transfer API | the worker extension
+        if self.transfer == "vllm":
+            from actors.vllm_ext import BACKEND
+            mm_kwargs["weight_transfer_config"] = {"backend": BACKEND}
         if lora_rank > 0:
             import atexit
             import shutil
@@ -73,7 +77,8 @@ class RolloutEngine:
                        # and rewinds the request's seeded generator, which CPU generators cannot do
                        # ("RuntimeError: CPU Generator does not use offset")
                        enable_chunked_prefill=False, max_num_batched_tokens=max(cfg["max_model_len"], 4096),
-                       worker_extension_cls="actors.vllm_ext.WeightSync",
+                       worker_extension_cls="actors.vllm_ext.WeightSync",  # (imported by the workers: it
+                       # also registers the weight-transfer backend, rollout.weight_transfer=vllm)
                        trust_remote_code=bool(model_cfg and model_cfg.get("trust_remote_code")), **mm_kwargs)
         self.start_s = time.perf_counter() - t0
         self._reset_s = 0.0
@@ -133,23 +138,38 @@ class RolloutEngine:
         if (adapter is not None) != (self._lora_root is not None):
             raise ValueError("LoRA adapter sync needs an engine started with lora_rank > 0, and only then")
         here = node_address(host)  # where this engine's gloo pairs listen
+        if self.transfer == "vllm":
+            self.llm.init_weight_transfer_engine({"init_info": dict(
+                host=host, port=port, rank_offset=rank_offset, world_size=world_size, backend=backend, bind_host=here,
+                pack_bytes=pack_bytes, delta=delta, adapter=adapter)})
+            return [rank_offset + i for i in range(self.num_workers())]
         return self.llm.collective_rpc("init_weight_group", args=(host, port, rank_offset, world_size, backend),
                                        kwargs={"bind_host": here, "pack_bytes": pack_bytes, "delta": delta,
                                                "adapter": adapter})
+
+    def _update(self, meta: list, adapter_dir: str | None = None) -> int:
+        """One update through the chosen entry point; the number of tensors received."""
+        if self.transfer == "vllm":
+            self.llm.start_weight_update()
+            self.llm.update_weights({"update_info": {"meta": [list(m) for m in meta], "adapter_dir": adapter_dir}})
+            self.llm.finish_weight_update()
+            return len(meta)  # (each worker checks that it consumed every tensor sent)
+        kwargs = {} if adapter_dir is None else {"adapter_dir": adapter_dir}
+        return self.llm.collective_rpc("receive_weights", args=(meta,), kwargs=kwargs)[0]
 
     def receive_weights(self, meta: list) -> int:
         """Receive a full update from the learner, then clear every cache that holds old results.
         With adapter sync each update is a new adapter directory under a new LoRA id (vLLM loads
         it at the next generation; the previous directory is removed)."""
         if self._lora_root is None:
-            n = self.llm.collective_rpc("receive_weights", args=(meta,))[0]
+            n = self._update(meta)
         else:
             import pathlib
             import shutil
             from vllm.lora.request import LoRARequest
             self._lora_n += 1
             path = pathlib.Path(self._lora_root) / f"v{self._lora_n}"
-            n = self.llm.collective_rpc("receive_weights", args=(meta,), kwargs={"adapter_dir": str(path)})[0]
+            n = self._update(meta, str(path))
             old, self._lora = self._lora, LoRARequest("policy", self._lora_n, str(path))
             if old is not None:
                 shutil.rmtree(old.lora_path, ignore_errors=True)
@@ -178,7 +198,12 @@ class RolloutEngine:
     def info(self) -> dict:
         """What this engine resolved from ``auto``: its dtype (and why) and its CPU threads."""
         import torch
-        return {"dtype": self.dtype, "dtype_reason": self.dtype_reason, "threads": torch.get_num_threads()}
+        return {"dtype": self.dtype, "dtype_reason": self.dtype_reason, "threads": torch.get_num_threads(),
+                "weight_transfer": self.transfer}
+
+    def transfer_entry(self) -> str:
+        """The class the worker's updates arrive through (``GlooWeightTransfer`` or ``extension``)."""
+        return self.llm.collective_rpc("transfer_entry")[0]
 
     def cpu_seconds(self) -> float:
         """CPU time this process has used, every thread included (for the utilisation figure)."""

@@ -1,12 +1,13 @@
 """Weight broadcast: learner rank 0 -> running vLLM engines, against the machine's memory copy.
 
-    python -m bench.broadcast [--sizes 30m 50m 250m] [--engines 1 2] [--pack-mb 64 0]
+    python -m bench.broadcast [--sizes 30m 50m 250m] [--engines 1 2] [--pack-mb 64 0] [--transfers vllm extension]
 
 Builds random Qwen2.5-VL models of ~100 MB and ~500 MB of bf16 weights, starts the real roles
 (DeepSpeed learner, vLLM engines, gloo weight group) on a local Ray, and times the full update
 the orchestrator does every step (gather, broadcast, in-place reload, cache reset) to 1 and 2
 engines, best of 3, with tensors packed (``rollout.sync_pack_mb``) and one broadcast per tensor
-(0, the way before packing). The baselines are a memory copy of the same bytes in one process
+(0, the way before packing), through vLLM's weight-transfer API (``rollout.weight_transfer: vllm``)
+and, with ``--transfers vllm extension``, through the worker extension too. The baselines are a memory copy of the same bytes in one process
 (the physical limit of moving them here) and the per-tensor sync of the same run. Writes
 bench/results/broadcast.json.
 """
@@ -32,13 +33,14 @@ def memcpy_gbps(nbytes: int, repeats: int = 5) -> float:
     return nbytes / best / 1e9
 
 
-def measure(model_dir: str, engines: int, tmp: str, pack_mb: float) -> tuple[int, float, dict]:
+def measure(model_dir: str, engines: int, tmp: str, pack_mb: float, transfer: str = "vllm") -> tuple[int, float, dict]:
     import ray
 
     import conf
     import orchestrator
     cfg = conf.resolve(conf.load([f"model.path={model_dir}", f"rollout.num_engines={engines}", "learner.beta=0",
                                   "reward.num_workers=1", f"trainer.prompts_per_step={max(engines, 1)}", f"rollout.sync_pack_mb={pack_mb}",
+                                  f"rollout.weight_transfer={transfer}",
                                   "cluster.include_dashboard=false", f"trainer.output_dir={tmp}/out"]),
                        pathlib.Path(tmp))
     orchestrator.start_ray(cfg, pathlib.Path(tmp) / "out")
@@ -65,26 +67,34 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--sizes", nargs="+", default=["30m", "50m", "250m"])
     ap.add_argument("--engines", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--pack-mb", nargs="+", type=float, default=[64, 0], help="rollout.sync_pack_mb values (0: per tensor)")
+    ap.add_argument("--transfers", nargs="+", default=["vllm"], choices=["vllm", "extension"],
+                    help="rollout.weight_transfer entry points (the first is the baseline of vs_first_transfer)")
     args = ap.parse_args(argv)
     from data.tiny_model import build
     rows = []
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         for size in args.sizes:
             model_dir = str(build(pathlib.Path(tmp) / size, seed=0, size=size))
-            for n, pack in [(n, pack) for n in args.engines for pack in args.pack_mb]:
-                sent, secs, ph = measure(model_dir, n, tmp, pack)
+            for n, pack, tr in [(n, p, t) for n in args.engines for p in args.pack_mb for t in args.transfers]:
+                sent, secs, ph = measure(model_dir, n, tmp, pack, tr)
                 copy = memcpy_gbps(sent)
                 gbps = sent / secs / 1e9
-                rows.append({"size": size, "MB": sent / 1e6, "engines": n, "pack_mb": pack, "seconds": secs,
+                rows.append({"size": size, "MB": sent / 1e6, "engines": n, "pack_mb": pack, "transfer": tr,
+                             "seconds": secs,
                              "GB_per_s": gbps, "memcpy_GB_per_s (baseline)": copy, "frac_of_memcpy": gbps / copy,
                              "transfer_s": ph.get("receive_s"), "reload_s": ph.get("reload_s"),
                              "transfer_GB_per_s": sent / ph["receive_s"] / 1e9 if ph.get("receive_s") else None,
                              "other_s": secs - ph.get("receive_s", 0) - ph.get("reload_s", 0)})
         for r in rows:  # against the per-tensor sync of the same size and engines, same run
-            base = [b for b in rows if (b["size"], b["engines"], b["pack_mb"]) == (r["size"], r["engines"], 0)]
+            key = (r["size"], r["engines"])
+            base = [b for b in rows if (b["size"], b["engines"], b["pack_mb"], b["transfer"]) == (*key, 0, r["transfer"])]
             r["speedup_vs_per_tensor"] = base[0]["seconds"] / r["seconds"] if base else None
+            first = [b for b in rows if (b["size"], b["engines"], b["pack_mb"], b["transfer"])
+                     == (*key, r["pack_mb"], args.transfers[0])]
+            r["vs_first_transfer"] = r["seconds"] / first[0]["seconds"]
     print(f"## Weight broadcast ({machine()['cpu']}, {machine()['date']})\n")
-    print(table(rows, ["size", "MB", "engines", "pack_mb", "seconds", "speedup_vs_per_tensor", "GB_per_s",
+    print(table(rows, ["size", "MB", "engines", "pack_mb", "transfer", "seconds", "vs_first_transfer",
+                       "speedup_vs_per_tensor", "GB_per_s",
                        "memcpy_GB_per_s (baseline)", "frac_of_memcpy", "transfer_s", "transfer_GB_per_s", "reload_s",
                        "other_s"]))
     print("\ntransfer: time engine 0 waits on the wire (packed: overlapped with the reload of the previous pack); "

@@ -35,6 +35,7 @@ CHOICES = {
     "learner.loss_agg": ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"],
     "reward.box_convention": ["vlm_r1", "continuous"],
     "rollout.dtype": ["auto", "bfloat16", "float16", "float32"],
+    "rollout.weight_transfer": ["vllm", "extension"],
     "wandb.mode": ["offline", "online", "disabled"],
 }
 

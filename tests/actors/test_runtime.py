@@ -81,6 +81,14 @@ def test_update_moves_the_policy_and_the_broadcast_carries_it(roles):
     assert fresh_gap < 0.05 < stale_gap  # synced: engine == learner; not synced: clearly different
 
 
+def test_updates_arrive_through_vllms_weight_transfer_api(roles):
+    """By default the engines take updates through vLLM's weight-transfer API (start / update /
+    finish), with this project's transport registered as backend vlm_r1 in the worker."""
+    _, engines, _, _, _ = roles
+    assert ray.get(engines.actors[0].info.remote())["weight_transfer"] == "vllm"
+    assert ray.get(engines.actors[0].transfer_entry.remote()) == "GlooWeightTransfer"
+
+
 def test_every_socket_the_project_opens_listens_on_the_node_host(roles):
     """Security, with a learner and an engine connected and a weight sync done: the stores and the
     gloo pairs of both groups (DeepSpeed's and the weight sync's, both sides) listen on
