@@ -116,6 +116,26 @@ def test_dead_and_hung_rollout_engine_is_replaced_resynced_and_its_prompts_regen
     _same_run(full, rows)
 
 
+def test_a_dead_engine_mid_refill_changes_nothing_dynamic_sampling_trains(tmp_path, warm_model, synthetic):
+    """Dynamic sampling streams refills; the engine dies in its 2nd generate call of the run (the first
+    refill of step 1, or step 2's first shard): it is replaced and the call regenerated with the same
+    seeds, so the run trains exactly what the run without the fault trained."""
+    ds = ["trainer.max_steps=2", "trainer.max_staleness=0", "trainer.epochs=8", "rollout.dynamic_sampling.enabled=true",
+          "rollout.dynamic_sampling.max_rounds=2", "rollout.timeout_s=60"]
+    clean, _ = _run(tmp_path / "clean", warm_model, synthetic, *ds)
+    rows, out = _run(tmp_path / "run", warm_model, synthetic, *ds, faults=True,
+                     env={"FAULT_DIR": str(tmp_path), "FAULT_ENGINE": "exit@2"})
+    assert (tmp_path / "engine.exit@2.fired").exists()
+    assert out.count("rollout engine 0 died or hung mid-generation: replacing it") == 1
+    assert rows[-1]["rollout/engine_restarts"] == 1
+    for a, b in zip(clean, rows):
+        assert a["prompt_ids"] == b["prompt_ids"] and len(b["prompt_ids"]) == 2
+        for k in ("sampling/prompts_generated", "sampling/refills", "sampling/groups_with_signal"):
+            assert a[k] == b[k], (a["step"], k)
+        for k in KEYS:
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (a["step"], k, a[k], b[k])
+
+
 def test_dead_learner_stops_clearly_or_restarts_from_the_last_checkpoint(tmp_path, warm_model, synthetic, full, loop):
     env = {"FAULT_DIR": str(tmp_path), "FAULT_LEARNER": "exit@3"}  # rank 0 dies in step 3's update
     _, out = _run(tmp_path / "stop", warm_model, synthetic, "trainer.max_steps=4", "trainer.save_steps=2", loop,
