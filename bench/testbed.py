@@ -51,6 +51,9 @@ VARIANTS = {
                             {"tasks": "rec", "steps": 1200}),
     "qwen3_one_84px_recovd": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 1)}, {"family": "qwen3_vl"},
                               {"tasks": "rec:ovd", "steps": 1200}),
+    # OVD with its own warm start: every row teaches the box and the label (none are REC rows)
+    "qwen3_one_84px_ovd": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 1)}, {"family": "qwen3_vl"},
+                           {"tasks": "ovd", "steps": 2400}),
     "qwen3_two_84px": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {"family": "qwen3_vl"},
                        {"tasks": "rec", "steps": 2000}),
 }

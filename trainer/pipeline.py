@@ -112,9 +112,9 @@ class BatchSource:
         prompts = [self.train[i] for i in first]
         fill = refill = None
         if self.dynamic:
-            fill = self.dynamic.start(weights)
-            prompts += take(fill.first_count - len(prompts))  # oversampling: more than B from the start
-            fill.first_count = fill.outstanding = len(prompts)
+            extra = self.dynamic.first_count() - len(prompts)  # oversampling: more than B from the start
+            prompts += take(extra) if extra > 0 else []
+            fill = self.dynamic.start(weights, len(prompts))
 
             def refill(part: Batch, engine: int) -> list:
                 n = fill.landed(part, engine)
