@@ -7,6 +7,7 @@ and evaluate REC in domain (accuracy = IoU > 0.5, mean IoU, with standard errors
     python -m bench.testbed --steps 200              # shorter warm starts
     python -m bench.testbed --variants big_84px_rec --grpo-steps 200  # and GRPO over the warm start
     python -m bench.testbed --variants qwen3_one_84px_recovd --ovd-grpo-steps 200  # OVD GRPO over it
+    python -m bench.testbed --variants qwen3_one_84px_ovd --ovd-grpo-steps 300     # OVD's own warm start
 
 Each stage is an ``orchestrator.py`` command (printed); finished stages are kept, so an
 interrupted run continues (``--fresh`` starts over). Writes ``testbed.md`` / ``testbed.json``
