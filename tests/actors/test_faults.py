@@ -25,11 +25,20 @@ class SlowWorker(RewardWorker):
         return super().score(tasks, rules)
 
 
+def _first(marker: str) -> bool:
+    """True for the one call, across every worker process, that creates ``marker``: an exclusive
+    create, so two workers starting their first chunks at the same moment cannot both win (an
+    exists-then-touch check let both hang, and the pool then rightly replaced both)."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
 class HangOnceWorker(RewardWorker):
     def score(self, tasks, rules=None):
-        marker = pathlib.Path(os.environ["HANG_MARKER"])
-        if not marker.exists():
-            marker.touch()
+        if _first(os.environ["HANG_MARKER"]):
             time.sleep(3600)  # the first chunk ever hangs
         return super().score(tasks, rules)
 
@@ -44,9 +53,7 @@ class SlowReplacementWorker(RewardWorker):
         super().__init__(*args, **kwargs)
 
     def score(self, tasks, rules=None):
-        marker = pathlib.Path(os.environ["HANG_MARKER"] + "-slow-start")
-        if not marker.exists():
-            marker.touch()
+        if _first(os.environ["HANG_MARKER"] + "-slow-start"):
             time.sleep(3600)
         return super().score(tasks, rules)
 
