@@ -7,9 +7,9 @@ Builds random Qwen2.5-VL models of ~100 MB and ~500 MB of bf16 weights, starts t
 the orchestrator does every step (gather, broadcast, in-place reload, cache reset) to 1 and 2
 engines, best of 3, with tensors packed (``rollout.sync_pack_mb``) and one broadcast per tensor
 (0, the way before packing), through vLLM's weight-transfer API (``rollout.weight_transfer: vllm``)
-and, with ``--transfers vllm extension``, through the worker extension too. The baselines are a memory copy of the same bytes in one process
-(the physical limit of moving them here) and the per-tensor sync of the same run. Writes
-bench/results/broadcast.json.
+and, with ``--transfers vllm extension``, through the worker extension too. The baselines are a
+memory copy of the same bytes in one process (the physical limit of moving them here) and the
+per-tensor sync of the same run. Writes bench/results/broadcast.json.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ refills the rest (``rollout.dynamic_sampling``, up to 3 rounds, exactly the miss
 is ``on`` with ``oversample: auto`` (each step starts with B / recent rate prompts, so one generation
 call usually fills it; the surplus is dropped). All are evaluated on all 300 val
 images every ``--eval-steps``; "train s" is the summed step time (rollout, refills, reward, update,
-sync), the evaluations excluded (the same in both arms). An arm whose run exists is not rerun
+sync), the evaluations excluded (the same in every arm). An arm whose run exists is not rerun
 (``--fresh`` starts over). Writes ``--out``/dynamic_sampling.{md,json}.
 """
 from __future__ import annotations

@@ -174,8 +174,8 @@ class Fill:
     def __init__(self, ds: DynamicSampler, weights: dict | None, first_count: int):
         self.ds, self.weights = ds, weights
         self.spread: dict[str, float] = {}
-        self.kept: list[str] = []
-        self.first_count, self.outstanding, self.generated = first_count, first_count, 0
+        self.kept = 0  # groups with spread so far
+        self.first_count, self.outstanding = first_count, first_count
         self.rounds: dict[int, int] = {}  # engine -> refills given to it
         self.exhausted = False
 
@@ -184,11 +184,10 @@ class Fill:
         ds = self.ds
         s = group_spread(part, ds.metric, self.weights)
         self.spread.update(s)
-        self.kept += [p.id for p in part.prompts if s[p.id] > ds.min_std]
+        self.kept += sum(s[p.id] > ds.min_std for p in part.prompts)
         self.outstanding -= len(part.prompts)
-        self.generated += len(part.prompts)
         f = ds.factor()  # prompts per missing group: each prompt still generating is worth 1/f of one
-        missing = ds.B - len(self.kept) - max(0, self.outstanding) / f
+        missing = ds.B - self.kept - max(0, self.outstanding) / f
         if missing <= 1e-9 or self.rounds.get(engine, 0) >= ds.max_rounds or self.exhausted:
             return 0
         n = math.ceil(missing * f - 1e-9)
