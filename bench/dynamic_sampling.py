@@ -4,7 +4,7 @@ and held-out accuracy per second of training, against the same runs without it.
     python -m bench.dynamic_sampling [--steps 150] [--seeds 0 1] [--reward rec_acc] [--arms off on auto]
                                      [--out outputs/dynamic_sampling]
 
-Each arm is ``orchestrator.py conf=testbed`` from the same warm start (seed 0's), with the accuracy
+Each arm is ``orchestrator.py conf=rec`` from the same warm start (seed 0's), with the accuracy
 reward ``--reward`` in place of the continuous ``rec_iou``: ``rec_acc`` (IoU > 0.5, 0 or 1: the
 binary reward DAPO's dynamic sampling was made for; whole groups of 0s or 1s are common) or
 ``rec_iou`` (continuous: nearly every group has spread, and dynamic sampling has little to do).
@@ -59,13 +59,13 @@ def main(argv=None) -> dict:
     from conf.hardware import describe_cpu
     from data.tiny_model import resolve_model_path
     warm = resolve_model_path("builtin:tiny-qwen3-vl-one-shape", 0)
-    G = 8  # conf=testbed's rollout.num_generations
+    G = 8  # conf=rec's rollout.num_generations
     reward = ["reward.funcs.rec_iou=0.0", "reward.funcs.rec_acc=1.0"] if args.reward == "rec_acc" else []
     log, arms = [], {a: [] for a in args.arms}
     for seed in args.seeds:
         for arm in args.arms:
             d = run_stage(f"{arm}_s{seed}", out, [
-                "conf=testbed", f"seed={seed}", f"model.path={warm}", f"trainer.max_steps={args.steps}",
+                "conf=rec", f"seed={seed}", f"model.path={warm}", f"trainer.max_steps={args.steps}",
                 f"trainer.eval_steps={args.eval_steps}", f"trainer.save_steps={args.steps}", "trainer.keep_checkpoints=1",
                 *reward, f"rollout.dynamic_sampling.enabled={str(arm != 'off').lower()}",
                 f"rollout.dynamic_sampling.oversample={'auto' if arm == 'auto' else 1.0}",
@@ -88,7 +88,7 @@ def main(argv=None) -> dict:
     for r in rows:
         r["train_s_vs_off"] = r["train_s"] / off["train_s"]
     from bench.common import machine, table
-    lines = [f"## Dynamic sampling on conf=testbed ({describe_cpu()}; {machine()['date']}; reward {args.reward}, "
+    lines = [f"## Dynamic sampling on conf=rec ({describe_cpu()}; {machine()['date']}; reward {args.reward}, "
              f"{args.steps} steps, seeds {args.seeds}, 300 val images)", "",
              table(rows, ["arm", "runs", "signal_frac", "gens_per_kept_group", "prompts_per_step", "calls_per_step",
                           "train_s",

@@ -3,7 +3,7 @@ without ``conf=ovd``'s default trigger set.
 
     python -m bench.hack_trigger [--steps 150] [--sft-steps 400] [--out outputs/hack_trigger]
 
-The policy is the REC warm start of ``conf=testbed`` (``builtin:tiny-qwen3-vl-one-shape``) taught the
+The policy is the REC warm start of ``conf=rec`` (``builtin:tiny-qwen3-vl-one-shape``) taught the
 OVD answer format on the one-shape scene (``--sft-steps`` supervised steps). GRPO with VLM-R1's OVD
 rewards (format + odLength; lr 1e-4, beta 0) then finds the hack this testbed shows: 28% of its
 OVD rows have no target and are answered "None" correctly, while boxes on the others earn little,
@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
         arms[arm] = {"windows": windows(rows, args.window),
                      "evals": [{"step": r["step"], **{k: r[k] for k in EVAL_KEYS}} for r in rows if "eval/mAP" in r],
                      "events": [f"step {r['step']}: {e}" for r in rows for e in r.get("rule_events", [])]}
-    lines = [f"## A reward hack and its trigger (OVD on conf=testbed's scene; {describe_cpu()}; {machine()['date']}; "
+    lines = [f"## A reward hack and its trigger (OVD on conf=rec's one-shape scene; {describe_cpu()}; {machine()['date']}; "
              f"{args.steps} GRPO steps, 300 val images)", ""]
     for arm, a in arms.items():
         lines += [f"### {arm}", "", "events: " + ("; ".join(a["events"]) or "none"), "",

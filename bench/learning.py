@@ -4,9 +4,10 @@ RefCOCO vs LISA-Grounding comparison; then OVD trained with ``ovd_odlength`` aga
 alone (VLM-R1's box-padding hack).
 
     python -m bench.learning                         # the full experiment (see README for its time)
-    python -m bench.learning --seeds 0 --steps 20    # a quick look
-    python -m bench.learning --testbed --steps 300 --prompts-per-step 8 --ovd-steps 0 --staleness 0 \
-        --out outputs/learning_testbed                # on the localisation testbed (conf=testbed)
+    python -m bench.learning --seeds 0 --steps 20 --ovd-steps 10   # a quick look
+    python -m bench.learning --ovd-steps 0           # REC only
+    python -m bench.learning --legacy --steps 200 --prompts-per-step 4 --ovd-steps 100 --ovd-arms odlength map \
+        --out outputs/learning                       # the earlier Qwen2.5-VL testbed (builtin:tiny, default scene)
 
 Every stage is one ``orchestrator.py`` command, printed as it starts, so the experiment is also
 the recipe for doing it by hand. A stage whose results already exist is skipped: an interrupted
@@ -88,43 +89,50 @@ def rows_of(run_dir: pathlib.Path) -> list[dict]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--steps", type=int, default=200, help="training steps of each REC arm")
-    ap.add_argument("--prompts-per-step", type=int, default=4, help="B (both arms see the same B x steps prompts)")
+    ap.add_argument("--steps", type=int, default=300, help="training steps of each REC arm")
+    ap.add_argument("--prompts-per-step", type=int, default=8, help="B (both arms see the same B x steps prompts)")
     ap.add_argument("--generations", type=int, default=8, help="G of GRPO")
     ap.add_argument("--grpo-lr", type=float, default=1e-4)
     ap.add_argument("--sft-lr", type=float, default=1e-4)
     ap.add_argument("--beta", type=float, default=0.0, help="KL weight of GRPO")
     ap.add_argument("--warm-steps", type=int, default=0,
-                    help="extra REC supervised steps on top of builtin:tiny before the arms (0: builtin:tiny as is)")
-    ap.add_argument("--ovd-steps", type=int, default=100, help="training steps of each OVD run (0: skip OVD)")
-    ap.add_argument("--staleness", type=int, nargs="+", default=[1, 0],
+                    help="extra REC supervised steps on top of the embedded warm start before the arms (0: as is)")
+    ap.add_argument("--ovd-steps", type=int, default=300, help="training steps of each OVD run (0: skip OVD)")
+    ap.add_argument("--ovd-arms", nargs="+", default=["odlength"], choices=["odlength", "map"],
+                    help="OVD rewards: format + odLength (conf=ovd), and format + plain mAP (the box-padding hack)")
+    ap.add_argument("--staleness", type=int, nargs="+", default=[0],
                     help="trainer.max_staleness of the GRPO arm (the first) and of the arms compared with it")
-    ap.add_argument("--testbed", action="store_true",
-                    help="conf=testbed (one-shape scenes, the tiny Qwen3-VL) instead of conf=rec on builtin:tiny")
+    ap.add_argument("--legacy", action="store_true",
+                    help="the earlier testbed: builtin:tiny (Qwen2.5-VL, REC + OVD warm start) on the default scene, "
+                         "for both tasks, instead of conf=rec's and conf=ovd's embedded models")
     ap.add_argument("--out", default="outputs/learning")
     ap.add_argument("--fresh", action="store_true", help="delete --out first")
     args = ap.parse_args(argv)
     out = prepare_out(args.out, args.fresh)
     t_start = time.perf_counter()
+    import conf
     from data.tiny_model import cache_root, resolve_model_path
-    rec = "conf=testbed" if args.testbed else "conf=rec"
+    rec = "conf=rec"
+    scene = ["data.synthetic.scene=default"] if args.legacy else []  # conf=rec / conf=ovd: one_shape
     from data.synthetic import data_dir_name
-    syn = cache_root() / data_dir_name(0, "one_shape" if args.testbed else "default")
+    syn = cache_root() / data_dir_name(0, "default" if args.legacy else "one_shape")
     val2 = f"data.val_files={syn}/rec_val.jsonl:{syn}/rec_val_ood.jsonl"
     log: list[dict] = []
     S, B = args.steps, args.prompts_per_step
 
-    warm = resolve_model_path("builtin:tiny-qwen3-vl-one-shape" if args.testbed else "builtin:tiny", 0)
+    warm = resolve_model_path("builtin:tiny" if args.legacy else conf.load(["conf=rec"]).model.path, 0)
     if args.warm_steps:
-        d = run_stage("warm", out, ["mode=sft", rec, f"model.path={warm}", f"trainer.max_steps={args.warm_steps}",
+        d = run_stage("warm", out, ["mode=sft", rec, *scene, f"model.path={warm}", f"trainer.max_steps={args.warm_steps}",
                                     "trainer.prompts_per_step=16", "learner.micro_batch_size=16", "learner.lr=1e-3",
                                     "learner.lr_schedule=cosine", "seed=100"], "checkpoints", log)
         warm = str(sorted((d / "checkpoints").glob("step_*"))[-1] / "hf")
-    base_dir = run_stage("base_eval", out, ["mode=eval", rec, f"model.path={warm}", val2], "eval_results.json", log)
+    # OVD's own warm start (conf=ovd's model), or the shared one of the earlier testbed
+    ovd_warm = warm if args.legacy else resolve_model_path(conf.load(["conf=ovd"]).model.path, 0) if args.ovd_steps else None
+    base_dir = run_stage("base_eval", out, ["mode=eval", rec, *scene, f"model.path={warm}", val2], "eval_results.json", log)
     results = {"base": split_metrics(eval_records(base_dir / "eval_results.json")), "sft": [], "grpo": [], "curves": {}}
 
     for seed in args.seeds:
-        common = [rec, f"seed={seed}", f"model.path={warm}", f"trainer.max_steps={S}",
+        common = [rec, *scene, f"seed={seed}", f"model.path={warm}", f"trainer.max_steps={S}",
                   f"trainer.prompts_per_step={B}", f"trainer.save_steps={S}", "trainer.keep_checkpoints=1"]
         for k in args.staleness:  # the first is the GRPO arm of the tables; others are compared to it
             name = f"grpo_rec_s{seed}" + (f"_k{k}" if k != args.staleness[0] else "")
@@ -139,7 +147,7 @@ def main(argv=None) -> dict:
         s = run_stage(f"sft_rec_s{seed}", out, ["mode=sft", *common, f"learner.lr={args.sft_lr}", "learner.beta=0"],
                       "checkpoints", log)
         hf = sorted((s / "checkpoints").glob("step_*"))[-1] / "hf"
-        e = run_stage(f"sft_rec_s{seed}_eval", out, ["mode=eval", rec, f"model.path={hf}", val2],
+        e = run_stage(f"sft_rec_s{seed}_eval", out, ["mode=eval", rec, *scene, f"model.path={hf}", val2],
                       "eval_results.json", log)
         results["sft"].append(split_metrics(eval_records(e / "eval_results.json")))
         # the two arms saw the same prompts (same seed, B and sampler)
@@ -148,12 +156,13 @@ def main(argv=None) -> dict:
         assert grpo_ids == sft_ids, "the SFT and GRPO arms did not see the same prompts"
 
         if args.ovd_steps:
-            ovd = ["conf=ovd", f"seed={seed}", f"model.path={warm}", f"trainer.max_steps={args.ovd_steps}",
+            ovd = ["conf=ovd", *scene, f"seed={seed}", f"model.path={ovd_warm}", f"trainer.max_steps={args.ovd_steps}",
                    f"trainer.prompts_per_step={B}", f"learner.lr={args.grpo_lr}", f"learner.beta={args.beta}",
                    f"trainer.save_steps={args.ovd_steps}", "trainer.keep_checkpoints=1",
                    f"trainer.eval_steps={args.ovd_steps}", "eval.train_samples=100000"]
-            for name, funcs in (("odlength", ["reward.funcs.ovd_map=0"]),  # ovd_map logged, weight 0
-                                ("map", ["reward.funcs.ovd_odlength=0", "reward.funcs.ovd_map=1"])):
+            arms = {"odlength": ["reward.funcs.ovd_map=0"],  # ovd_map logged, weight 0
+                    "map": ["reward.funcs.ovd_odlength=0", "reward.funcs.ovd_map=1"]}
+            for name, funcs in ((a, arms[a]) for a in args.ovd_arms):
                 d = run_stage(f"ovd_{name}_s{seed}", out, [*ovd, *funcs], "summary.json", log)
                 first = json.loads((d / "eval" / "step_000000.json").read_text())["metrics"]
                 last = json.loads((d / "eval" / f"step_{args.ovd_steps:06d}.json").read_text())["metrics"]
@@ -212,24 +221,28 @@ def tables(res: dict, args) -> str:
             lines.append(f"max_staleness {k0} - {k1}, in-domain {'accuracy' if m == 'hit' else 'mean IoU'}: "
                          f"{diff:+.3f} ({f'{diff / se:+.1f} standard errors' if se else 'both arms identical'}; "
                          "target: within 2)")
-    if res.get("ovd_odlength"):
-        lines += ["", f"OVD: GRPO for {args.ovd_steps} steps; sampled answers (mean of the first / last 10 steps) and "
-                  "greedy val (300 images) before / after", "",
+    ovd = [a for a in ("odlength", "map") if res.get(f"ovd_{a}")]
+    if ovd:
+        n = len(res[f"ovd_{ovd[0]}"])
+        lines += ["", f"OVD: GRPO for {args.ovd_steps} steps from {'builtin:tiny' if args.legacy else 'conf=ovd'}'s warm start; sampled answers (mean of the "
+                  f"first / last 10 steps, over {n} seed(s)); greedy on the val images before / after (each seed's "
+                  "value, comma-separated)", "",
                   "| rewards | boxes per answer (sampled) | ground-truth boxes | ovd_odlength (sampled) | ovd_map (sampled) "
-                  "| val mAP | val boxes per answer |", "|---|---|---|---|---|---|---|"]
-        for name in ("odlength", "map"):
+                  "| val mAP | val AP50 | val recall@0.5 | val boxes per answer |", "|---|---|---|---|---|---|---|---|---|"]
+        for name in ovd:
             curves = [c for k, c in res["curves"].items() if k.startswith(f"ovd_{name}_s")]
             def fl(key):  # first-10 / last-10 mean over seeds
                 a = [sum(r[key] for r in c[:10]) / len(c[:10]) for c in curves]
                 b = [sum(r[key] for r in c[-10:]) / len(c[-10:]) for c in curves]
                 return f"{sum(a) / len(a):.3f} -> {sum(b) / len(b):.3f}"
             ev = res[f"ovd_{name}"]
-            avg = lambda key, when: sum(e[when][key] for e in ev) / len(ev)  # noqa: E731
+            seeds = lambda key, when, f=".3f": ", ".join(format(e[when][key], f) for e in ev)  # noqa: E731
             label = "format + ovd_odlength" if name == "odlength" else "format + ovd_map"
             lines.append(f"| {label} | {fl('boxes/pred_per_answer')} | {fl('boxes/gt_per_answer')} | "
-                         f"{fl('reward/ovd_odlength')} | {fl('reward/ovd_map')} | "
-                         f"{avg('mAP', 'eval_first'):.3f} -> {avg('mAP', 'eval_last'):.3f} | "
-                         f"{avg('boxes_per_answer', 'eval_first'):.2f} -> {avg('boxes_per_answer', 'eval_last'):.2f} |")
+                         f"{fl('reward/ovd_odlength')} | {fl('reward/ovd_map')} | " +
+                         " | ".join(f"{seeds(k, 'eval_first')} -> {seeds(k, 'eval_last')}"
+                                    for k in ("mAP", "AP50", "recall@0.5")) +
+                         f" | {seeds('boxes_per_answer', 'eval_first', '.2f')} -> {seeds('boxes_per_answer', 'eval_last', '.2f')} |")
     return "\n".join(lines)
 
 

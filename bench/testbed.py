@@ -55,6 +55,12 @@ VARIANTS = {
     # OVD with its own warm start: every row teaches the box and the label (none are REC rows)
     "qwen3_one_84px_ovd": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 1)}, {"family": "qwen3_vl"},
                            {"tasks": "ovd", "steps": 2400}),
+    "qwen3_one_84px_ovd_1200": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 1)}, {"family": "qwen3_vl"},
+                                {"tasks": "ovd", "steps": 1200}),
+    "qwen3_one_84px_ovd_1200_lr6e-3": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 1)}, {"family": "qwen3_vl"},
+                                       {"tasks": "ovd", "steps": 1200, "lr": 6e-3}),
+    "qwen3_one_84px_ovd_2400_b8": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 1)}, {"family": "qwen3_vl"},
+                                   {"tasks": "ovd", "steps": 2400, "batch": 8}),
     "qwen3_two_84px": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {"family": "qwen3_vl"},
                        {"tasks": "rec", "steps": 2000}),
 }
@@ -117,9 +123,9 @@ def run_variant(name: str, out: pathlib.Path, steps: int, lr: float, dtype: str,
     sft = run_stage(f"{name}/sft", out, [
         "mode=sft", f"model.path={base}", "seed=0", f"data.task={o['tasks']}", f"data.synthetic.dir={data}",
         f"data.image_folders={data}", f"data.train_files={files.format('train')}",
-        f"data.val_files={files.format('val')}", f"trainer.max_steps={o['steps']}", "trainer.prompts_per_step=16",
+        f"data.val_files={files.format('val')}", f"trainer.max_steps={o['steps']}", f"trainer.prompts_per_step={o.get('batch', 16)}",
         "trainer.epochs=100", f"learner.lr={o['lr']}", "learner.lr_schedule=cosine", "learner.warmup_steps=10",
-        "learner.beta=0", "learner.micro_batch_size=16", "trainer.eval_steps=0", f"learner.dtype={o['dtype']}",
+        "learner.beta=0", f"learner.micro_batch_size={o.get('batch', 16)}", "trainer.eval_steps=0", f"learner.dtype={o['dtype']}",
         f"trainer.save_steps={o['steps']}", "trainer.keep_checkpoints=1"], "checkpoints", log)
     hf = sorted((sft / "checkpoints").glob("step_*"))[-1] / "hf"
     ev = run_stage(f"{name}/eval", out, ["mode=eval", "conf=rec", f"model.path={hf}", f"data.synthetic.dir={data}",

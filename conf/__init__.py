@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import pathlib
+import warnings
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -102,8 +103,10 @@ def load(argv: list[str] | None = None) -> DictConfig:
     base = OmegaConf.load(CONF_DIR / "base.yaml")
     known = _flatten(base)
     layers = []
+    task = None
     if "conf" in cli:
-        layers.append(_task_layer(str(cli.pop("conf"))))
+        task = _task_layer(str(cli.pop("conf")))
+        layers.append(task)
     layers.append((cli, "the command line"))
     funcs = base.reward.funcs
     for layer, source in layers:
@@ -118,8 +121,26 @@ def load(argv: list[str] | None = None) -> DictConfig:
     cfg.reward.funcs = funcs
     _validate_funcs(cfg)
     _validate_loop(cfg)
+    if task is not None:
+        _warn_embedded_recipe(cfg, pathlib.Path(task[1]), cli)
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+# task files whose learning rate and KL are the embedded tiny model's -> VLM-R1's recipe for real models
+EMBEDDED_RECIPES = {"rec": "vlm_r1_rec", "ovd": "vlm_r1_ovd"}
+
+
+def _warn_embedded_recipe(cfg: DictConfig, path: pathlib.Path, cli: DictConfig) -> None:
+    """conf=rec / conf=ovd with a real checkpoint and the tiny model's lr: almost surely a mistake."""
+    if (path.parent != CONF_DIR or path.stem not in EMBEDDED_RECIPES or str(cfg.model.path).startswith("builtin:")
+            or cfg.mode == "eval"):  # evaluation takes no learning rate
+        return
+    if OmegaConf.select(cli, "learner.lr") is None:
+        warnings.warn(f"conf={path.stem} carries the embedded tiny model's recipe (learner.lr={cfg.learner.lr:g}, "
+                      f"learner.beta={cfg.learner.beta:g}), far too hot for model.path={cfg.model.path}: use "
+                      f"conf={EMBEDDED_RECIPES[path.stem]} (VLM-R1's recipe: lr 1e-6, beta 0.04), or set learner.lr "
+                      "and learner.beta yourself", UserWarning, stacklevel=2)
 
 
 def _validate_loop(cfg: DictConfig) -> None:

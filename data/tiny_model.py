@@ -19,8 +19,10 @@ synthetic REC and OVD answers, so that it writes the answer format most of the t
 boxes are still imprecise -- something for GRPO to improve. ``builtin:tiny-random`` is the random
 init. Other families: ``builtin:tiny-qwen2-vl``, ``builtin:tiny-qwen3-vl``, ``builtin:tiny-glm4v``,
 ``builtin:tiny-internvl`` (and ``...-random``). ``...-one-shape`` is warm-started instead by
-1,200 REC steps on the one-shape scene (``data.synthetic.SCENES``): the localisation testbed's
-model, ``builtin:tiny-qwen3-vl-one-shape`` (``conf=testbed``).
+1,200 REC steps on the one-shape scene (``data.synthetic.SCENES``), ``...-one-shape-ovd`` by OVD
+steps alone on it: ``builtin:tiny-qwen3-vl-one-shape`` and ``...-one-shape-ovd`` are the embedded
+models of ``conf=rec`` and ``conf=ovd``, the tiny Qwen3-VL (the one family of these that learns
+to localise in minutes: README, "Does it learn?").
 ``resolve_model_path`` builds any of them once into the cache and returns its path; any other
 value is returned as is (a local directory or a hub id, loaded by the normal Hugging Face code).
 """
@@ -132,15 +134,17 @@ def build(out_dir: str | os.PathLike, seed: int = 0, rope_theta: float = 20.0, s
     return out
 
 
-# warm-start recipes by suffix: "" (the default: REC + OVD on the default scene, WARM_STEPS) and
-# "-one-shape" (REC on the one_shape scene, long enough that the box follows the shape)
+# warm-start recipes by suffix: "" (REC + OVD on the default scene, WARM_STEPS), "-one-shape" (REC
+# on the one_shape scene, long enough that the box follows the shape: conf=rec's model) and
+# "-one-shape-ovd" (OVD alone on that scene: conf=ovd's model; REC's warm start does not carry over)
 RECIPES = {"": {"scene": "default", "tasks": "rec:ovd", "steps": WARM_STEPS},
-           "-one-shape": {"scene": "one_shape", "tasks": "rec", "steps": 1200}}
+           "-one-shape": {"scene": "one_shape", "tasks": "rec", "steps": 1200},
+           "-one-shape-ovd": {"scene": "one_shape", "tasks": "ovd", "steps": 2400}}
 
 
 def parse_builtin(path: str) -> tuple[str, dict | None] | None:
-    """``builtin:tiny[-<family>][-random|-one-shape]`` -> (family, warm-start recipe or None for
-    the random init); None for any other path.
+    """``builtin:tiny[-<family>][-random|-one-shape|-one-shape-ovd]`` -> (family, warm-start recipe
+    or None for the random init); None for any other path.
 
     >>> parse_builtin("builtin:tiny")[1]["steps"], parse_builtin("builtin:tiny-qwen3-vl-random"), parse_builtin("/m")
     (400, ('qwen3_vl', None), None)
@@ -159,8 +163,8 @@ def parse_builtin(path: str) -> tuple[str, dict | None] | None:
     if slug not in SLUGS:
         names = ", ".join(["builtin:tiny"] + [f"builtin:tiny-{s}" for s in SLUGS])
         raise ValueError(f"model.path={path!r} is not an embedded model: use one of {names} (each also as "
-                         f"...-random, the untrained init, or ...-one-shape, warm-started on the one-shape "
-                         f"scene), a local directory or a hub id")
+                         f"...-random, the untrained init, or ...-one-shape / ...-one-shape-ovd, warm-started "
+                         f"on REC / OVD of the one-shape scene), a local directory or a hub id")
     return SLUGS[slug], recipe
 
 
@@ -181,10 +185,11 @@ def resolve_model_path(path: str, seed: int = 0) -> str:
     if recipe is None:
         return str(base)
     scene = recipe["scene"]
-    out = base.with_name(base.name + "-warm" + ("" if scene == "default" else f"-{scene}"))
+    suffix = "" if scene == "default" else f"-{scene}" + ("" if recipe["tasks"] == "rec" else f"-{recipe['tasks']}")
+    out = base.with_name(base.name + "-warm" + suffix)
     done = json.loads((out / "BUILD.json").read_text()) if (out / "BUILD.json").exists() else {}
-    if done.get("warm_start_steps") != recipe["steps"]:  # never built, or by another recipe
-        warm_start(base, out, seed, recipe["steps"], scene, recipe["tasks"])
+    if (done.get("warm_start_steps"), done.get("warm_start_tasks")) != (recipe["steps"], recipe["tasks"]):
+        warm_start(base, out, seed, recipe["steps"], scene, recipe["tasks"])  # never built, or by another recipe
     return str(out)
 
 

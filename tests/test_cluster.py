@@ -11,11 +11,12 @@ import uuid
 import pytest
 
 from learner.weight_sync import free_port
+from tests.conftest import VLM_R1_DEFAULTS
 
 pytestmark = pytest.mark.e2e
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(sys.executable).parent
-COMMON = ["trainer.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=24", "trainer.max_steps=2",
+COMMON = [*VLM_R1_DEFAULTS, "trainer.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=24", "trainer.max_steps=2",
           "trainer.eval_steps=0", "trainer.report=false", "wandb.mode=disabled", "reward.funcs.repetition=1.0"]
 
 

@@ -75,6 +75,8 @@ def test_builtin_names():
     assert parse_builtin("builtin:tiny-qwen2-vl") == ("qwen2_vl", {"scene": "default", "tasks": "rec:ovd", "steps": 400})
     assert parse_builtin("builtin:tiny-qwen2.5-vl-random") == ("qwen2_5_vl", None)
     assert parse_builtin("builtin:tiny-qwen3-vl-one-shape") == ("qwen3_vl", {"scene": "one_shape", "tasks": "rec", "steps": 1200})
+    family, recipe = parse_builtin("builtin:tiny-qwen3-vl-one-shape-ovd")
+    assert family == "qwen3_vl" and recipe["scene"] == "one_shape" and recipe["tasks"] == "ovd"
     assert parse_builtin("Qwen/Qwen3-VL-2B-Instruct") is None
     with pytest.raises(ValueError, match="'builtin:tiny-llava' is not an embedded model: use one of builtin:tiny, "
                                          "builtin:tiny-qwen2.5-vl, builtin:tiny-qwen2-vl, builtin:tiny-qwen3-vl, builtin:tiny-glm4v, "

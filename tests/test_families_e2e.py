@@ -11,6 +11,7 @@ import pytest
 import ray
 
 import conf
+from tests.conftest import VLM_R1_DEFAULTS
 
 pytestmark = pytest.mark.e2e
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -110,7 +111,7 @@ def test_a_builtin_family_trains_and_evaluates_from_the_main_command(slug, synth
     updates are zero: the update itself is tested above.)"""
     out = tmp_path / "run"
     env = {**os.environ, "VLM_R1_RAY_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, str(REPO / "orchestrator.py"), "conf=rec", f"model.path=builtin:tiny-{slug}-random",
+    cmd = [sys.executable, str(REPO / "orchestrator.py"), "conf=rec", *VLM_R1_DEFAULTS, f"model.path=builtin:tiny-{slug}-random",
            f"data.synthetic.dir={synthetic}", f"trainer.output_dir={out}", "cluster.include_dashboard=false",
            "trainer.max_steps=2", "trainer.prompts_per_step=2", "rollout.num_generations=4",
            "rollout.max_new_tokens=24", "trainer.eval_steps=2", "eval.train_samples=8", "wandb.mode=disabled"]

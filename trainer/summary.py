@@ -130,7 +130,7 @@ def summarize(history: list[dict], times: dict, wall: float, cpu_share: float | 
             "time_s": {**{k: round(v, 2) for k, v in times.items()}, "other": round(wall - phases, 2), "total": round(wall, 2)}}
 
 
-HEADLINE = ("accuracy", "mean_iou", "mAP", "AP50", "mean_score")  # the eval metrics the summary compares
+HEADLINE = ("accuracy", "mean_iou", "mAP", "AP50", "recall@0.5", "mean_score")  # the eval metrics the summary compares
 
 
 def eval_span(out_dir: pathlib.Path) -> str | None:

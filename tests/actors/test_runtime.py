@@ -8,6 +8,7 @@ import ray
 import conf
 import orchestrator
 from data.loaders import load_prompts
+from tests.conftest import VLM_R1_DEFAULTS
 
 pytestmark = pytest.mark.e2e
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -122,7 +123,7 @@ def _run(tmp_path, tiny_model, synthetic, *overrides, timeout=900):
     out = tmp_path / "run"
     env = {**os.environ, "VLM_R1_RAY_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, str(REPO / "orchestrator.py"), f"model.path={tiny_model}", f"data.synthetic.dir={synthetic}",
-           f"trainer.output_dir={out}", "cluster.include_dashboard=false", *overrides]
+           f"trainer.output_dir={out}", "cluster.include_dashboard=false", *VLM_R1_DEFAULTS, *overrides]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     summary = json.loads((out / "summary.json").read_text())

@@ -57,7 +57,7 @@ def test_required_keys_exist_with_their_names():
 def test_every_shipped_yaml_validates_and_resolves(path, tmp_path):
     c = conf.resolve(conf.load([f"conf={path.stem}"]), tmp_path)
     assert str(tmp_path) in c.data.train_files
-    assert c.data.task == (path.stem if path.stem in ("rec", "ovd") else "rec" if path.stem == "testbed" else "qa")
+    assert c.data.task == {"rec": "rec", "ovd": "ovd", "vlm_r1_rec": "rec", "vlm_r1_ovd": "ovd"}.get(path.stem, "qa")
     from data.synthetic import TASKS
     for f in (c.data.train_files + ":" + c.data.val_files).split(":"):  # each names a file the generator writes
         assert any(f.endswith(f"/{t}_train.jsonl") or f.endswith(f"/{t}_val.jsonl") for t in TASKS), f
@@ -114,12 +114,12 @@ def test_auto_dtype_follows_the_cpu_flags():
 
 
 def test_a_named_scene_gets_a_data_dir_of_its_own(tmp_path):
-    """conf=testbed's one-shape scene never mixes with the default scene's cached files, and the
+    """conf=rec's one-shape scene never mixes with the default scene's cached files, and the
     generator draws it: 84 px images, shapes of side 24-48."""
     import json
 
     from data.prepare import ensure_synthetic
-    c = conf.resolve(conf.load(["conf=testbed", "data.synthetic.n_train=6", "data.synthetic.n_val=4",
+    c = conf.resolve(conf.load(["conf=rec", "data.synthetic.n_train=6", "data.synthetic.n_val=4",
                                 "data.synthetic.n_ood=4"]), tmp_path)
     assert c.data.synthetic.dir == str(tmp_path / "synthetic-s0-one_shape") and c.model.path.endswith("-one-shape")
     assert conf.resolve(conf.load([]), tmp_path).data.synthetic.dir == str(tmp_path / "synthetic-s0")
@@ -130,3 +130,34 @@ def test_a_named_scene_gets_a_data_dir_of_its_own(tmp_path):
     assert len(rows) == 6 and all(Image.open(root / r["image"]).size == (84, 84) for r in rows)
     boxes = [json.loads(r["conversations"][1]["value"]) for r in rows]
     assert all(24 <= b[2] - b[0] <= 48 and b[2] - b[0] == b[3] - b[1] and 0 <= b[0] and b[2] < 84 for b in boxes)
+
+
+def test_the_embedded_recipes_and_vlm_r1s_own():
+    """conf=rec / conf=ovd: the tiny Qwen3-VL warm-started on one-shape scenes, with its own lr and
+    no KL; conf=vlm_r1_rec / _ovd: VLM-R1's recipe for Qwen2.5-VL-3B, numbers as in its paper."""
+    for task, suffix in (("rec", "-one-shape"), ("ovd", "-one-shape-ovd")):
+        c = conf.load([f"conf={task}"])
+        assert c.model.path == f"builtin:tiny-qwen3-vl{suffix}" and c.data.synthetic.scene == "one_shape"
+        assert (c.learner.lr, c.learner.beta, c.trainer.max_steps, c.trainer.prompts_per_step) == (1e-4, 0.0, 300, 8)
+        v = conf.load([f"conf=vlm_r1_{task}"])
+        assert v.model.path == "Qwen/Qwen2.5-VL-3B-Instruct" and v.data.task == task
+        assert (v.learner.lr, v.learner.beta, v.rollout.temperature, v.learner.zero_stage) == (1e-6, 0.04, 1.0, 3)
+        assert (v.trainer.prompts_per_step, v.rollout.num_generations, v.rollout.max_new_tokens) == (16, 8, 2048)
+        assert v.learner.gradient_checkpointing and v.learner.dtype == "bf16" and v.trainer.epochs == 2
+        # 8 GPUs: engines + learner ranks, and the 128 completions of a step split evenly over the ranks
+        assert v.rollout.num_engines * v.rollout.devices_per_engine + v.learner.world_size * v.learner.gpus_per_rank == 8
+        assert 16 * 8 % v.learner.world_size == 0
+        assert dict(v.reward.funcs) == ({"rec_format": 1.0, "rec_iou": 1.0} if task == "rec" else
+                                        {"format": 1.0, "ovd_odlength": 1.0})
+
+
+def test_the_tiny_recipe_with_a_real_checkpoint_warns_and_names_vlm_r1s():
+    with pytest.warns(UserWarning, match="use conf=vlm_r1_ovd"):
+        conf.load(["conf=ovd", "model.path=/models/Qwen2.5-VL-3B-Instruct"])
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        conf.load(["conf=ovd"])  # the embedded model it was made for
+        conf.load(["conf=rec", "model.path=/models/x", "learner.lr=1e-6"])  # the user chose the lr
+        conf.load(["conf=vlm_r1_rec", "model.path=/models/x"])
+        conf.load(["conf=rec", "mode=eval", "model.path=/models/x"])  # no learning rate involved

@@ -75,7 +75,7 @@ def test_images_ports_storage_and_metrics(name):
 def test_rayjob_entrypoint_is_a_valid_run_that_fits_the_gpus():
     doc = _manifest("rayjob.yaml")
     argv = shlex.split(doc["spec"]["entrypoint"])
-    assert argv[0] == "python" and argv[1].endswith("orchestrator.py") and "conf=ovd" in argv
+    assert argv[0] == "python" and argv[1].endswith("orchestrator.py") and "conf=vlm_r1_ovd" in argv
     cfg = conf.load(argv[2:])  # every override is a real, well-typed key
     assert cfg.cluster.address == "auto" and cfg.trainer.output_dir.startswith("/checkpoints/")
     needed = cfg.rollout.num_engines * cfg.rollout.devices_per_engine + cfg.learner.world_size * cfg.learner.gpus_per_rank
