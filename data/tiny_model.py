@@ -1,4 +1,4 @@
-"""The embedded default policy: a tiny random Qwen2.5-VL with a locally trained tokenizer.
+"""The embedded models: tiny random VLMs of each family (Qwen2.5-VL unless named) with a locally trained tokenizer.
 
     python -m data.tiny_model --out DIR [--seed 0] [--family qwen3_vl]
 
@@ -13,7 +13,8 @@ Builds, deterministically from a seed and with no network, a Hugging Face model 
 - the family's model with ~1M parameters (text 128 x 2 layers, vision 64 x 2 layers),
   initialised from the seed (``models/``: one tiny builder per family).
 
-``builtin:tiny`` (the default ``model.path``) is the Qwen2.5-VL model *warm-started*: a short
+``builtin:tiny`` (base.yaml's ``model.path``; conf=rec and conf=ovd use the ``-one-shape`` models
+below) is the Qwen2.5-VL model *warm-started*: a short
 supervised run (``orchestrator.py mode=sft``, the same learner, config and loaders) on the
 synthetic REC and OVD answers, so that it writes the answer format most of the time while its
 boxes are still imprecise -- something for GRPO to improve. ``builtin:tiny-random`` is the random
