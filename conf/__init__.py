@@ -131,6 +131,20 @@ def load(argv: list[str] | None = None) -> DictConfig:
 EMBEDDED_RECIPES = {"rec": "vlm_r1_rec", "ovd": "vlm_r1_ovd"}
 
 
+def base_recipe() -> list[str]:
+    """Command-line overrides that put base.yaml's recipe (VLM-R1's lr 1e-6 and beta 0.04, 20 steps
+    x 4 prompts, the default scene, evaluations of 64 images) back over the embedded one of
+    conf=rec and conf=ovd (the tiny Qwen3-VL's lr 1e-4, beta 0, 300 steps x 8 prompts): for runs of
+    those tasks on another model that keep base.yaml's recipe (the tests, the infrastructure
+    benchmarks). The tasks themselves (model, data, rewards, triggers) stay as the files ship them."""
+    base = _flatten(OmegaConf.load(CONF_DIR / "base.yaml"))
+    keys = set()
+    for task in EMBEDDED_RECIPES:
+        keys |= {k for k in _flatten(OmegaConf.load(CONF_DIR / f"{task}.yaml"))
+                 if k.split(".")[0] in ("learner", "trainer", "eval") or k in ("rollout.num_generations", "data.synthetic.scene")}
+    return [f"{k}={base[k]}" for k in sorted(keys)]
+
+
 def _warn_embedded_recipe(cfg: DictConfig, path: pathlib.Path, cli: DictConfig) -> None:
     """conf=rec / conf=ovd with a real checkpoint and the tiny model's lr: almost surely a mistake."""
     if (path.parent != CONF_DIR or path.stem not in EMBEDDED_RECIPES or str(cfg.model.path).startswith("builtin:")

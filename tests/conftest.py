@@ -25,21 +25,9 @@ def synthetic(tmp_path_factory) -> pathlib.Path:
     return out
 
 
-def _vlm_r1_defaults() -> list[str]:
-    """Overrides that put base.yaml's values (VLM-R1's lr 1e-6 and beta 0.04, 20 steps x 4 prompts,
-    the default scene) back over the embedded recipe of conf/rec.yaml and conf/ovd.yaml (the tiny
-    Qwen3-VL's lr 1e-4, beta 0, 300 steps x 8 prompts, evaluations of 300 images): the runs of the
-    tests take those task files with the test model, and check the reference model, the KL term and
-    their own small step counts. The tasks themselves (data, rewards, triggers) stay as shipped."""
-    from omegaconf import OmegaConf
 
-    from conf import CONF_DIR, _flatten
-    base = _flatten(OmegaConf.load(CONF_DIR / "base.yaml"))
-    keys = set()
-    for task in ("rec", "ovd"):
-        keys |= {k for k in _flatten(OmegaConf.load(CONF_DIR / f"{task}.yaml"))
-                 if k.split(".")[0] in ("learner", "trainer", "eval") or k in ("rollout.num_generations", "data.synthetic.scene")}
-    return [f"{k}={base[k]}" for k in sorted(keys)]
+# base.yaml's recipe over conf=rec's / conf=ovd's embedded one: the runs of the tests take those task
+# files with the test model and check the reference model, the KL term and their own small step counts
+from conf import base_recipe  # noqa: E402  (the repo is on the path from the top of this file)
 
-
-VLM_R1_DEFAULTS = _vlm_r1_defaults()
+VLM_R1_DEFAULTS = base_recipe()

@@ -2,6 +2,7 @@
 import pathlib
 
 import pytest
+from omegaconf import OmegaConf
 
 import conf
 from conf import ConfigError
@@ -161,3 +162,13 @@ def test_the_tiny_recipe_with_a_real_checkpoint_warns_and_names_vlm_r1s():
         conf.load(["conf=rec", "model.path=/models/x", "learner.lr=1e-6"])  # the user chose the lr
         conf.load(["conf=vlm_r1_rec", "model.path=/models/x"])
         conf.load(["conf=rec", "mode=eval", "model.path=/models/x"])  # no learning rate involved
+
+
+def test_base_recipe_puts_base_yaml_back_over_the_embedded_one_and_keeps_the_task():
+    base = conf.load([])
+    for task in ("rec", "ovd"):
+        c = conf.load([f"conf={task}", *conf.base_recipe()])
+        for key in ("learner.lr", "learner.beta", "learner.dtype", "trainer.max_steps", "trainer.prompts_per_step",
+                    "trainer.eval_steps", "eval.train_samples", "data.synthetic.scene"):
+            assert OmegaConf.select(c, key) == OmegaConf.select(base, key), (task, key)
+        assert c.data.task == task and c.model.path.startswith("builtin:tiny-qwen3-vl-one-shape")
