@@ -47,7 +47,7 @@ class EnginePool:
         """(Re)build the weight group: learner rank 0 plus every worker of every engine."""
         if self.learners is None:
             return
-        from learner.weight_sync import free_port
+        from weights.net import free_port
         ray.get(self.engines.call("ready"))
         workers = ray.get(self.engines.call("num_workers"))
         host = ray.get(self.learners.actors[0].address.remote())[0]

@@ -11,31 +11,12 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 
 from data.images import open_rgb
-from data.loaders import MAX_IMAGES, Prompt
+from data.loaders import MAX_IMAGES
 from data.prompts import messages
 from models import answer_frame
-
-
-@dataclass
-class Rollout:
-    """One sampled completion of one prompt."""
-    prompt: Prompt
-    sample: int                       # 0..G-1 within its group
-    prompt_token_ids: list[int]
-    completion_token_ids: list[int]
-    completion_text: str
-    finish_reason: str
-    logprobs: list[float]             # engine log-prob of each completion token
-    input_sizes: tuple[tuple[int, int], ...]  # (w, h) of the frame boxes are written in, per image (models.answer_frame)
-    engine: int = 0
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.prompt.id, self.sample)
+from samples import Prompt, Rollout
 
 
 class RolloutEngine:
@@ -134,7 +115,7 @@ class RolloutEngine:
     def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str = "gloo",
                           pack_bytes: int | None = None, delta: bool = False, adapter: dict | None = None) -> list[int]:
         """Join the learner's weight group (``adapter``: the PEFT config of LoRA adapter sync)."""
-        from learner.weight_sync import node_address
+        from weights.net import node_address
         if (adapter is not None) != (self._lora_root is not None):
             raise ValueError("LoRA adapter sync needs an engine started with lora_rank > 0, and only then")
         here = node_address(host)  # where this engine's gloo pairs listen

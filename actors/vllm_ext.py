@@ -45,7 +45,8 @@ class Receiver:
                  timeout_s: float = 600.0, bind_host: str | None = None, pack_bytes: int | None = None,
                  delta: bool = False, adapter: dict | None = None):
         """Join the group; gloo listens on ``bind_host`` (this node's address; default ``host``)."""
-        from learner.weight_sync import PACK_BYTES, gloo_group, tcp_store
+        from weights.net import gloo_group, tcp_store
+        from weights.wire import PACK_BYTES
         self.adapter, self.rank = adapter, rank
         if adapter is not None and backend == "gloo":
             from actors.lora_cpu import install
@@ -65,7 +66,7 @@ class Receiver:
         """Receive every tensor named in ``meta`` from rank 0, in order, and hand them to
         ``load(iterator of (name, tensor))`` (or, with adapter sync, write them as the adapter at
         ``adapter_dir``). Returns the number of tensors."""
-        from learner.weight_sync import receive_packs
+        from weights.wire import receive_packs
         t0 = time.perf_counter()
         if self.base is not None:
             return self._receive_delta(meta, load, t0, adapter_dir, local_rank)
@@ -115,7 +116,7 @@ class Receiver:
     def _receive_delta(self, meta, load, t0: float, adapter_dir: str | None, local_rank: int) -> int:
         """A delta update: the header, the changed elements folded into the kept copy, then a
         reload of every tensor from that copy (vLLM re-runs its weight processing on all of them)."""
-        from learner.weight_sync import apply_delta, delta_wire_meta, receive_packs
+        from weights.wire import apply_delta, delta_wire_meta, receive_packs
         header = torch.empty(len(meta), dtype=torch.int64, device=self.device)
         self.group.broadcast(header, 0).wait()
         counts = header.tolist()
@@ -130,7 +131,7 @@ class Receiver:
         return len(meta)
 
     def digest(self, names: list[str]) -> str:
-        from learner.weight_sync import tensor_digest
+        from weights.wire import tensor_digest
         return tensor_digest((n, self.base[n]) for n in names)
 
     def close(self) -> None:

@@ -37,16 +37,14 @@ def measure(model_dir: str, engines: int, tmp: str, pack_mb: float, transfer: st
     import ray
 
     import conf
-    import orchestrator
+    from trainer.roles import launch
     cfg = conf.resolve(conf.load([f"model.path={model_dir}", f"rollout.num_engines={engines}", "learner.beta=0",
                                   "reward.num_workers=1", f"trainer.prompts_per_step={max(engines, 1)}", f"rollout.sync_pack_mb={pack_mb}",
                                   f"rollout.weight_transfer={transfer}",
                                   "cluster.include_dashboard=false", f"trainer.output_dir={tmp}/out"]),
                        pathlib.Path(tmp))
-    orchestrator.start_ray(cfg, pathlib.Path(tmp) / "out")
     try:
-        from actors.roles import create_roles
-        pool, learners, _ = create_roles(cfg, model_dir)
+        cfg, pool, learners, _ = launch(cfg, model_dir, pathlib.Path(tmp) / "out")
         eng = pool.engines
         meta = pool.meta  # in the engines' dtype, as every training step sends them
         best, sent, phases = float("inf"), 0, {}

@@ -25,8 +25,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def run(model: str, lr: float, delta: bool, steps: int, tmp: pathlib.Path) -> list[dict]:
     out = tmp / f"lr{lr:g}_{'delta' if delta else 'dense'}"
-    from conf import base_recipe
-    cmd = [sys.executable, str(REPO / "orchestrator.py"), "conf=rec", *base_recipe(), f"model.path={model}", f"learner.lr={lr}",
+    cmd = [sys.executable, str(REPO / "orchestrator.py"), "conf=task/rec", f"model.path={model}", f"learner.lr={lr}",
            "learner.beta=0", "rollout.dtype=bfloat16", f"rollout.sync_delta={str(delta).lower()}",
            f"trainer.max_steps={steps}", "trainer.eval_steps=0", "trainer.report=false", "wandb.mode=disabled",
            "cluster.include_dashboard=false", f"trainer.output_dir={out}"]

@@ -44,8 +44,7 @@ def run_ours(model_dir: str, syn: pathlib.Path, out: pathlib.Path, a, overrides:
     """Steps 2 .. N-1 of an N = steps + 2 step run are timed: the first is warm-up, and the last
     has no next batch to generate beside it (asynchronous), so each timed step of either loop
     generates one batch and trains one."""
-    from conf import base_recipe
-    cmd = [sys.executable, "orchestrator.py", "conf=rec", *base_recipe(), f"model.path={model_dir}", f"data.synthetic.dir={syn}",
+    cmd = [sys.executable, "orchestrator.py", "conf=task/rec", f"model.path={model_dir}", f"data.synthetic.dir={syn}",
            f"trainer.output_dir={out}", f"trainer.max_steps={a.steps + 2}", f"trainer.prompts_per_step={a.prompts}",
            f"rollout.num_generations={a.generations}", f"rollout.max_new_tokens={a.max_new_tokens}",
            f"learner.lr={a.lr}", f"learner.beta={a.beta}", f"learner.micro_batch_size={a.generations}",
@@ -75,7 +74,7 @@ def run_trl(model_dir: str, syn: pathlib.Path, out: pathlib.Path, a) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from data.images import model_input_size
+    from models import model_input_size
     from data.loaders import load_prompts
     from data.prompts import messages
     from rewards import REGISTRY

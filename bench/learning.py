@@ -114,7 +114,7 @@ def main(argv=None) -> dict:
     from data.tiny_model import cache_root, resolve_model_path
     rec = "conf=rec"
     scene = ["data.synthetic.scene=default"] if args.legacy else []  # conf=rec / conf=ovd: one_shape
-    from data.synthetic import data_dir_name
+    from data.scenes import data_dir_name
     syn = cache_root() / data_dir_name(0, "default" if args.legacy else "one_shape")
     val2 = f"data.val_files={syn}/rec_val.jsonl:{syn}/rec_val_ood.jsonl"
     log: list[dict] = []

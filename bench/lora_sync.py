@@ -27,7 +27,7 @@ def measure(model_dir: str, tmp: str, r: int, sync: str, n_prompts: int = 16) ->
     import ray
 
     import conf
-    import orchestrator
+    from trainer.roles import launch
     from data.loaders import load_prompts
     from data.synthetic import generate
     data = pathlib.Path(tmp) / "data"
@@ -38,10 +38,8 @@ def measure(model_dir: str, tmp: str, r: int, sync: str, n_prompts: int = 16) ->
         f"learner.lora.r={r}", f"learner.lora.alpha={2 * r}", f"learner.lora.sync={sync}", "learner.zero_stage=2",
         "rollout.max_new_tokens=64", "rollout.dtype=bfloat16", "cluster.include_dashboard=false",
         f"trainer.output_dir={tmp}/out"]), pathlib.Path(tmp))
-    orchestrator.start_ray(cfg, pathlib.Path(tmp) / "out")
     try:
-        from actors.roles import create_roles
-        pool, learners, _ = create_roles(cfg, model_dir)
+        cfg, pool, learners, _ = launch(cfg, model_dir, pathlib.Path(tmp) / "out")
         best, sent, phases = float("inf"), 0, {}
         for _ in range(3):
             t0 = time.perf_counter()

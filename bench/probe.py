@@ -127,7 +127,8 @@ def main(argv=None):
     ap.add_argument("--out", default="/tmp/probe")
     args = ap.parse_args(argv)
     from bench.testbed import constant_box
-    from data.synthetic import Scene, generate
+    from data.scenes import Scene
+    from data.synthetic import generate
     from data.tiny_model import BUILD_VERSION, build
     torch.manual_seed(0)
     random.seed(0)

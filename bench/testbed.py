@@ -100,7 +100,8 @@ def distinct_boxes(records: list[dict]) -> int:
 
 
 def run_variant(name: str, out: pathlib.Path, steps: int, lr: float, dtype: str, log: list) -> dict:
-    from data.synthetic import Scene, generate
+    from data.scenes import Scene
+    from data.synthetic import generate
     from data.tiny_model import build
     scene, model, warm = VARIANTS[name]
     d = out / name

@@ -1,11 +1,18 @@
-"""Configuration: ``base.yaml`` < ``conf/<name>.yaml`` < command line, validated before anything heavy.
+"""Configuration: ``base.yaml`` < a named config and what it builds on < command line, validated
+before anything heavy.
 
-    cfg = load(["conf=ovd", "learner.lr=1e-6"])
+    cfg = load(["conf=ovd", "learner.lr=1e-6"])        # validated; interpolations still open
+    cfg = resolve(cfg, cache_root)                       # run-time paths filled, interpolations resolved
+    cfg, why = resolve_auto(cfg, gpu=False, joined=False)  # every cluster-level ``auto`` as a value
 
-Unknown keys fail fast and name the closest valid key; values are checked against the type of
-their default and against the allowed choices. ``reward.funcs`` is replaced, not merged, by a
-task file (a task's reward set is a whole), while ``reward.funcs.NAME=w`` on the command line
-adds or reweights one reward. Imports only OmegaConf, the rewards registry and the model-family names.
+A config file may name what it builds on in a ``defaults:`` list (Hydra's shape): shipped configs
+pair a task file (``conf/task/``: data, prompts, rewards) with a recipe file (``conf/recipe/``:
+model, sizes, learning rate, devices), and a user's file can extend a shipped one and change two
+keys. Unknown keys fail fast and name the closest valid key; values are checked against the type
+of their default and the allowed choices. ``reward.funcs`` is replaced, not merged, by each file
+that states it (a task's reward set is a whole), while ``reward.funcs.NAME=w`` on the command line
+adds or reweights one reward. Imports OmegaConf and the name registries below it (rewards, model
+families, synthetic scenes), nothing heavy.
 """
 from __future__ import annotations
 
@@ -15,8 +22,12 @@ import warnings
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from data.synthetic import SCENES, data_dir_name
+from conf.hardware import resolve_lora_sync, resolve_pack_mb, resolve_staleness
+from data.scenes import SCENES, data_dir_name
 from models import COORDS, FAMILIES
+from rewards import resolve as resolve_reward
+from rewards import validate_funcs, validate_params
+from rewards.schedule import RuleSchedule
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent
 FREE_KEYS = {"reward.funcs", "reward.params", "reward.schedules", "reward.triggers", "rollout.resources", "learner.resources", "reward.resources"}  # user-named keys
@@ -45,21 +56,21 @@ class ConfigError(ValueError):
     """A configuration mistake, with what to do about it."""
 
 
-def _flatten(node, prefix: str = "") -> dict[str, object]:
+def flatten(node, prefix: str = "") -> dict[str, object]:
     if isinstance(node, DictConfig):
         node = OmegaConf.to_container(node, resolve=False)
     out = {}
     for key, value in node.items():
         path = f"{prefix}{key}"
         if isinstance(value, (dict, DictConfig)) and path not in FREE_KEYS:
-            out.update(_flatten(value, path + "."))
+            out.update(flatten(value, path + "."))
         else:
             out[path] = value
     return out
 
 
 def _check_keys(layer, known: dict[str, object], source: str) -> None:
-    for key in _flatten(layer):
+    for key in flatten(layer):
         if key in known or any(key.startswith(f + ".") for f in FREE_KEYS):
             continue
         close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
@@ -87,74 +98,108 @@ def _check_value(key: str, value, default) -> None:
         raise ConfigError(f"{key}={value!r} should be a {kind.__name__} like its default {default!r}")
 
 
-def _task_layer(name: str):
-    path = pathlib.Path(name)
-    if path.suffix not in (".yaml", ".yml"):
-        path = CONF_DIR / f"{name}.yaml"
-    if not path.exists():
-        names = sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem != "base")
-        raise ConfigError(f"no config '{name}': use conf=<one of {names}> or conf=path/to/file.yaml")
-    return OmegaConf.load(path), str(path)
+def shipped() -> dict[str, str]:
+    """The configs a user runs by name (``conf=<name>``, and the task and recipe parts they are made
+    of), each with the first line of its opening comment."""
+    out = {}
+    for path in sorted(CONF_DIR.rglob("*.yaml")):
+        name = path.relative_to(CONF_DIR).with_suffix("").as_posix()
+        if name != "base":
+            first = next((ln.lstrip("# ").rstrip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+            out[name] = first
+    return out
+
+
+def _find(name: str, near: pathlib.Path | None) -> pathlib.Path:
+    """A config by name (``rec``, ``task/ovd``: beside the file naming it, else in ``conf/``) or by
+    path (``my.yaml``: relative to that file, or to the working directory on the command line)."""
+    if name.endswith((".yaml", ".yml")):
+        path = pathlib.Path(name)
+        candidates = [path if path.is_absolute() or near is None else near / path]
+    else:
+        candidates = ([near / f"{name}.yaml"] if near is not None else []) + [CONF_DIR / f"{name}.yaml"]
+    for path in candidates:
+        if path.is_file():
+            return path.resolve()
+    raise ConfigError(f"no config '{name}': use conf=<one of {', '.join(shipped())}> or conf=path/to/file.yaml "
+                      "(python orchestrator.py --help lists them)")
+
+
+def _compose(name: str, near: pathlib.Path | None = None, chain: tuple = ()) -> list[tuple[DictConfig, str]]:
+    """The layers of a named config, in merge order: what its ``defaults:`` list names (each with
+    its own defaults first), then the file itself."""
+    path = _find(name, near)
+    if path in chain:
+        raise ConfigError(f"config {path} names itself through its defaults: {' -> '.join(map(str, chain + (path,)))}")
+    layer = OmegaConf.load(path)
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"{path}: a config file holds a mapping of keys, not {type(layer).__name__}")
+    defaults = layer.pop("defaults", None) or []
+    if not isinstance(defaults, (list, ListConfig)) or not all(isinstance(d, str) for d in defaults):
+        raise ConfigError(f"{path}: defaults must be a list of config names, e.g. [task/rec, recipe/tiny]")
+    layers = []
+    for d in defaults:
+        layers += _compose(d, path.parent, chain + (path,))
+    return layers + [(layer, str(path))]
 
 
 def load(argv: list[str] | None = None) -> DictConfig:
-    """Merge base < conf=<name> < dotlist overrides, validate, and resolve interpolations."""
-    cli = OmegaConf.from_dotlist(list(argv or []))
+    """Merge base < conf=<name> (and what it builds on) < dotlist overrides, validate, and keep
+    interpolations open (``resolve`` fills them)."""
+    argv = list(argv or [])
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        raise ConfigError(f"'{bad[0]}' is not an override: write key=value (e.g. learner.lr=1e-6); "
+                          "python orchestrator.py --help shows the syntax")
+    cli = OmegaConf.from_dotlist(argv)
     base = OmegaConf.load(CONF_DIR / "base.yaml")
-    known = _flatten(base)
-    layers = []
-    task = None
-    if "conf" in cli:
-        task = _task_layer(str(cli.pop("conf")))
-        layers.append(task)
+    known = flatten(base)
+    layers = _compose(str(cli.pop("conf"))) if "conf" in cli else []
     layers.append((cli, "the command line"))
     funcs = base.reward.funcs
     for layer, source in layers:
         _check_keys(layer, known, source)
-        for key, value in _flatten(layer).items():
+        for key, value in flatten(layer).items():
             if key in known:
                 _check_value(key, value, known[key])
         if OmegaConf.select(layer, "reward.funcs") is not None:
-            # a task file states its whole reward set; the command line adjusts single weights
+            # a file states its whole reward set; the command line adjusts single weights
             funcs = layer.reward.funcs if layer is not cli else OmegaConf.merge(funcs, layer.reward.funcs)
     cfg = OmegaConf.merge(base, *[layer for layer, _ in layers])
     cfg.reward.funcs = funcs
     _validate_funcs(cfg)
     _validate_loop(cfg)
-    if task is not None:
-        _warn_embedded_recipe(cfg, pathlib.Path(task[1]), cli)
+    _validate_sizes(cfg)
+    _warn_tiny_recipe(cfg, [source for _, source in layers], cli)
     OmegaConf.set_struct(cfg, True)
     return cfg
 
 
-# task files whose learning rate and KL are the embedded tiny model's -> VLM-R1's recipe for real models
-EMBEDDED_RECIPES = {"rec": "vlm_r1_rec", "ovd": "vlm_r1_ovd"}
+TINY_RECIPE = str((CONF_DIR / "recipe" / "tiny.yaml").resolve())
 
 
-def base_recipe() -> list[str]:
-    """Command-line overrides that put base.yaml's recipe (VLM-R1's lr 1e-6 and beta 0.04, 20 steps
-    x 4 prompts, the default scene, evaluations of 64 images) back over the embedded one of
-    conf=rec and conf=ovd (the tiny Qwen3-VL's lr 1e-4, beta 0, 300 steps x 8 prompts): for runs of
-    those tasks on another model that keep base.yaml's recipe (the tests, the infrastructure
-    benchmarks). The tasks themselves (model, data, rewards, triggers) stay as the files ship them."""
-    base = _flatten(OmegaConf.load(CONF_DIR / "base.yaml"))
-    keys = set()
-    for task in EMBEDDED_RECIPES:
-        keys |= {k for k in _flatten(OmegaConf.load(CONF_DIR / f"{task}.yaml"))
-                 if k.split(".")[0] in ("learner", "trainer", "eval") or k in ("rollout.num_generations", "data.synthetic.scene")}
-    return [f"{k}={base[k]}" for k in sorted(keys)]
-
-
-def _warn_embedded_recipe(cfg: DictConfig, path: pathlib.Path, cli: DictConfig) -> None:
-    """conf=rec / conf=ovd with a real checkpoint and the tiny model's lr: almost surely a mistake."""
-    if (path.parent != CONF_DIR or path.stem not in EMBEDDED_RECIPES or str(cfg.model.path).startswith("builtin:")
-            or cfg.mode == "eval"):  # evaluation takes no learning rate
+def _warn_tiny_recipe(cfg: DictConfig, sources: list[str], cli: DictConfig) -> None:
+    """The embedded tiny model's recipe with a real checkpoint: almost surely a mistake."""
+    if (TINY_RECIPE not in sources or str(cfg.model.path).startswith("builtin:") or cfg.mode == "eval"
+            or OmegaConf.select(cli, "learner.lr") is not None):  # evaluation takes no lr; a chosen lr is a choice
         return
-    if OmegaConf.select(cli, "learner.lr") is None:
-        warnings.warn(f"conf={path.stem} carries the embedded tiny model's recipe (learner.lr={cfg.learner.lr:g}, "
-                      f"learner.beta={cfg.learner.beta:g}), far too hot for model.path={cfg.model.path}: use "
-                      f"conf={EMBEDDED_RECIPES[path.stem]} (VLM-R1's recipe: lr 1e-6, beta 0.04), or set learner.lr "
-                      "and learner.beta yourself", UserWarning, stacklevel=2)
+    tasks = [t for t in ("rec", "ovd") if t == cfg.data.task]
+    instead = f"conf=vlm_r1_{tasks[0]}" if tasks else "recipe/vlm_r1_3b in your config's defaults"
+    warnings.warn(f"the config carries the embedded tiny model's recipe (learner.lr={cfg.learner.lr:g}, "
+                  f"learner.beta={cfg.learner.beta:g}), far too hot for model.path={cfg.model.path}: use {instead} "
+                  "(VLM-R1's recipe: lr 1e-6, beta 0.04), or set learner.lr and learner.beta yourself",
+                  UserWarning, stacklevel=3)
+
+
+def _validate_sizes(cfg: DictConfig) -> None:
+    """The batch must split as configured (checked before anything heavy starts)."""
+    n = cfg.trainer.prompts_per_step * cfg.rollout.num_generations
+    if n % cfg.learner.world_size:
+        raise ConfigError(f"trainer.prompts_per_step x rollout.num_generations = {n} completions per step must "
+                          f"divide evenly over learner.world_size={cfg.learner.world_size}")
+    if cfg.trainer.prompts_per_step < cfg.rollout.num_engines:
+        raise ConfigError(f"trainer.prompts_per_step={cfg.trainer.prompts_per_step} is fewer than "
+                          f"rollout.num_engines={cfg.rollout.num_engines}: some engines would idle")
 
 
 def _validate_loop(cfg: DictConfig) -> None:
@@ -179,9 +224,8 @@ def _validate_loop(cfg: DictConfig) -> None:
         raise ConfigError(f"rollout.dynamic_sampling.oversample={over!r} must be auto or a number >= 1 (prompts "
                           "generated per missing group)")
     if ds.metric is not None:
-        from rewards import resolve, validate_funcs
         try:
-            name = resolve(ds.metric)
+            name = resolve_reward(ds.metric)
         except KeyError as e:
             raise ConfigError(f"rollout.dynamic_sampling.metric: {e.args[0]}") from None
         if name not in validate_funcs(dict(cfg.reward.funcs)):
@@ -192,7 +236,6 @@ def _validate_loop(cfg: DictConfig) -> None:
 
 
 def _validate_funcs(cfg: DictConfig) -> None:
-    from rewards import validate_funcs, validate_params
     try:
         validate_funcs(dict(cfg.reward.funcs))
     except (KeyError, ValueError) as e:
@@ -201,7 +244,6 @@ def _validate_funcs(cfg: DictConfig) -> None:
         params = validate_params(OmegaConf.to_container(cfg.reward.params, resolve=True))
     except (KeyError, ValueError) as e:
         raise ConfigError(f"reward.params: {e.args[0]}") from None
-    from rewards.schedule import RuleSchedule
     try:
         RuleSchedule(validate_funcs(dict(cfg.reward.funcs)), params,
                      OmegaConf.to_container(cfg.reward.schedules, resolve=True), total_steps=1,
@@ -216,3 +258,22 @@ def resolve(cfg: DictConfig, cache_root: pathlib.Path) -> DictConfig:
         cfg.data.synthetic.dir = str(cache_root / data_dir_name(cfg.data.synthetic.seed, cfg.data.synthetic.scene))
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def resolve_auto(cfg: DictConfig, gpu: bool) -> tuple[DictConfig, dict[str, str]]:
+    """A copy of ``cfg`` with every cluster-level ``auto`` set to its value, and why each was chosen:
+    ``trainer.max_staleness``, ``learner.lora.sync`` and ``rollout.sync_pack_mb`` depend on whether
+    the roles have GPUs (``gpu``) and on whether a cluster was joined. The compute dtypes stay
+    ``auto`` here: each role resolves its own on the machine it lands on and reports the choice."""
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    joined = bool(cfg.cluster.address)
+    out.trainer.max_staleness, loop = resolve_staleness(cfg.trainer.max_staleness, gpu, joined, cfg.learner.off_policy)
+    out.learner.lora.sync, lora = resolve_lora_sync(cfg.learner.lora.sync, gpu)
+    out.rollout.sync_pack_mb = resolve_pack_mb(cfg.rollout.sync_pack_mb, gpu)
+    OmegaConf.set_struct(out, True)
+    return out, {"loop": loop, "lora": lora}
+
+
+def plain(node):
+    """An OmegaConf node as plain Python containers (what actors and JSON files receive)."""
+    return OmegaConf.to_container(node, resolve=True)

@@ -23,24 +23,13 @@ from dataclasses import dataclass, field
 
 from PIL import Image, UnidentifiedImageError
 
+from samples import Prompt
+
 from rewards import ALIASES, REGISTRY
 
 
 class DataError(ValueError):
     """Bad input data under ``data.strict=true``."""
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One training/eval example. Paths are absolute and confined to their image folder."""
-    id: str                                   # unique within a load (row id, or id@file:line on a clash)
-    images: tuple[str, ...]
-    image_sizes: tuple[tuple[int, int], ...]  # original (w, h) of each image
-    question: str                             # the human turn, "<image>" markers removed
-    solution: str                             # ground truth text, exactly as in the row
-    task: str                                 # rec | ovd | qa (data.prompts.TEMPLATES)
-    accu_method: str | None = None            # the row's accuracy reward, if it names one
-    source: str = ""                          # file:line
 
 
 MAX_IMAGES = 4  # images per prompt the rollout engines accept (vLLM's limit_mm_per_prompt)

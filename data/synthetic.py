@@ -36,11 +36,12 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
+from data.scenes import DEFAULT_SCENE, SCENES, Scene
+
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
            "yellow": (230, 200, 30), "purple": (140, 60, 180), "orange": (240, 130, 20)}
 SHAPES = ("circle", "square", "triangle", "diamond")
 BACKGROUNDS = [(245, 245, 245), (225, 225, 215), (200, 210, 225), (235, 225, 240), (190, 190, 190)]
-SIZES = (112, 120, 128)  # the processor resizes 120 to 112 and 128 to 140: exercises rescaling
 REC_QUESTION = "Please provide the bounding box coordinate of the region this sentence describes: {expr}."
 OVD_QUESTION = ("Please carefully check the image and detect the following objects: [{cats}]. "
                 "Output each detected target's bbox coordinates in JSON format. The format of the bbox "
@@ -56,49 +57,6 @@ RELATIONS_OOD = {"left": "{a} to the left side of the {b}", "right": "{a} on the
                  "above": "{a} located over the {b}", "below": "{a} sitting under the {b}"}
 
 
-@dataclass(frozen=True)
-class Scene:
-    """The testbed's levers (``python -m bench.testbed`` measures each): image sizes, shapes per
-    image in and out of domain, the shapes' side in pixels, shape opacity, and ``position_code``:
-    a background whose tint encodes the pixel's position (brightness across, blue-yellow down), a
-    stand-in for the absolute position sense a pretrained vision tower has and a random tiny one
-    lacks. With ``alpha`` < 1 the code shows through the shapes too."""
-    sizes: tuple = SIZES
-    shapes: tuple = (1, 3)
-    ood_shapes: tuple = (4, 6)
-    side: tuple = (16, 44)
-    alpha: float = 1.0
-    position_code: bool = False
-
-    def __post_init__(self):
-        for name in ("shapes", "ood_shapes", "side"):
-            lo, hi = getattr(self, name)
-            if not 1 <= lo <= hi:
-                raise ValueError(f"Scene.{name}={(lo, hi)}: give (low, high) with 1 <= low <= high")
-        if self.side[0] > min(self.sizes) - 2:
-            raise ValueError(f"Scene.side={self.side}: the smallest shape must fit the smallest image {min(self.sizes)}")
-        if not 0 < self.alpha <= 1:
-            raise ValueError(f"Scene.alpha={self.alpha}: the shapes' opacity is in (0, 1]")
-
-
-DEFAULT_SCENE = Scene()
-# Named scenes (``data.synthetic.scene``): ``default`` for every task; ``one_shape``, the
-# localisation testbed (one shape per 84 px image, out of domain two or three): REC with nothing
-# to tell apart, so the box is all there is to learn (README, "Does it learn?")
-SCENES = {"default": DEFAULT_SCENE,
-          "one_shape": Scene(sizes=(84,), shapes=(1, 1), ood_shapes=(2, 3), side=(24, 48))}
-
-
-def data_dir_name(seed: int, scene: str = "default") -> str:
-    """The cache folder of a synthetic set: ``synthetic-s<seed>``, with ``-<scene>`` for a named
-    scene other than the default, so scenes never share files."""
-    return f"synthetic-s{seed}" + ("" if scene == "default" else f"-{scene}")
-
-
-def scene_named(name: str) -> Scene:
-    if name not in SCENES:
-        raise ValueError(f"data.synthetic.scene={name!r} is not a named scene: use one of {', '.join(SCENES)}")
-    return SCENES[name]
 
 
 @dataclass

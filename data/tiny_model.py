@@ -200,7 +200,7 @@ def warm_start(base: pathlib.Path, out: pathlib.Path, seed: int = 0, steps: int 
     import subprocess
     import sys
     repo = pathlib.Path(__file__).resolve().parents[1]
-    from data.synthetic import data_dir_name
+    from data.scenes import data_dir_name
     syn = cache_root() / data_dir_name(0, scene)
     work = out.with_name(out.name + f".work{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)

@@ -8,22 +8,11 @@ they would make the image-token count disagree with the image features and kill 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 
 from data.images import open_rgb
-
-
-@dataclass
-class TrainItem:
-    """One completion to learn from: the learner's whole view of a rollout."""
-    key: tuple[str, int]
-    prompt_token_ids: list[int]
-    completion_token_ids: list[int]
-    images: tuple[str, ...]
-    advantage: float
-    engine_logprobs: list[float]
+from samples import TrainItem
 
 
 def item_from_rollout(r, advantage: float) -> TrainItem:

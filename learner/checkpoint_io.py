@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
+import shutil
 
 import torch
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
-from learner.weight_sync import buckets
+from weights.wire import buckets
 
 
 def _allowlist() -> list:
@@ -71,7 +72,6 @@ class CheckpointIO:
     def save_checkpoint(self, path: str) -> str | None:
         """All ranks: DeepSpeed state (weights, optimizer, schedule, RNG) under ``path/deepspeed``;
         rank 0 also writes the policy in HF format under ``path/hf``. Returns the hf dir on rank 0."""
-        from trainer.checkpoint import copy_processor_files
         path = pathlib.Path(path)
         client = {"torch_rng": torch.get_rng_state(), "steps_done": self.steps_done}
         self.engine.save_checkpoint(str(path / "deepspeed"), tag="state", client_state=client, save_latest=False)
@@ -92,3 +92,14 @@ class CheckpointIO:
         torch.set_rng_state(client["torch_rng"])
         self.steps_done = int(client["steps_done"])
         return self.steps_done
+
+
+def copy_processor_files(src: str, dst: pathlib.Path) -> None:
+    """Tokenizer, processor and chat-template files of the original model, beside new weights."""
+    names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+             "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
+             "chat_template.jinja", "chat_template.json", "added_tokens.json", "generation_config.json")
+    for n in names:
+        s = pathlib.Path(src) / n
+        if s.is_file() and not (dst / n).exists():
+            shutil.copy2(s, dst / n)

@@ -18,7 +18,8 @@ import re
 import torch
 
 from learner import grpo
-from learner.batch import TrainItem, collate, collate_shared
+from learner.batch import collate, collate_shared
+from samples import TrainItem
 from learner.checkpoint_io import CheckpointIO
 from learner.ds_config import ds_config
 from learner.optim import SkippableAdamW, lr_lambda
@@ -41,7 +42,7 @@ class Learner(CheckpointIO, WeightSyncIO):
     # ------------------------------------------------------------------ setup
     def address(self) -> tuple[str, int]:
         """(host, free port) for the DeepSpeed rendezvous; called on rank 0 before ``setup``."""
-        from learner.weight_sync import free_port, node_address
+        from weights.net import free_port, node_address
         host = node_address()
         return host, free_port(host)
 
@@ -57,7 +58,7 @@ class Learner(CheckpointIO, WeightSyncIO):
         import datetime
 
         import torch.distributed as dist
-        from learner.weight_sync import bind_default_gloo, node_address, tcp_store
+        from weights.net import bind_default_gloo, node_address, tcp_store
         if not dist.is_initialized():  # (a test may build several learners in one process)
             bind_default_gloo(node_address(master_addr))  # DeepSpeed's gloo pairs: on this node's address too
             store = tcp_store(master_addr, master_port, is_master=self.rank == 0)

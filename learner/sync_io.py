@@ -3,7 +3,7 @@
 ``WeightSyncIO`` is mixed into ``learner.learner.Learner`` (it uses the learner's ``engine``,
 ``rank``, ``lora`` and ``_numel``). Rank 0 owns the group (``init_weight_group``) and sends every
 update (``broadcast_weights``: dense, or with ``rollout.sync_delta`` only the changed elements, see
-``learner/weight_sync.py``); every rank takes part, because ZeRO-3 gathers each bucket first.
+``weights/wire.py``); every rank takes part, because ZeRO-3 gathers each bucket first.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-from learner.weight_sync import buckets
+from weights.wire import buckets
 
 
 class WeightSyncIO:
@@ -70,7 +70,7 @@ class WeightSyncIO:
         ``delta_full_every``-th update and the first after joining in full."""
         if self.rank != 0:
             return 0
-        from learner.weight_sync import DeltaEncoder, WeightSender
+        from weights.wire import DeltaEncoder, WeightSender
         self.sender = WeightSender(host, port, world_size, "nccl" if torch.cuda.is_available() else "gloo",
                                    pack_bytes=pack_bytes)
         self.sender.connect()

@@ -72,9 +72,21 @@ def answer_frame(coords: str, image_processor, width: int, height: int) -> tuple
         if not hasattr(image_processor, "merge_size"):
             raise ValueError(f"model.coords=input_pixels needs a processor that resizes onto a patch grid "
                              f"(Qwen2/2.5-VL's); {type(image_processor).__name__} does not: use norm1000")
-        from data.images import model_input_size
         return model_input_size(image_processor, width, height)
     raise ValueError(f"model.coords={coords!r}: use one of {', '.join(COORDS)} (or auto: the family's own)")
+
+
+def model_input_size(image_processor, width: int, height: int) -> tuple[int, int]:
+    """(w, h) after the Qwen2-VL processor's ``smart_resize``: the pixels the model saw.
+
+    Boxes a model writes are in these pixels; rewards rescale them to the original size."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+    ip = image_processor
+    factor = ip.patch_size * ip.merge_size
+    min_px = getattr(ip, "min_pixels", None) or ip.size.get("shortest_edge", 56 * 56)
+    max_px = getattr(ip, "max_pixels", None) or ip.size.get("longest_edge", 28 * 28 * 1280)
+    h, w = smart_resize(height, width, factor=factor, min_pixels=min_px, max_pixels=max_px)
+    return w, h
 
 
 def coords_of(family: "Family", override: str | None = "auto") -> str:

@@ -24,10 +24,3 @@ def synthetic(tmp_path_factory) -> pathlib.Path:
     generate(out, seed=0, n_train=64, n_val=16, n_ood=16, progress=False)
     return out
 
-
-
-# base.yaml's recipe over conf=rec's / conf=ovd's embedded one: the runs of the tests take those task
-# files with the test model and check the reference model, the KL term and their own small step counts
-from conf import base_recipe  # noqa: E402  (the repo is on the path from the top of this file)
-
-VLM_R1_DEFAULTS = base_recipe()

@@ -10,13 +10,12 @@ import uuid
 
 import pytest
 
-from learner.weight_sync import free_port
-from tests.conftest import VLM_R1_DEFAULTS
+from weights.net import free_port
 
 pytestmark = pytest.mark.e2e
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(sys.executable).parent
-COMMON = [*VLM_R1_DEFAULTS, "trainer.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=24", "trainer.max_steps=2",
+COMMON = ["trainer.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=24", "trainer.max_steps=2",
           "trainer.eval_steps=0", "trainer.report=false", "wandb.mode=disabled", "reward.funcs.repetition=1.0"]
 
 
@@ -63,7 +62,7 @@ print(json.dumps({{k: sorted(v) for k, v in out.items()}}))
 
 
 def test_roles_are_placed_on_their_nodes(cluster, tiny_model, synthetic, tmp_path):
-    cmd = [sys.executable, str(REPO / "orchestrator.py"), "conf=rec", f"model.path={tiny_model}",
+    cmd = [sys.executable, str(REPO / "orchestrator.py"), "conf=task/rec", f"model.path={tiny_model}",
            f"data.synthetic.dir={synthetic}", f"trainer.output_dir={tmp_path / 'run'}", f"cluster.address={cluster['address']}",
            "rollout.resources.rollout_node=1", "learner.resources.learner_node=1", "reward.resources.learner_node=0.5",
            "reward.num_workers=1", *COMMON]
@@ -77,7 +76,7 @@ def test_roles_are_placed_on_their_nodes(cluster, tiny_model, synthetic, tmp_pat
 
 
 def test_a_missing_resource_is_refused_by_name(cluster, tiny_model, synthetic, tmp_path):
-    cmd = [sys.executable, str(REPO / "orchestrator.py"), "conf=rec", f"model.path={tiny_model}",
+    cmd = [sys.executable, str(REPO / "orchestrator.py"), "conf=task/rec", f"model.path={tiny_model}",
            f"data.synthetic.dir={synthetic}", f"trainer.output_dir={tmp_path / 'run'}", f"cluster.address={cluster['address']}",
            "rollout.resources.gpu_node=1", *COMMON]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=cluster["env"])
@@ -90,7 +89,7 @@ def test_ray_job_submit_runs_the_orchestrator(cluster, tiny_model, synthetic, tm
     runtime_env = {"excludes": [".venv", "outputs", ".git", ".hypothesis", ".pytest_cache", "bench/results"]}
     cmd = [ray, "job", "submit", "--address", cluster["dashboard"], "--working-dir", ".",
            "--runtime-env-json", json.dumps(runtime_env), "--submission-id", f"vr1-{uuid.uuid4().hex[:6]}", "--",
-           "python", "orchestrator.py", "conf=ovd", "cluster.address=auto", f"model.path={tiny_model}",
+           "python", "orchestrator.py", "conf=task/ovd", "cluster.address=auto", f"model.path={tiny_model}",
            f"data.synthetic.dir={synthetic}", f"trainer.output_dir={out}", *COMMON]
     for _ in range(12):  # the head's job agent may still be starting on a loaded machine: Ray refuses the
         # submission then ("No available agent to submit job, please try again later"), nothing was run
@@ -106,5 +105,5 @@ def test_ray_job_submit_runs_the_orchestrator(cluster, tiny_model, synthetic, tm
     assert "done: 2 steps, 16 samples" in logs
     jobs = json.loads(urllib.request.urlopen(f"{cluster['dashboard']}/api/jobs/", timeout=10).read())
     mine = [j for j in jobs if j.get("submission_id") == job_id]
-    assert mine and mine[0]["status"] == "SUCCEEDED" and "orchestrator.py conf=ovd" in mine[0]["entrypoint"]
+    assert mine and mine[0]["status"] == "SUCCEEDED" and "orchestrator.py conf=task/ovd" in mine[0]["entrypoint"]
     assert json.loads((out / "summary.json").read_text())["samples"] == 16

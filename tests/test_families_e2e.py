@@ -11,7 +11,6 @@ import pytest
 import ray
 
 import conf
-from tests.conftest import VLM_R1_DEFAULTS
 
 pytestmark = pytest.mark.e2e
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -61,8 +60,7 @@ def test_lora_frozen_tower_and_zero3_per_family(family_model, synthetic):
 def test_engine_tokens_and_logprobs_equal_the_learners_before_and_after_a_sync(family_model, synthetic, tmp_path):
     from transformers import AutoProcessor
 
-    import orchestrator
-    from actors.roles import create_roles
+    from trainer.roles import launch
     from data.images import open_rgb
     from data.loaders import load_prompts
     from data.prompts import messages
@@ -73,9 +71,8 @@ def test_engine_tokens_and_logprobs_equal_the_learners_before_and_after_a_sync(f
         f"model.path={path}", f"data.synthetic.dir={synthetic}", "learner.lr=3e-2", "learner.beta=0.0",
         "rollout.num_generations=4", "trainer.prompts_per_step=2", "rollout.max_new_tokens=24",
         "reward.num_workers=1", f"trainer.output_dir={tmp_path / 'run'}"]), tmp_path / "cache")
-    orchestrator.start_ray(cfg, tmp_path / "run")
     try:
-        pool, learners, _ = create_roles(cfg, path)
+        cfg, pool, learners, _ = launch(cfg, path, tmp_path / "run")
         engine, learner = pool.engines.actors[0], learners.actors[0]
         prompts = load_prompts(cfg.data.train_files, cfg.data.image_folders, "rec")[0][:2]
         first = ray.get(engine.generate.remote(prompts))
@@ -111,7 +108,7 @@ def test_a_builtin_family_trains_and_evaluates_from_the_main_command(slug, synth
     updates are zero: the update itself is tested above.)"""
     out = tmp_path / "run"
     env = {**os.environ, "VLM_R1_RAY_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, str(REPO / "orchestrator.py"), "conf=rec", *VLM_R1_DEFAULTS, f"model.path=builtin:tiny-{slug}-random",
+    cmd = [sys.executable, str(REPO / "orchestrator.py"), "conf=task/rec", f"model.path=builtin:tiny-{slug}-random",
            f"data.synthetic.dir={synthetic}", f"trainer.output_dir={out}", "cluster.include_dashboard=false",
            "trainer.max_steps=2", "trainer.prompts_per_step=2", "rollout.num_generations=4",
            "rollout.max_new_tokens=24", "trainer.eval_steps=2", "eval.train_samples=8", "wandb.mode=disabled"]

@@ -8,7 +8,8 @@ Layout of ``<output_dir>/checkpoints/step_000100/``::
     state.json   the orchestrator's state: step, data position, per-step metrics so far
     COMPLETE     written last; only directories that have it count
 
-``latest`` returns the newest complete checkpoint; ``rotate`` keeps the newest ``keep``.
+``latest`` returns the newest complete checkpoint; ``rotate`` keeps the newest ``keep``. ``save``
+writes one from the learner ranks and the driver's state; ``resume`` restores a run from one.
 """
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ import os
 import pathlib
 import shutil
 import time
+
+import ray
+
+from actors.group import role_of
+from trainer.pipeline import from_json, to_json
 
 PREFIX = "step_"
 
@@ -74,12 +80,63 @@ def rotate(out_dir, keep: int) -> list[pathlib.Path]:
     return removed
 
 
-def copy_processor_files(src: str, dst: pathlib.Path) -> None:
-    """Tokenizer, processor and chat-template files of the original model, beside new weights."""
-    names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-             "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
-             "chat_template.jinja", "chat_template.json", "added_tokens.json", "generation_config.json")
-    for n in names:
-        s = pathlib.Path(src) / n
-        if s.is_file() and not (dst / n).exists():
-            shutil.copy2(s, dst / n)
+def save(out_dir, step: int, learners, sampler, history: list, keep: int, in_flight=()) -> pathlib.Path:
+    """A complete checkpoint of ``step``: every learner rank's state, the data position, the metric
+    rows so far and the generated batches not yet trained; older ones beyond ``keep`` are deleted."""
+    tmp = staging(out_dir, step)
+    ray.get(learners.call("save_checkpoint", str(tmp)))
+    final = commit(tmp, step, {"step": step, "sampler": sampler.state(), "history": history,
+                               "in_flight": [to_json(b) for b in in_flight]})
+    rotate(out_dir, keep)
+    return final
+
+
+def resume(spec, out_dir: pathlib.Path, learners, engines, sampler, train: list, max_staleness: int) -> tuple[int, list, list]:
+    """Restore learner state, data position, metrics and the batches that were generated but not
+    yet trained (asynchronous runs) from checkpoint ``spec`` (``auto``: the newest complete one in
+    ``out_dir``; None: start fresh), and push its weights to the engines. Returns (step, history,
+    in_flight)."""
+    if not spec:
+        return 0, [], []
+    ckpt = latest(out_dir) if spec == "auto" else pathlib.Path(spec)
+    if ckpt is None:
+        print(f"trainer.resume=auto: no complete checkpoint in {out_dir}, starting fresh", flush=True)
+        return 0, [], []
+    if not (ckpt / "COMPLETE").is_file():
+        raise SystemExit(f"{ckpt} is not a complete checkpoint (no COMPLETE marker)")
+    state = json.loads((ckpt / "state.json").read_text())
+    saved = state.get("in_flight", [])
+    if len(saved) > max_staleness:
+        raise SystemExit(f"{ckpt} holds {len(saved)} generated batches waiting for training, more than "
+                         f"trainer.max_staleness={max_staleness}: resume with trainer.max_staleness={len(saved)} "
+                         "(or more) so that none is dropped")
+    ray.get(learners.call("load_checkpoint", str(ckpt)))
+    sampler.load_state(state["sampler"])
+    step, history = int(state["step"]), state["history"]
+    engines.sync(version=step)
+    by_id = {p.id: p for p in train}
+    in_flight = [from_json(b, by_id) for b in saved]
+    metrics = out_dir / "metrics.jsonl"
+    if metrics.exists():  # drop rows the interrupted run wrote after the checkpoint
+        keep = [line for line in metrics.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        metrics.write_text("".join(line + "\n" for line in keep))
+    print(f"resumed from {ckpt} at step {step}" + (f" with {len(in_flight)} generated batches" if in_flight else ""),
+          flush=True)
+    return step, history, in_flight
+
+
+def restartable(error: BaseException, mode: str, out_dir: pathlib.Path, restart: int, max_restarts: int) -> bool:
+    """After an actor died: True when it was a learner rank of a training run with restarts left
+    (every role is then rebuilt and the run resumes from the last complete checkpoint), False for
+    any other death (re-raise it). With no restart left: stop, saying how to continue."""
+    if role_of(error) != "learner" or mode != "train":
+        return False
+    last = latest(out_dir)
+    where = f"the last complete checkpoint is {last}" if last else "no checkpoint was written yet"
+    if restart == max_restarts:
+        raise SystemExit(f"a learner rank died ({error.__class__.__name__}); {where}. Continue with the same "
+                         f"command plus trainer.resume=auto (or set trainer.max_restarts to restart "
+                         f"automatically); the worker logs are under Ray's session dir.") from None
+    print(f"a learner rank died; {where}: restarting every role and resuming from it "
+          f"(restart {restart + 1} of trainer.max_restarts={max_restarts})", flush=True)
+    return True

@@ -180,3 +180,20 @@ def save(path, metrics: dict, records: list[dict]) -> None:
     """Results as JSON: metrics and every record (the report's gallery reads them)."""
     with open(path, "w") as f:
         json.dump({"metrics": metrics, "records": records}, f)
+
+
+def latest(out_dir, step: int) -> dict | None:
+    """Metrics of the newest evaluation saved at or before ``step`` (None if there is none)."""
+    done = sorted(p for p in (out_dir / "eval").glob("step_*.json") if int(p.stem[5:]) <= step) \
+        if (out_dir / "eval").is_dir() else []
+    return json.loads(done[-1].read_text())["metrics"] if done else None
+
+
+def periodic(engines, prompts: list, task: str, step: int, out_dir, monitor) -> dict:
+    """Evaluate during training: greedy answers on the val subset, saved as ``eval/step_N.json``
+    and logged as ``eval/*``."""
+    metrics, records = run_eval(engines, prompts, task)
+    (out_dir / "eval").mkdir(exist_ok=True)
+    save(out_dir / "eval" / f"step_{step:06d}.json", metrics, records)
+    monitor.log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+    return metrics

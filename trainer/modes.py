@@ -10,12 +10,19 @@ from __future__ import annotations
 import pathlib
 import time
 
+import ray
 
-def eval_only(cfg, model_path: str, val: list, out_dir: pathlib.Path) -> dict:
-    from actors.engine_pool import EnginePool
-    from actors.roles import create_engines
-    from trainer import evaluate
-    pool = EnginePool(create_engines(cfg, model_path), timeout_s=cfg.rollout.timeout_s)
+from actors.engine_pool import EnginePool
+from conf import plain
+from data.sampler import PromptSampler
+from trainer import checkpoint, evaluate
+from trainer.monitor import Monitor
+from trainer.progress import progress
+from trainer.roles import create_engines, create_learners
+
+
+def eval_only(cfg, model_path: str, val: list, out_dir: pathlib.Path, env: dict[str, str]) -> dict:
+    pool = EnginePool(create_engines(cfg, model_path, env), timeout_s=cfg.rollout.timeout_s)
     prompts = evaluate.subset(val, cfg.eval.max_samples, cfg.eval.subset_seed)
     t0 = time.perf_counter()
     metrics, records = evaluate.run_eval(pool, prompts, cfg.data.task)
@@ -27,17 +34,11 @@ def eval_only(cfg, model_path: str, val: list, out_dir: pathlib.Path) -> dict:
     return metrics
 
 
-def sft_loop(cfg, model_path: str, train: list, out_dir: pathlib.Path, save_checkpoint) -> dict:
-    import ray
-    from trainer.progress import progress
-
-    from actors.roles import create_learners, plain
-    from data.sampler import PromptSampler
-    from trainer.monitor import Monitor
+def sft_loop(cfg, model_path: str, train: list, out_dir: pathlib.Path, env: dict[str, str]) -> dict:
     B = cfg.trainer.prompts_per_step
     if B % cfg.learner.world_size:
         raise SystemExit(f"trainer.prompts_per_step={B} must divide over learner.world_size={cfg.learner.world_size}")
-    learners = create_learners(cfg, model_path, B // cfg.learner.world_size)
+    learners = create_learners(cfg, model_path, B // cfg.learner.world_size, env)
     sampler = PromptSampler(len(train), B, cfg.seed, cfg.data.shuffle, cfg.trainer.epochs)
     monitor = Monitor(out_dir, cfg.wandb, plain(cfg))
     steps = min(cfg.trainer.max_steps, sampler.steps_available())
@@ -50,7 +51,7 @@ def sft_loop(cfg, model_path: str, train: list, out_dir: pathlib.Path, save_chec
         monitor.log(row)
         bar.set_postfix(loss=f"{row['sft_loss']:.3f}", acc=f"{row['token_acc']:.2f}")
     monitor.close()
-    final = save_checkpoint(out_dir, steps, learners, sampler, history, cfg.trainer.keep_checkpoints)
+    final = checkpoint.save(out_dir, steps, learners, sampler, history, cfg.trainer.keep_checkpoints)
     print(f"\nsft done: {steps} steps; loss {history[0]['sft_loss']:.3f} -> {history[-1]['sft_loss']:.3f}; "
           f"policy: {final / 'hf'} (use it as model.path)")
     return {"steps": steps, "loss_first": history[0]["sft_loss"], "loss_last": history[-1]["sft_loss"],

@@ -1,5 +1,8 @@
 """Batches between the engines and the learner: generated, scored, waiting to be trained.
 
+    batches = Prefetch(BatchSource(engines, scorer_pool, train, sampler, rules, seed), K, max_steps, start)
+    batch = batches.take(step)       # step's batch: generated now (K = 0) or K steps ago
+    batches.ahead(step)              # K > 0: generate step + K's beside step's update
     b = generate_batch(engines, scorer_pool, prompts, step=7, version=6, seed=0)   # G samples each, scored
     state = [to_json(b) for b in in_flight]      # into a checkpoint: nothing generated is lost
     in_flight = [from_json(s, prompts_by_id) for s in state]
@@ -15,26 +18,16 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
+
+from samples import Batch, Rollout
+from trainer.sampling import signal_frac
 
 
 def sample_seed(seed: int, step: int, prompt_id: str) -> int:
     """The sampling seed of one prompt at one step: the same in a resumed run as in the original,
     and the same whatever the staleness (a batch is seeded by the step that trains it)."""
     return zlib.crc32(f"{seed}/{step}/{prompt_id}".encode()) & 0x7FFFFFFF
-
-
-@dataclass
-class Batch:
-    """One step's prompts with their G scored samples each, in prompt order then sample order."""
-    step: int                     # 0-based index of the step that trains it
-    prompts: list                 # data.loaders.Prompt
-    rollouts: list                # actors.rollout.Rollout, grouped by prompt
-    scored: dict                  # (prompt id, sample) -> {"total", "values"}
-    failures: dict                # "reward/reason" -> parse-failure count
-    version: int                  # updates the generating weights had seen
-    times: dict = field(default_factory=dict)  # rollout / reward seconds, queue depth, engine restarts
-    rules: dict = field(default_factory=dict)  # the scheduled reward values it was scored with (rule/...)
 
 
 def generate_batch(engines, scorer_pool, prompts: list, step: int, version: int, seed: int, rules=None,
@@ -126,8 +119,40 @@ class BatchSource:
                                now if self.rules else None, self.rules.scalars(now), refill)
         if fill is not None:
             return fill.result(batch)
-        from trainer.sampling import signal_frac
         batch.times["sampling/signal_frac"] = signal_frac(batch, self.metric, self.min_std, weights)
+        return batch
+
+
+class Prefetch:
+    """The batches ahead of the learner. With ``max_staleness`` K > 0 the batches of steps
+    start .. start+K-1 are generated before the first update (all with the weights of version
+    ``start``), and then the engines generate the batch of step t+K while the learner trains step t;
+    a resumed run brings the ones its checkpoint saved (``waiting``). With K = 0 each step's batch is
+    generated when it is taken, with the current weights."""
+
+    def __init__(self, source: BatchSource, max_staleness: int, max_steps: int, start: int, waiting=()):
+        self.source, self.K, self.max_steps = source, max_staleness, max_steps
+        self.waiting = list(waiting)
+        while len(self.waiting) < self.K and start + len(self.waiting) < max_steps:
+            b = source(start + len(self.waiting))
+            if b is None:
+                break
+            self.waiting.append(b)
+
+    def take(self, step: int) -> Batch | None:
+        """The batch ``step`` trains (None: the data is used up), checked for staleness."""
+        batch = self.waiting.pop(0) if self.waiting else self.source(step)
+        if batch is not None:
+            check_staleness(batch, step, self.K)
+        return batch
+
+    def ahead(self, step: int) -> Batch | None:
+        """K > 0: generate and score the batch of step + K now (beside step's update); returns it."""
+        if not self.K or step + self.K >= self.max_steps:
+            return None
+        batch = self.source(step + self.K)
+        if batch is not None:
+            self.waiting.append(batch)
         return batch
 
 
@@ -162,7 +187,6 @@ def to_json(b: Batch) -> dict:
 
 def from_json(d: dict, prompts_by_id: dict) -> Batch:
     """The batch ``to_json`` saved; its prompts looked up in this run's training data."""
-    from actors.rollout import Rollout
     missing = [i for i in d["prompt_ids"] if i not in prompts_by_id]
     if missing:
         raise SystemExit(f"the checkpoint holds a generated batch for prompts {missing[:3]} that are not in this "

@@ -33,7 +33,8 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from trainer.pipeline import Batch
+from rewards import REGISTRY, resolve
+from samples import Batch
 
 
 def task_metric(values: dict, metric: str | None, weights: dict | None = None) -> float:
@@ -50,7 +51,6 @@ def task_metric(values: dict, metric: str | None, weights: dict | None = None) -
     """
     if metric:
         return float(values.get(metric, 0.0))
-    from rewards import REGISTRY
     acc = [n for n in values if n in REGISTRY and REGISTRY[n].accuracy]
     trained = [n for n in acc if (weights or {}).get(n, 1.0) != 0]
     return float(sum(values[n] for n in (trained or acc)))
@@ -226,3 +226,15 @@ class Fill:
                           "sampling/surplus": max(0, with_signal - B),
                           "sampling/filled": B - min(with_signal, B), "sampling/data_exhausted": int(self.exhausted)})
         return out
+
+
+def dynamic_sampler(ds, prompts_per_step: int, history: list) -> tuple[DynamicSampler | None, float, str | None]:
+    """``BatchSource``'s dynamic-sampling arguments from the ``rollout.dynamic_sampling`` section:
+    the sampler (None when off; a resumed run replays its running rate from ``history``), the
+    spread threshold and the judged reward's name (None: the task's accuracy rewards)."""
+    metric = resolve(ds.metric) if ds.metric else None
+    sampler = None
+    if ds.enabled:
+        sampler = DynamicSampler(prompts_per_step, ds.min_std, ds.max_rounds, metric, ds.oversample)
+        sampler.replay(history)
+    return sampler, ds.min_std, metric

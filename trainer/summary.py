@@ -1,14 +1,20 @@
-"""What a step logs and what a run prints at the end (used by orchestrator.py)."""
+"""What a step logs and what a run prints at the end (used by orchestrator.py): the metric row, hack
+and drift signals, the screening of flagged samples, the CPU share, and the closing summary."""
 from __future__ import annotations
 
 import json
 import pathlib
+import time
+
+import ray
+
+from rewards.boxes import iou
+from trainer import evaluate
 
 
 def step_metrics(step: int, batch, totals, tm: dict, phase: dict) -> dict:
     """The flat metric row of one step: ``batch`` is the ``trainer.pipeline.Batch`` it trained on,
     ``tm`` the learner's metrics, ``phase`` the driver's timings."""
-    from trainer import evaluate
     rollouts, scored = batch.rollouts, batch.scored
     names = sorted({n for r in rollouts for n in scored[r.key]["values"]})
     lengths = [len(r.completion_token_ids) for r in rollouts]
@@ -62,7 +68,6 @@ def hack_signals(rollouts, records) -> dict:
 def _box_hacks(rollout, boxes) -> tuple[list[bool], list[bool]]:
     """Per box: does it repeat an earlier box of the answer (IoU > 0.9); does it cover 90% or more
     of the image."""
-    from rewards.boxes import iou
     dups = [any(iou(b, a, "continuous") > 0.9 for a in boxes[:i]) for i, b in enumerate(boxes)]
     if not rollout.prompt.image_sizes:
         return dups, [False] * len(boxes)
@@ -92,6 +97,18 @@ def sample_flags(rollout, record) -> set[str]:
 
 # (training-row key, evaluation metric) compared by hack/train_eval_gap, the first pair a run has
 GAP_PAIRS = (("accuracy", "accuracy"), ("reward/ovd_map", "mAP"))
+
+
+def screen_out(rollouts, flags: frozenset, adv) -> float:
+    """Set the advantage of every completion showing one of ``flags`` to 0 (in place): it stays out
+    of the policy gradient. Returns the share screened."""
+    if not flags:
+        return 0.0
+    hit = [bool(sample_flags(r, evaluate.record(r)) & flags) for r in rollouts]
+    for i, h in enumerate(hit):
+        if h:
+            adv[i] = 0.0
+    return sum(hit) / max(len(hit), 1)
 
 
 def drift_signals(row: dict, first: dict | None, last_eval: dict | None) -> dict:
@@ -178,7 +195,6 @@ class CpuMeter:
         self._mark: tuple[dict, float, float] | None = None
 
     def _sample(self) -> dict:
-        import ray
         actors = [a for g in self.groups for a in g.actors]
         try:
             seconds = ray.get([a.cpu_seconds.remote() for a in actors], timeout=30)
@@ -187,11 +203,9 @@ class CpuMeter:
         return {a._actor_id.hex(): s for a, s in zip(actors, seconds)}
 
     def start(self) -> None:
-        import time
         self._mark = (self._sample(), time.process_time(), time.perf_counter())
 
     def stop(self) -> None:
-        import time
         if self._mark is None:
             return
         before, driver0, wall0 = self._mark
@@ -204,3 +218,44 @@ class CpuMeter:
     def share(self) -> float | None:
         """CPU busy share of the measured intervals (1.0: every core busy all the time)."""
         return self.cpu / (self.wall * self.cores) if self.wall > 0 else None
+
+
+class StepTimes:
+    """Where the run's wall time goes: each step's phases (the metric row's ``time/*``), the run's
+    totals (summary.json) and, through ``meter``, the CPU share of the training part of each step
+    (from ``start`` to ``stop``: evaluations and checkpoints are left out)."""
+
+    def __init__(self, groups: list, cores: float):
+        self.meter = CpuMeter(groups, cores)
+        self.total = {"rollout": 0.0, "reward": 0.0, "train": 0.0, "sync": 0.0, "eval_ckpt": 0.0}
+        self.t_run = self.t_step = self.t = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.meter.start()
+        self.t_step = self.t = time.perf_counter()
+        self.laps = {}
+
+    def lap(self, name: str) -> None:
+        """Seconds since the last lap (or ``start`` / ``stop``) are phase ``name``."""
+        now = time.perf_counter()
+        self.laps[name], self.t = now - self.t, now
+        if name == "eval_ckpt":
+            self.total[name] += self.laps[name]
+
+    def stop(self, batch, fresh, sync_bytes: int) -> dict:
+        """The step's phases. ``batch``: the batch trained; ``fresh``: the batch generated during the
+        step (the same one when synchronous; step + K's, or None, when asynchronous), whose rollout
+        and reward seconds the step's wall time holds."""
+        self.meter.stop()
+        made = fresh.times if fresh is not None else {}
+        phase = {**batch.times, "train": self.laps["train"], "sync": self.laps["sync"], "sync_bytes": sync_bytes,
+                 "rollout": made.get("rollout", 0.0), "reward": made.get("reward", 0.0),
+                 "step": time.perf_counter() - self.t_step}
+        for k in ("rollout", "reward", "train", "sync"):
+            self.total[k] += phase[k]
+        self.t = time.perf_counter()
+        return phase
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.t_run

@@ -5,7 +5,7 @@ import pytest
 import ray
 
 import conf
-import orchestrator
+from trainer.roles import launch
 from data.loaders import load_prompts
 from tests.actors.test_runtime import _gap, _items
 
@@ -22,10 +22,8 @@ def test_delta_sync_keeps_engine_and_learner_weights_identical(tiny_model, synth
         "rollout.dtype=bfloat16", "rollout.sync_delta=true", "rollout.sync_full_every=2", "rollout.num_generations=4",
         "trainer.prompts_per_step=2", "rollout.max_new_tokens=24", "reward.num_workers=1",
         f"trainer.output_dir={tmp_path / 'run'}"]), tmp_path / "cache")
-    orchestrator.start_ray(cfg, tmp_path / "run")
     try:
-        from actors.roles import create_roles
-        pool, learners, _ = create_roles(cfg, tiny_model)
+        cfg, pool, learners, _ = launch(cfg, tiny_model, tmp_path / "run")
         engine, learner = pool.engines.actors[0], learners.actors[0]
         names = [m[0] for m in pool.meta]
         dense = sum(math.prod(shape) * 2 for _, _, shape in pool.meta)

@@ -11,8 +11,7 @@ import ray
 
 from actors.group import ActorGroup
 from actors.reward_worker import RewardWorker, ScorerPool
-from actors.rollout import Rollout
-from data.loaders import Prompt
+from samples import Prompt, Rollout
 
 pytestmark = pytest.mark.e2e
 REPO = pathlib.Path(__file__).resolve().parents[2]

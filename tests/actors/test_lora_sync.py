@@ -6,7 +6,7 @@ import ray
 import torch
 
 import conf
-import orchestrator
+from trainer.roles import launch
 from data.loaders import load_prompts
 from tests.actors.test_runtime import _gap, _items
 
@@ -21,10 +21,8 @@ def _run(tiny_model, synthetic, tmp_path, sync: str, updates: int = 2, extra=())
         "learner.zero_stage=2", "rollout.num_generations=4", "trainer.prompts_per_step=2",
         "rollout.max_new_tokens=24", "reward.num_workers=1", f"trainer.output_dir={tmp_path / 'run'}"]),
         tmp_path / "cache")
-    orchestrator.start_ray(cfg, tmp_path / "run")
     try:
-        from actors.roles import create_roles
-        pool, learners, _ = create_roles(cfg, tiny_model)
+        cfg, pool, learners, _ = launch(cfg, tiny_model, tmp_path / "run")
         engine, learner = pool.engines.actors[0], learners.actors[0]
         prompts = load_prompts(cfg.data.train_files, cfg.data.image_folders, "rec")[0][:2]
         sent, gaps = [], []

@@ -6,7 +6,7 @@ import pytest
 import ray
 
 import conf
-import orchestrator
+from trainer.roles import launch
 from data.loaders import load_prompts
 from tests.actors.test_runtime import _gap, _items
 
@@ -21,10 +21,8 @@ def test_every_sync_changes_the_engines_weights_to_the_learners(tiny_model, synt
         f"rollout.weight_transfer={transfer}", "rollout.num_generations=4", "trainer.prompts_per_step=2",
         "rollout.max_new_tokens=24", "reward.num_workers=1", f"trainer.output_dir={tmp_path / 'run'}", *extra]),
         tmp_path / "cache")
-    orchestrator.start_ray(cfg, tmp_path / "run")
     try:
-        from actors.roles import create_roles
-        pool, learners, _ = create_roles(cfg, tiny_model)
+        cfg, pool, learners, _ = launch(cfg, tiny_model, tmp_path / "run")
         engine, learner = pool.engines.actors[0], learners.actors[0]
         entry = ray.get(engine.transfer_entry.remote())
         assert entry == ("GlooWeightTransfer" if transfer == "vllm" else "extension")

@@ -2,7 +2,6 @@
 import pathlib
 
 import pytest
-from omegaconf import OmegaConf
 
 import conf
 from conf import ConfigError
@@ -54,11 +53,12 @@ def test_required_keys_exist_with_their_names():
             node = node[part]
 
 
-@pytest.mark.parametrize("path", sorted(p for p in conf.CONF_DIR.glob("*.yaml") if p.stem != "base"))
-def test_every_shipped_yaml_validates_and_resolves(path, tmp_path):
-    c = conf.resolve(conf.load([f"conf={path.stem}"]), tmp_path)
+@pytest.mark.parametrize("name", [n for n in conf.shipped() if not n.startswith("recipe/")])
+def test_every_shipped_yaml_validates_and_resolves(name, tmp_path):
+    c = conf.resolve(conf.load([f"conf={name}"]), tmp_path)
     assert str(tmp_path) in c.data.train_files
-    assert c.data.task == {"rec": "rec", "ovd": "ovd", "vlm_r1_rec": "rec", "vlm_r1_ovd": "ovd"}.get(path.stem, "qa")
+    task = name.split("/")[-1].removeprefix("vlm_r1_")
+    assert c.data.task == (task if task in ("rec", "ovd") else "qa")
     from data.synthetic import TASKS
     for f in (c.data.train_files + ":" + c.data.val_files).split(":"):  # each names a file the generator writes
         assert any(f.endswith(f"/{t}_train.jsonl") or f.endswith(f"/{t}_val.jsonl") for t in TASKS), f
@@ -150,25 +150,3 @@ def test_the_embedded_recipes_and_vlm_r1s_own():
         assert 16 * 8 % v.learner.world_size == 0
         assert dict(v.reward.funcs) == ({"rec_format": 1.0, "rec_iou": 1.0} if task == "rec" else
                                         {"format": 1.0, "ovd_odlength": 1.0})
-
-
-def test_the_tiny_recipe_with_a_real_checkpoint_warns_and_names_vlm_r1s():
-    with pytest.warns(UserWarning, match="use conf=vlm_r1_ovd"):
-        conf.load(["conf=ovd", "model.path=/models/Qwen2.5-VL-3B-Instruct"])
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        conf.load(["conf=ovd"])  # the embedded model it was made for
-        conf.load(["conf=rec", "model.path=/models/x", "learner.lr=1e-6"])  # the user chose the lr
-        conf.load(["conf=vlm_r1_rec", "model.path=/models/x"])
-        conf.load(["conf=rec", "mode=eval", "model.path=/models/x"])  # no learning rate involved
-
-
-def test_base_recipe_puts_base_yaml_back_over_the_embedded_one_and_keeps_the_task():
-    base = conf.load([])
-    for task in ("rec", "ovd"):
-        c = conf.load([f"conf={task}", *conf.base_recipe()])
-        for key in ("learner.lr", "learner.beta", "learner.dtype", "trainer.max_steps", "trainer.prompts_per_step",
-                    "trainer.eval_steps", "eval.train_samples", "data.synthetic.scene"):
-            assert OmegaConf.select(c, key) == OmegaConf.select(base, key), (task, key)
-        assert c.data.task == task and c.model.path.startswith("builtin:tiny-qwen3-vl-one-shape")

@@ -179,7 +179,7 @@ def test_ovd_labels_in_any_unicode_load_and_score_exactly(tmp_path, folder, labe
 
 def test_the_run_reads_validation_images_from_their_own_or_the_training_folders(tmp_path, folder):
     import conf
-    import orchestrator
+    from data.prepare import load_splits
     other, val_dir = tmp_path / "other", tmp_path / "val_imgs"
     other.mkdir(), val_dir.mkdir()
     Image.new("RGB", (30, 30)).save(other / "o.png")
@@ -189,12 +189,16 @@ def test_the_run_reads_validation_images_from_their_own_or_the_training_folders(
     val = _write(tmp_path / "val.jsonl", [_row("ok.png", id="v1"), _row("o.png", id="v2")])
     base = [f"data.train_files={f1}:{f2}", f"data.image_folders={folder}:{other}", f"data.val_files={val}",
             f"data.synthetic.dir={tmp_path / 'syn'}"]
-    train, val_prompts, report = orchestrator.load_data(conf.load(base))  # searched in the training folders
+    train, val_prompts, report = load_splits(conf.load(base).data)  # searched in the training folders
     assert [p.id for p in train] == ["a1", "b1"] and [p.id for p in val_prompts] == ["v1", "v2"]
     own = _write(tmp_path / "val2.jsonl", [_row("v.png", id="w1"), _row("ok.png", id="w2")])
-    _, val_prompts, report = orchestrator.load_data(conf.load([*base[:2], f"data.val_files={own}",
-                                                              f"data.val_image_folders={val_dir}", base[3]]))
+    _, val_prompts, report = load_splits(conf.load([*base[:2], f"data.val_files={own}",
+                                                  f"data.val_image_folders={val_dir}", base[3]]).data)
     assert [p.images for p in val_prompts] == [(str(val_dir / "v.png"),)] and report.skipped == {"missing_image": 1}
-    with pytest.raises(SystemExit, match="no usable validation rows"):
-        orchestrator.load_data(conf.load([*base[:2], f"data.val_files={own}", f"data.val_image_folders={other}",
-                                          base[3]]))
+    with pytest.raises(DataError, match="no usable validation rows.*: 2 missing_image"):
+        load_splits(conf.load([*base[:2], f"data.val_files={own}", f"data.val_image_folders={other}",
+                               base[3]]).data)
+    # mode=eval reads only the validation files: training files that do not exist stop nothing
+    only_val = load_splits(conf.load([f"data.train_files={tmp_path / 'gone.jsonl'}", f"data.val_files={val}",
+                                      f"data.image_folders={folder}", base[3]]).data, train=False)
+    assert only_val[0] == [] and [p.id for p in only_val[1]] == ["v1"]

@@ -33,7 +33,7 @@ def test_processor_gives_one_token_per_28px_patch(tiny_model, size, tokens):
     # 14 px patches merged 2x2: (W/28) x (H/28) tokens after rounding each side to a multiple of 28
     # (120 -> 112 = 4, 128 -> 140 = 5: 4 * 5 = 20)
     from transformers import AutoProcessor
-    from data.images import model_input_size
+    from models import model_input_size
     proc = AutoProcessor.from_pretrained(tiny_model)
     text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
                                     add_generation_prompt=True, tokenize=False)

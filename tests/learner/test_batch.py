@@ -3,7 +3,8 @@ import json
 
 import torch
 
-from learner.batch import TrainItem, collate
+from learner.batch import collate
+from samples import TrainItem
 from learner.grpo import token_logprobs
 
 

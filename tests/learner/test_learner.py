@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import conf
-from learner.batch import TrainItem, collate, sanitize
-from learner.weight_sync import free_port
+from learner.batch import collate, sanitize
+from samples import TrainItem
+from weights.net import free_port
 
 
 def _items(tiny_model, synthetic, n=4, vision_junk=False):
@@ -232,7 +233,8 @@ def test_the_learner_listens_on_its_own_address_only(tiny_model):
     code = """
 import json, os, sys, psutil
 from tests.learner.test_learner import _learner
-from learner.weight_sync import WeightSender, free_port
+from weights.net import free_port
+from weights.wire import WeightSender
 lr = _learner(sys.argv[1], 2)
 sender = WeightSender("127.0.0.1", free_port(), 1)
 print(json.dumps([c.laddr.ip for c in psutil.net_connections("inet") if c.pid == os.getpid() and c.status == "LISTEN"]))

@@ -3,8 +3,7 @@ import random
 
 import pytest
 
-from data.loaders import Prompt
-from actors.rollout import Rollout
+from samples import Prompt, Rollout
 from trainer import evaluate
 
 
@@ -56,8 +55,7 @@ def test_subset_is_vlm_r1s_seeded_sample():
 
 
 def test_qa_answers_are_scored_by_the_rows_own_method():
-    from data.loaders import Prompt
-    from actors.rollout import Rollout
+    from samples import Prompt, Rollout
 
     def qa(text, solution, method):
         p = Prompt("q", ("/nonexistent.png",), ((100, 100),), "how many?", solution, "qa", method)

@@ -3,10 +3,9 @@ import json
 
 import pytest
 
-from actors.rollout import Rollout
-from data.loaders import Prompt
+from samples import Prompt, Rollout
 from trainer import evaluate
-from trainer.summary import hack_signals
+from trainer.summary import hack_signals, screen_out
 
 
 def _rollout(pid, gt_items, pred_items, size=(100, 100)):
@@ -31,16 +30,15 @@ def test_hack_signals_by_hand():
 
 
 def test_drift_signals_use_the_first_step_and_the_newest_saved_evaluation(tmp_path):
-    import orchestrator
     from trainer.summary import drift_signals
     (tmp_path / "eval").mkdir()
     for step, acc in ((0, 0.10), (20, 0.30), (40, 0.50)):
         (tmp_path / "eval" / f"step_{step:06d}.json").write_text(json.dumps({"metrics": {"accuracy": acc}, "records": []}))
-    assert orchestrator.latest_eval(tmp_path, 39) == {"accuracy": 0.30}  # a run resumed at 39 sees step 20's
-    assert orchestrator.latest_eval(tmp_path / "none", 5) is None
+    assert evaluate.latest(tmp_path, 39) == {"accuracy": 0.30}  # a run resumed at 39 sees step 20's
+    assert evaluate.latest(tmp_path / "none", 5) is None
     first = {"completion_len/mean": 40.0}
     row = {"completion_len/mean": 90.0, "accuracy": 0.75}
-    assert drift_signals(row, first, orchestrator.latest_eval(tmp_path, 39)) == {
+    assert drift_signals(row, first, evaluate.latest(tmp_path, 39)) == {
         "hack/length_growth": 2.25, "hack/train_eval_gap": 0.45}
     assert drift_signals({"completion_len/mean": 30.0}, None, None) == {"hack/length_growth": 1.0}  # the first step
     ovd = drift_signals({"reward/ovd_map": 0.6}, None, {"mAP": 0.2, "AP50": 0.4})
@@ -50,7 +48,7 @@ def test_drift_signals_use_the_first_step_and_the_newest_saved_evaluation(tmp_pa
 def test_screened_completions_get_no_advantage_and_the_rest_keep_theirs():
     import torch
 
-    import orchestrator
+
     from trainer.summary import sample_flags
     cat = lambda b: {"bbox_2d": b, "label": "cat"}  # noqa: E731
     rollouts = [_rollout("a", [cat([10, 10, 30, 30])], [cat([10, 10, 30, 30])]),                       # clean
@@ -60,6 +58,6 @@ def test_screened_completions_get_no_advantage_and_the_rest_keep_theirs():
     flags = [sample_flags(r, evaluate.record(r)) for r in rollouts]
     assert flags == [set(), {"duplicate_boxes", "extra_boxes"}, {"whole_image"}, {"no_box"}]
     adv = torch.tensor([1.0, -0.5, 2.0, -1.0], dtype=torch.float64)
-    assert orchestrator.screen_out(rollouts, frozenset({"duplicate_boxes", "whole_image"}), adv) == 0.5
+    assert screen_out(rollouts, frozenset({"duplicate_boxes", "whole_image"}), adv) == 0.5
     assert adv.tolist() == [1.0, 0.0, 0.0, -1.0]
-    assert orchestrator.screen_out(rollouts, frozenset(), adv) == 0.0 and adv.tolist() == [1.0, 0.0, 0.0, -1.0]
+    assert screen_out(rollouts, frozenset(), adv) == 0.0 and adv.tolist() == [1.0, 0.0, 0.0, -1.0]

@@ -10,7 +10,6 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import VLM_R1_DEFAULTS
 
 pytestmark = pytest.mark.e2e
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -32,7 +31,7 @@ def warm_model(tiny_model, tmp_path_factory):
             os.environ["VLM_R1_RAY_CACHE"] = old
 
 
-COMMON = ["conf=rec", *VLM_R1_DEFAULTS, "trainer.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=40",
+COMMON = ["conf=task/rec", "trainer.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=40",
           "learner.lr=2e-4", "trainer.eval_steps=0", "trainer.report=false", "wandb.mode=disabled",
           "cluster.include_dashboard=false",
           # a reward rule that moves mid-run on a logged metric (here the step, so that it moves for sure):
@@ -171,7 +170,7 @@ def test_checkpoint_loads_in_transformers_and_evaluates_with_vllm(tmp_path, warm
 
 
 def test_metrics_reach_the_prometheus_endpoint_during_a_run(tmp_path, warm_model, synthetic):
-    from learner.weight_sync import free_port
+    from weights.net import free_port
     port = free_port()
     seen: dict = {}
 

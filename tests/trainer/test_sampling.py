@@ -5,11 +5,9 @@ import random
 
 import pytest
 
-from actors.rollout import Rollout
-from data.loaders import Prompt
+from samples import Batch, Prompt, Rollout
 from actors.group import shard
 from data.sampler import PromptSampler
-from trainer.pipeline import Batch
 from trainer.sampling import DynamicSampler, group_spread, merge, signal_frac, task_metric
 
 G = 8

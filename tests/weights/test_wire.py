@@ -6,7 +6,9 @@ import threading
 import pytest
 import torch
 
-from learner.weight_sync import Packer, free_port, gloo_group, receive_packs, tcp_store, wire_packs
+from weights.net import free_port, gloo_group, tcp_store
+
+from weights.wire import Packer, receive_packs, wire_packs
 
 
 class Counting:
@@ -72,7 +74,7 @@ def test_delta_updates_rebuild_the_senders_weights_bit_exact_in_fewer_bytes(limi
     """Delta sync over a real gloo pair: a dense first update, then only changed elements (a NaN,
     -0.0 and a tensor that changed everywhere included), a periodic full one; after every update
     the receiver's copy is bit-identical to the sender's, and sparse updates put fewer bytes on the wire."""
-    from learner.weight_sync import DENSE, UNCHANGED, DeltaEncoder, apply_delta, delta_wire_meta, tensor_digest
+    from weights.wire import DENSE, UNCHANGED, DeltaEncoder, apply_delta, delta_wire_meta, tensor_digest
     g = torch.Generator().manual_seed(0)
     shapes = [(64, 64), (300,), (8, 8), (5,)]
     weights = {f"w{i}": torch.randn(s, generator=g).to(torch.bfloat16) for i, s in enumerate(shapes)}
@@ -121,6 +123,6 @@ def test_delta_updates_rebuild_the_senders_weights_bit_exact_in_fewer_bytes(limi
 
 
 def test_a_delta_before_any_full_update_is_refused():
-    from learner.weight_sync import apply_delta
+    from weights.wire import apply_delta
     with pytest.raises(RuntimeError, match="a delta for w arrived before any full weights"):
         apply_delta({}, [("w", "bfloat16", (4,))], [1], iter([("w#idx", torch.tensor([0])), ("w#val", torch.ones(1))]))
