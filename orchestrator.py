@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def train_loop(cfg, why: dict, model_path: str, train: list, val: list, out_dir: pathlib.Path, env: dict,
-          resume: str | None) -> dict:
+               resume: str | None) -> dict:
+    """GRPO: ``cfg`` resolved (``conf.resolve_auto``; ``why``: its reasons), Ray up with ``env`` for
+    every actor; ``resume``: None, ``auto`` or a checkpoint directory."""
     import ray
     import torch
 

@@ -4,7 +4,8 @@
     refs = group.call("setup", addr, port)          # one ref per actor
     refs = group.call_sharded("train", items)        # items split into n contiguous shards
 
-Every ``ray.get`` of the system lives in ``orchestrator.py`` or here, so remote hops stay visible.
+Every ``ray.get`` of the system lives in ``orchestrator.py``, ``trainer/`` (roles, checkpoints,
+modes) or here, so remote hops stay visible.
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ class ActorGroup:
                 **{**opts, "name": f"{name}-{i}" + (f"-r{gen}" if gen else "")}).remote(*args, **(kwargs or {}), **per)))
             self.actors.append(self._spawn[i](0))
         self.replacements = 0
-        self.info: dict = {}  # what the role reported at start-up (set by actors/roles.py)
+        self.info: dict = {}  # what the role reported at start-up (set by trainer/roles.py)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
         """The same call on every actor."""

@@ -1,7 +1,7 @@
 """Rollout engine: one vLLM engine that samples G completions per prompt, with log-probs.
 
-A plain class; ``orchestrator.py`` makes it a Ray actor on its own placement-group bundle (its own
-GPUs on a cluster). Prompts arrive as ``data.loaders.Prompt`` (paths, not pixels): the engine
+A plain class; ``trainer/roles.py`` makes it a Ray actor on its own placement-group bundle (its own
+GPUs on a cluster). Prompts arrive as ``samples.Prompt`` (paths, not pixels): the engine
 opens the images itself, applies the chat template, and returns one ``Rollout`` per sample with
 everything the reward workers and the learner need -- the exact prompt token ids the engine used
 (image placeholders expanded), completion ids/text, finish reason, per-token log-probs, and the

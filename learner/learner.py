@@ -1,6 +1,6 @@
 """The learner: a DeepSpeed rank that recomputes log-probs and applies the GRPO update.
 
-A plain class; ``orchestrator.py`` creates ``learner.world_size`` of them as Ray actors. Each
+A plain class; ``trainer/roles.py`` creates ``learner.world_size`` of them as Ray actors. Each
 rank holds the policy (ZeRO 0-3, fp32 or bf16, optional LoRA and frozen vision tower), a frozen
 reference policy when ``beta != 0``, and a torch AdamW with warmup + schedule. ``train_step``
 takes this rank's share of the step's completions, splits it into micro-batches of

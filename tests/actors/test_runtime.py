@@ -174,6 +174,14 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
                                                  + c * r["reward/ovd_count"])
     assert all(k in rows[0] for k in ("hack/boxes_over_gt", "hack/duplicate_box_frac", "hack/whole_image_frac",
                                       "hack/none_frac"))
+    # the resolved configuration was saved with the run and printed in one block: no cluster-level auto left
+    import yaml
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (saved["trainer"]["max_staleness"], saved["learner"]["lora"]["sync"], saved["rollout"]["sync_pack_mb"]) == (
+        0, "merged", 0.0)
+    assert saved["data"]["task"] == "ovd" and saved["trainer"]["max_steps"] == 2
+    assert f"config ({tmp_path / 'run' / 'config.yaml'}; differences from conf/base.yaml):" in stdout
+    assert "\n  trainer.max_steps: 2\n" in stdout and "\n  trainer.max_staleness: 0\n" in stdout
 
 
 def test_two_learner_ranks_zero3_and_two_engines(tmp_path, tiny_model, synthetic):

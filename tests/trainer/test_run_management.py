@@ -160,7 +160,7 @@ def test_checkpoint_loads_in_transformers_and_evaluates_with_vllm(tmp_path, warm
     AutoProcessor.from_pretrained(hf)
     cmd = [sys.executable, str(REPO / "orchestrator.py"), "conf=rec", "mode=eval", f"model.path={hf}",
            f"data.synthetic.dir={synthetic}", "eval.max_samples=12", f"trainer.output_dir={tmp_path / 'eval'}",
-           "cluster.include_dashboard=false"]
+           "cluster.include_dashboard=false", f"data.train_files={tmp_path / 'none.jsonl'}"]  # eval reads only val
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
