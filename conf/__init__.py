@@ -22,7 +22,9 @@ import warnings
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from conf import ranges
 from conf.hardware import resolve_lora_sync, resolve_pack_mb, resolve_staleness
+from conf.ranges import ConfigError
 from data.scenes import SCENES, data_dir_name
 from models import COORDS, FAMILIES
 from rewards import resolve as resolve_reward
@@ -50,10 +52,6 @@ CHOICES = {
     "rollout.weight_transfer": ["vllm", "extension"],
     "wandb.mode": ["offline", "online", "disabled"],
 }
-
-
-class ConfigError(ValueError):
-    """A configuration mistake, with what to do about it."""
 
 
 def flatten(node, prefix: str = "") -> dict[str, object]:
@@ -162,6 +160,7 @@ def load(argv: list[str] | None = None) -> DictConfig:
         for key, value in flatten(layer).items():
             if key in known:
                 _check_value(key, value, known[key])
+                ranges.check(key, value)
         if OmegaConf.select(layer, "reward.funcs") is not None:
             # a file states its whole reward set; the command line adjusts single weights
             funcs = layer.reward.funcs if layer is not cli else OmegaConf.merge(funcs, layer.reward.funcs)
@@ -231,8 +230,6 @@ def _validate_loop(cfg: DictConfig) -> None:
         if name not in validate_funcs(dict(cfg.reward.funcs)):
             raise ConfigError(f"rollout.dynamic_sampling.metric={ds.metric!r} is not scored in this run: add it to "
                               f"reward.funcs (weight 0.0 scores it without paying it) or set metric to null")
-    if cfg.learner.is_cap <= 1.0:
-        raise ConfigError(f"learner.is_cap={cfg.learner.is_cap} must be above 1 (it caps importance weights)")
 
 
 def _validate_funcs(cfg: DictConfig) -> None:
@@ -253,11 +250,14 @@ def _validate_funcs(cfg: DictConfig) -> None:
 
 
 def resolve(cfg: DictConfig, cache_root: pathlib.Path) -> DictConfig:
-    """Fill the run-time defaults (synthetic data dir) and resolve every interpolation."""
-    if cfg.data.synthetic.dir is None:
-        cfg.data.synthetic.dir = str(cache_root / data_dir_name(cfg.data.synthetic.seed, cfg.data.synthetic.scene))
-    OmegaConf.resolve(cfg)
-    return cfg
+    """A copy of ``cfg`` with the run-time defaults filled (the synthetic data dir under
+    ``cache_root``) and every interpolation resolved."""
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    if out.data.synthetic.dir is None:
+        out.data.synthetic.dir = str(cache_root / data_dir_name(out.data.synthetic.seed, out.data.synthetic.scene))
+    OmegaConf.resolve(out)
+    OmegaConf.set_struct(out, True)
+    return out
 
 
 def resolve_auto(cfg: DictConfig, gpu: bool) -> tuple[DictConfig, dict[str, str]]:

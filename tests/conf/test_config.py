@@ -92,7 +92,7 @@ def test_asynchronous_settings_are_checked_before_anything_starts():
     for bad in ("-1", "big", "true"):
         with pytest.raises(conf.ConfigError, match="sync_pack_mb=.* must be auto or a number of MB"):
             conf.load([f"rollout.sync_pack_mb={bad}"])
-    with pytest.raises(conf.ConfigError, match="is_cap=0.5 must be above 1"):
+    with pytest.raises(conf.ConfigError, match=r"learner.is_cap=0.5 is out of range: it must be > 1"):
         conf.load(["learner.is_cap=0.5"])
     with pytest.raises(conf.ConfigError, match="learner.off_policy='ppo' is not one of"):
         conf.load(["learner.off_policy=ppo"])
