@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> dict:
     from data.prepare import load_splits
     from trainer import checkpoint, cluster, modes
     out_dir = pathlib.Path(cfg.trainer.output_dir).resolve()
-    with cli.user_errors():  # a missing file or a data set without usable rows: one line, exit 2
+    with cli.user_errors():  # another run's directory, a missing file, no usable rows: one line, exit 2
+        if cfg.mode != "eval":
+            checkpoint.claim(out_dir, cfg.trainer.resume)
         train, val, report = load_splits(cfg.data, train=cfg.mode != "eval")
     print(report.summary(), flush=True)
     model_path = resolve_model_path(cfg.model.path, cfg.seed)

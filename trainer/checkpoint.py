@@ -22,6 +22,7 @@ import time
 import ray
 
 from actors.group import role_of
+from conf import ConfigError
 from trainer.pipeline import from_json, to_json
 
 PREFIX = "step_"
@@ -41,7 +42,8 @@ def staging(out_dir, step: int) -> pathlib.Path:
 
 def commit(tmp: pathlib.Path, step: int, state: dict) -> pathlib.Path:
     """Write ``state.json`` and ``COMPLETE`` into ``tmp``, then rename it into place."""
-    (tmp / "state.json").write_text(json.dumps(state))
+    atomic_write(tmp / "state.json", json.dumps(state))
+    _fsync_tree(tmp)  # every file the learner ranks wrote is on disk before COMPLETE says so
     with open(tmp / "COMPLETE", "w") as f:
         f.write(json.dumps({"step": step, "time": time.time()}))
         f.flush()
@@ -51,6 +53,15 @@ def commit(tmp: pathlib.Path, step: int, state: dict) -> pathlib.Path:
         shutil.rmtree(final)
     tmp.rename(final)
     return final
+
+
+def _fsync_tree(top: pathlib.Path) -> None:
+    for path in sorted(top.rglob("*"), reverse=True) + [top]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def complete(out_dir) -> list[pathlib.Path]:
@@ -116,13 +127,56 @@ def resume(spec, out_dir: pathlib.Path, learners, engines, sampler, train: list,
     engines.sync(version=step)
     by_id = {p.id: p for p in train}
     in_flight = [from_json(b, by_id) for b in saved]
-    metrics = out_dir / "metrics.jsonl"
-    if metrics.exists():  # drop rows the interrupted run wrote after the checkpoint
-        keep = [line for line in metrics.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        metrics.write_text("".join(line + "\n" for line in keep))
+    trim_metrics(out_dir / "metrics.jsonl", step)
     print(f"resumed from {ckpt} at step {step}" + (f" with {len(in_flight)} generated batches" if in_flight else ""),
           flush=True)
     return step, history, in_flight
+
+
+RUN_FILES = ("metrics.jsonl", "summary.json", "checkpoints")
+
+
+def claim(out_dir: pathlib.Path, resume) -> None:
+    """A fresh run (``resume`` null) refuses a directory that holds another run's files: it would
+    append to its metrics, and ``trainer.resume=auto`` or checkpoint rotation could later take the
+    other run's checkpoints for its own."""
+    if resume:
+        return
+    found = [n for n in RUN_FILES if (out_dir / n).is_file() or (out_dir / n).is_dir() and any((out_dir / n).iterdir())]
+    if found:
+        raise ConfigError(f"trainer.output_dir={out_dir} holds another run ({', '.join(found)}): continue it with "
+                          "trainer.resume=auto, or give this run a fresh trainer.output_dir")
+
+
+def trim_metrics(path: pathlib.Path, step: int) -> int:
+    """Keep the rows of ``metrics.jsonl`` up to ``step`` (a resumed run rewrites the rest), dropping
+    a torn line (a crash mid-write); the file is replaced atomically. Returns the rows dropped."""
+    if not path.exists():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1  # torn or garbled: the resumed run logs that step again
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            keep.append(line)
+        else:
+            dropped += 1
+    atomic_write(path, "".join(line + "\n" for line in keep))
+    return dropped
+
+
+def atomic_write(path: pathlib.Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a synced temporary file and a rename: a reader sees the old
+    file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def restartable(error: BaseException, mode: str, out_dir: pathlib.Path, restart: int, max_restarts: int) -> bool:

@@ -54,3 +54,13 @@ def test_a_missing_data_file_is_one_line_and_exit_2(tmp_path):
     lines = [ln for ln in p.stderr.splitlines() if not ln.startswith("TORCH")]
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert lines[-1].startswith("data error:") and "gone.jsonl" in lines[-1]
+
+
+def test_a_fresh_run_into_another_runs_directory_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "metrics.jsonl").write_text('{"step": 1}\n')
+    p = run(f"trainer.output_dir={tmp_path / 'out'}", tmp_path=tmp_path)
+    lines = [ln for ln in p.stderr.splitlines() if not ln.startswith("TORCH")]
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert lines[-1] == (f"config error: trainer.output_dir={tmp_path / 'out'} holds another run (metrics.jsonl): "
+                         "continue it with trainer.resume=auto, or give this run a fresh trainer.output_dir")
