@@ -91,8 +91,8 @@ def test_ray_job_submit_runs_the_orchestrator(cluster, tiny_model, synthetic, tm
            "--runtime-env-json", json.dumps(runtime_env), "--submission-id", f"vr1-{uuid.uuid4().hex[:6]}", "--",
            "python", "orchestrator.py", "conf=task/ovd", "cluster.address=auto", f"model.path={tiny_model}",
            f"data.synthetic.dir={synthetic}", f"trainer.output_dir={out}", *COMMON]
-    for _ in range(12):  # the head's job agent may still be starting on a loaded machine: Ray refuses the
-        # submission then ("No available agent to submit job, please try again later"), nothing was run
+    for _ in range(36):  # the head's job agent may still be starting on a loaded machine (for minutes): Ray
+        # refuses the submission then ("No available agent to submit job, please try again later"), nothing was run
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=cluster["env"])
         if "No available agent to submit job" not in proc.stdout + proc.stderr:
             break

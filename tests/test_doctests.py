@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 MODULES = ["conf.hardware", "rewards", "rewards.boxes", "rewards.parse", "rewards.coco_ap", "rewards.grounding", "rewards.schedule", "learner.grpo", "learner.optim", "trainer.roles",
-           "data.prompts", "trainer.pipeline", "conf.ranges"]
+           "data.prompts", "trainer.pipeline", "conf.ranges", "trainer.cluster"]
 
 
 @pytest.mark.parametrize("name", MODULES)

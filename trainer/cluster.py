@@ -8,6 +8,7 @@ run directory, and the environment every actor gets.
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import math
 import os
 import pathlib
@@ -48,7 +49,15 @@ def start(cfg, out_dir: pathlib.Path) -> dict[str, str]:
             sys.path.insert(0, str(REPO))
         return {k: v for k, v in env.items() if v}
     env[NODE_HOST_ENV] = c.node_host  # a private local cluster: the project's sockets listen on it alone
+    # Token auth is off for the private cluster: its dashboard and the project's sockets listen on
+    # loopback only (cluster.dashboard_host, cluster.node_host), and every process is this user's.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    for key, host in (("cluster.dashboard_host", c.dashboard_host if c.include_dashboard else "127.0.0.1"),
+                      ("cluster.node_host", c.node_host)):
+        if not is_loopback(host):
+            print(f"WARNING: {key}={host} is not a loopback address and this private Ray runs without token "
+                  "authentication: anyone who reaches it can submit code. Keep 127.0.0.1, or firewall the port.",
+                  file=sys.stderr, flush=True)
     need = (cfg.rollout.num_engines * cfg.rollout.cpus_per_engine + cfg.learner.world_size * cfg.learner.cpus_per_rank
             + cfg.reward.num_workers * cfg.reward.cpus_per_worker)
     tmp = out_dir / "ray"
@@ -67,6 +76,20 @@ def start(cfg, out_dir: pathlib.Path) -> dict[str, str]:
         kw["_metrics_export_port"] = c.metrics_port
     ray.init(**kw)
     return {k: v for k, v in env.items() if v}
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0"), is_loopback("10.1.2.3")
+    (True, True, False, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def port_free(host: str, port: int) -> bool:

@@ -97,3 +97,35 @@ def test_podmonitor_scrapes_the_metrics_port_of_every_ray_pod():
         for group in [spec["headGroupSpec"]] + spec["workerGroupSpecs"]:
             ports = {p["name"]: p["containerPort"] for p in group["template"]["spec"]["containers"][0]["ports"]}
             assert str(ports[ep["port"]]) == group["rayStartParams"]["metrics-export-port"]  # Ray exports there
+
+
+@pytest.mark.parametrize("name", ["rayjob.yaml", "raycluster.yaml"])
+def test_closed_by_default_token_auth_and_hardened_pods(name):
+    doc = _manifest(name)
+    spec = _cluster_spec(doc)
+    assert spec["authOptions"] == {"mode": "token"}  # the operator makes the token and hands it to every container
+    pods = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+    for pod in pods:
+        sc = pod["spec"]["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        for c in pod["spec"]["containers"]:
+            assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+            assert c["resources"]["limits"]["ephemeral-storage"] and c["resources"]["requests"]["ephemeral-storage"]
+            assert all(e.get("name") != "RAY_AUTH_MODE" for e in c.get("env", []))  # nothing turns auth off
+    assert "RAY_AUTH_MODE" not in (K8S / name).read_text().replace("RAY_AUTH_MODE / RAY_AUTH_TOKEN", "")
+
+
+def test_the_network_policy_admits_only_ray_pods_the_submitter_the_operator_and_prometheus():
+    pol = _manifest("networkpolicy.yaml")
+    assert (pol["apiVersion"], pol["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy")
+    ray_pods = {"ray.io/is-ray-node": "yes"}
+    assert pol["spec"]["podSelector"] == {"matchLabels": ray_pods} and pol["spec"]["policyTypes"] == ["Ingress"]
+    rules = pol["spec"]["ingress"]
+    open_rules = [r for r in rules if "ports" not in r]  # a rule without ports admits every port: Ray pods only
+    assert open_rules == [{"from": [{"podSelector": {"matchLabels": ray_pods}}]}]
+    ports = {p["port"] for r in rules for p in r.get("ports", [])}
+    assert ports == {8265, 8080}  # the job API (submitter, operator) and the metrics (Prometheus), nothing else
+    monitoring = [r for r in rules if r.get("ports") == [{"protocol": "TCP", "port": 8080}]]
+    assert monitoring[0]["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    # the policy selects the pods the manifests make: KubeRay labels every Ray pod so (as the PodMonitor relies on)
+    assert _manifest("podmonitor.yaml")["spec"]["selector"]["matchLabels"] == ray_pods
