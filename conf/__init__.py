@@ -17,6 +17,7 @@ families, synthetic scenes), nothing heavy.
 from __future__ import annotations
 
 import difflib
+import functools
 import pathlib
 import warnings
 
@@ -96,6 +97,18 @@ def _check_value(key: str, value, default) -> None:
         raise ConfigError(f"{key}={value!r} should be a {kind.__name__} like its default {default!r}")
 
 
+@functools.lru_cache(maxsize=1)
+def _base_text() -> str:
+    return (CONF_DIR / "base.yaml").read_text()
+
+
+def defaults() -> DictConfig:
+    """A fresh copy of ``conf/base.yaml``. Its text is read once and kept: a Ray Jobs driver loses
+    its working directory's files at ray.init, and the run prints its differences from the defaults
+    after that."""
+    return OmegaConf.create(_base_text())
+
+
 def shipped() -> dict[str, str]:
     """The configs a user runs by name (``conf=<name>``, and the task and recipe parts they are made
     of), each with the first line of its opening comment."""
@@ -150,7 +163,7 @@ def load(argv: list[str] | None = None) -> DictConfig:
         raise ConfigError(f"'{bad[0]}' is not an override: write key=value (e.g. learner.lr=1e-6); "
                           "python orchestrator.py --help shows the syntax")
     cli = OmegaConf.from_dotlist(argv)
-    base = OmegaConf.load(CONF_DIR / "base.yaml")
+    base = defaults()
     known = flatten(base)
     layers = _compose(str(cli.pop("conf"))) if "conf" in cli else []
     layers.append((cli, "the command line"))

@@ -74,5 +74,5 @@ def parse(argv: list[str], cache_root: pathlib.Path) -> DictConfig:
 
 def changed(cfg: DictConfig) -> str:
     """The keys of a resolved ``cfg`` whose value differs from ``conf/base.yaml``'s, one a line."""
-    defaults = conf.flatten(OmegaConf.load(conf.CONF_DIR / "base.yaml"))
+    defaults = conf.flatten(conf.defaults())
     return "\n".join(f"  {k}: {v}" for k, v in conf.flatten(cfg).items() if defaults.get(k, object()) != v)

@@ -30,7 +30,8 @@ PROJECT_PACKAGES = ("samples", "rewards", "models", "data", "conf", "weights", "
 
 def start(cfg, out_dir: pathlib.Path) -> dict[str, str]:
     """Join ``cluster.address`` or start a private local Ray; returns the environment of every actor."""
-    import_project()
+    if cfg.cluster.address:  # the driver may be a Ray Job's: it needs every module before ray.init
+        import_project()
     # The local cluster's dashboard binds to cluster.dashboard_host (127.0.0.1 by default), so
     # Ray's token auth is off for it; a shared cluster keeps whatever auth its owner set.
     in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # a Ray Job ships the code as its working_dir
