@@ -3,7 +3,7 @@ each evaluated in-domain (``rec_val``) and out-of-domain (``rec_val_ood``), as i
 RefCOCO vs LISA-Grounding comparison; then OVD trained with ``ovd_odlength`` against ``ovd_map``
 alone (VLM-R1's box-padding hack).
 
-    python -m bench.learning                         # the full experiment (see README for its time)
+    python -m bench.learning                         # the full experiment (see docs/learning.md for its time)
     python -m bench.learning --seeds 0 --steps 20 --ovd-steps 10   # a quick look
     python -m bench.learning --ovd-steps 0           # REC only
     python -m bench.learning --legacy --steps 200 --prompts-per-step 4 --ovd-steps 100 --ovd-arms odlength map \

@@ -1,7 +1,7 @@
 """A fast probe of what the tiny model can learn to localise: supervised REC in plain PyTorch
 (no Ray, no DeepSpeed, no engines), greedy evaluation against the constant-box floor.
 
-    python -m bench.probe --family qwen3_vl --n-val 200             # the README's rows (one-shape scene)
+    python -m bench.probe --family qwen3_vl --n-val 200             # docs/learning.md's rows (one-shape scene)
     python -m bench.probe --family qwen3_vl --n-val 200 --pos-scale 0.02
     python -m bench.probe --family qwen2_5_vl --n-val 200
     python -m bench.probe --family qwen3_vl --scene '{}'            # the default scene

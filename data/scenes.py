@@ -41,7 +41,7 @@ class Scene:
 DEFAULT_SCENE = Scene()
 # Named scenes (``data.synthetic.scene``): ``default`` for every task; ``one_shape``, the
 # localisation testbed (one shape per 84 px image, out of domain two or three): REC with nothing
-# to tell apart, so the box is all there is to learn (README, "Does it learn?")
+# to tell apart, so the box is all there is to learn (docs/learning.md)
 SCENES = {"default": DEFAULT_SCENE,
           "one_shape": Scene(sizes=(84,), shapes=(1, 1), ood_shapes=(2, 3), side=(24, 48))}
 

@@ -23,7 +23,7 @@ init. Other families: ``builtin:tiny-qwen2-vl``, ``builtin:tiny-qwen3-vl``, ``bu
 1,200 REC steps on the one-shape scene (``data.synthetic.SCENES``), ``...-one-shape-ovd`` by OVD
 steps alone on it: ``builtin:tiny-qwen3-vl-one-shape`` and ``...-one-shape-ovd`` are the embedded
 models of ``conf=rec`` and ``conf=ovd``, the tiny Qwen3-VL (the one family of these that learns
-to localise in minutes: README, "Does it learn?").
+to localise in minutes: docs/learning.md).
 ``resolve_model_path`` builds any of them once into the cache and returns its path; any other
 value is returned as is (a local directory or a hub id, loaded by the normal Hugging Face code).
 """

@@ -1,4 +1,4 @@
-"""bench.probe: the localisation probe's own pieces (its figures are in the README)."""
+"""bench.probe: the localisation probe's own pieces (its figures are in docs/learning.md)."""
 import pytest
 import torch
 

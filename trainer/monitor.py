@@ -74,7 +74,7 @@ class HackWatch:
     towards none (answering None everywhere), or completions keep growing.
 
     VLM-R1 saw OVD policies pad answers with redundant boxes under a plain mAP reward; a policy
-    whose boxes rarely match learns the opposite (seen here, see README); all are cheap to watch."""
+    whose boxes rarely match learns the opposite (seen here, see docs/rewards.md); all are cheap to watch."""
 
     def __init__(self, window: int = 5, box_ratio: float = 1.5, length_ratio: float = 2.0, empty_ratio: float = 0.1):
         self.window, self.box_ratio, self.length_ratio, self.empty_ratio = window, box_ratio, length_ratio, empty_ratio

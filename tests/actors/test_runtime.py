@@ -93,7 +93,7 @@ def test_every_socket_the_project_opens_listens_on_the_node_host(roles):
     ``cluster.node_host``. Gloo's default device would be the default route's interface wherever
     the hostname resolves to loopback, and Ray itself turns a loopback node address into the outside
     one. What else listens in these processes is Ray's own worker server (on every interface, see
-    README): as many such sockets as in a reward worker, which opens none of the project's."""
+    docs/failures.md): as many such sockets as in a reward worker, which opens none of the project's."""
     import psutil
     cfg, engines, learners, prompts, scorers = roles
     meta = ray.get(learners.actors[0].weight_meta.remote(ray.get(engines.actors[0].info.remote())["dtype"]))
