@@ -6,7 +6,7 @@
 From the bottom: each layer may import the layers below it and itself, never one above; packages
 sharing a layer (``learner`` and ``actors``) may not import each other, so the two ends of the
 weight wire meet only in ``weights``. Every import counts, also those inside functions (a lazy
-import hides an arrow, it does not remove it). ``tests/test_layers.py`` keeps this true.
+import hides an arrow, it does not remove it). ``tests/tools/test_layers.py`` keeps this true.
 """
 from __future__ import annotations
 

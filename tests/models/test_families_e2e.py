@@ -13,7 +13,7 @@ import ray
 import conf
 
 pytestmark = pytest.mark.e2e
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 OTHERS = ["qwen2_vl", "qwen3_vl", "glm4v", "internvl"]
 
 

@@ -3,7 +3,7 @@ import pathlib
 
 from tools.layers import LAYERS, check, circles, imports, modules
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_every_import_points_down_and_none_runs_in_a_circle():

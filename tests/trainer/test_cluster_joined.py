@@ -13,7 +13,7 @@ import pytest
 from weights.net import free_port
 
 pytestmark = pytest.mark.e2e
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
 COMMON = ["trainer.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=24", "trainer.max_steps=2",
           "trainer.eval_steps=0", "trainer.report=false", "wandb.mode=disabled", "reward.funcs.repetition=1.0"]

@@ -7,7 +7,7 @@ import sys
 
 from tools.layers import LAYERS
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_every_project_module_is_imported_before_ray_init():
