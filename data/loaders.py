@@ -50,6 +50,12 @@ class SkipReport:
         self.examples.setdefault(reason, []).append(f"{where}: {detail}")
         del self.examples[reason][5:]
 
+    def line(self) -> str:
+        """The skips on one line (a data error is one line)."""
+        if not self.skipped:
+            return "the files hold no rows"
+        return "; ".join(f"{n} {reason} (e.g. {self.examples[reason][0]})" for reason, n in self.skipped.most_common())
+
     def summary(self) -> str:
         if not self.skipped:
             return f"data: {self.loaded} rows loaded, none skipped"

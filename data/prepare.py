@@ -48,18 +48,11 @@ def load_splits(d, train: bool = True) -> tuple[list, list, SkipReport]:
     if train:
         prompts, _ = load_prompts(d.train_files, d.image_folders, **kw)
         if not prompts:
-            raise DataError(f"no usable training rows in {d.train_files}: {_reasons(report)}")
+            raise DataError(f"no usable training rows in {d.train_files}: {report.line()}")
     val = []
     if d.val_files:  # images in data.val_image_folders, else searched in the training folders
         val = load_prompts(d.val_files, d.val_image_folders or d.image_folders, search_folders=not d.val_image_folders,
                            **kw)[0]
         if not val:
-            raise DataError(f"no usable validation rows in {d.val_files}: {_reasons(report)}")
+            raise DataError(f"no usable validation rows in {d.val_files}: {report.line()}")
     return prompts, val, report
-
-
-def _reasons(report: SkipReport) -> str:
-    """The skip report on one line (a data error is one line)."""
-    if not report.skipped:
-        return "the files hold no rows"
-    return "; ".join(f"{n} {reason} (e.g. {report.examples[reason][0]})" for reason, n in report.skipped.most_common())

@@ -28,30 +28,34 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 PROJECT_PACKAGES = ("samples", "rewards", "models", "data", "conf", "weights", "learner", "actors", "trainer")
 
 
-def start(cfg, out_dir: pathlib.Path) -> dict[str, str]:
-    """Join ``cluster.address`` or start a private local Ray; returns the environment of every actor."""
-    if cfg.cluster.address:  # the driver may be a Ray Job's: it needs every module before ray.init
-        import_project()
-    # The local cluster's dashboard binds to cluster.dashboard_host (127.0.0.1 by default), so
-    # Ray's token auth is off for it; a shared cluster keeps whatever auth its owner set.
+def actor_env(cfg) -> dict[str, str]:
+    """The environment every actor gets: where the project and its caches are, vLLM's CPU settings,
+    wandb's mode and, in a private local cluster, the address the project's sockets listen on."""
     in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # a Ray Job ships the code as its working_dir
     path = "" if in_job else os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env = {"PYTHONPATH": path, "TORCH_EXTENSIONS_DIR": str(cache_root() / "torch_extensions"),
            "VLLM_CACHE_ROOT": str(cache_root() / "vllm"), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
            "TOKENIZERS_PARALLELISM": "false", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
            "VLLM_CPU_KVCACHE_SPACE": str(cfg.rollout.kv_cache_gb), "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-           "WANDB_MODE": cfg.wandb.mode, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR")}
-    c = cfg.cluster
+           "WANDB_MODE": cfg.wandb.mode, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
+           NODE_HOST_ENV: "" if cfg.cluster.address else cfg.cluster.node_host}
+    return {k: v for k, v in env.items() if v}
+
+
+def start(cfg, out_dir: pathlib.Path) -> dict[str, str]:
+    """Join ``cluster.address`` or start a private local Ray; returns the environment of every actor."""
+    env, c = actor_env(cfg), cfg.cluster
     if c.address:
+        import_project()  # the driver may be a Ray Job's: it needs every module before ray.init
         # no runtime_env here: inside a Ray Job it would replace the job's own (its working_dir);
         # the variables go to each actor group instead, which merges them with the job's
         ray.init(address=c.address, log_to_driver=True)
         if str(REPO) not in sys.path:  # a Ray Jobs driver loses the script's directory at ray.init
             sys.path.insert(0, str(REPO))
-        return {k: v for k, v in env.items() if v}
-    env[NODE_HOST_ENV] = c.node_host  # a private local cluster: the project's sockets listen on it alone
+        return env
     # Token auth is off for the private cluster: its dashboard and the project's sockets listen on
-    # loopback only (cluster.dashboard_host, cluster.node_host), and every process is this user's.
+    # loopback only (cluster.dashboard_host, cluster.node_host), and every process is this user's;
+    # a cluster that is joined keeps whatever auth its owner set.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     for key, host in (("cluster.dashboard_host", c.dashboard_host if c.include_dashboard else "127.0.0.1"),
                       ("cluster.node_host", c.node_host)):
@@ -70,13 +74,12 @@ def start(cfg, out_dir: pathlib.Path) -> dict[str, str]:
         print(f"port {c.dashboard_port} is taken: this run's Ray dashboard is at http://{c.dashboard_host}:{port}",
               flush=True)
     kw = dict(num_cpus=c.num_cpus or max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=c.include_dashboard,
-              dashboard_host=c.dashboard_host, dashboard_port=port, _temp_dir=str(tmp),
-              runtime_env={"env_vars": {k: v for k, v in env.items() if v}}, _node_ip_address=c.node_host,
-              log_to_driver=True, configure_logging=True, logging_level="WARNING")
+              dashboard_host=c.dashboard_host, dashboard_port=port, _temp_dir=str(tmp), runtime_env={"env_vars": env},
+              _node_ip_address=c.node_host, log_to_driver=True, configure_logging=True, logging_level="WARNING")
     if c.metrics_port:
         kw["_metrics_export_port"] = c.metrics_port
     ray.init(**kw)
-    return {k: v for k, v in env.items() if v}
+    return env
 
 
 def is_loopback(host: str) -> bool:

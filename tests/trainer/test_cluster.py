@@ -25,3 +25,14 @@ def test_every_project_module_is_imported_before_ray_init():
             on_disk.add(".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts))
     assert on_disk - set(out["names"]) == set()  # nothing on disk is left to a lazy import after ray.init
     assert {"conf.hardware", "samples", "weights.wire"} <= on_disk and out["loaded"] == sorted(out["names"])
+
+
+def test_actors_get_the_node_host_only_in_a_private_cluster_and_the_project_on_their_path(tmp_path):
+    import conf
+    from trainer.cluster import actor_env
+    local = actor_env(conf.resolve(conf.load(["cluster.node_host=127.0.0.2", "rollout.kv_cache_gb=3"]), tmp_path))
+    assert local["VR1_NODE_HOST"] == "127.0.0.2" and local["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    assert local["PYTHONPATH"].split(":")[0] == str(REPO) and local["WANDB_MODE"] == "offline"
+    joined = actor_env(conf.resolve(conf.load(["cluster.address=auto"]), tmp_path))
+    assert "VR1_NODE_HOST" not in joined  # a joined cluster's actors listen on their node's own address
+    assert all(v for v in joined.values())  # nothing empty is handed on
