@@ -113,7 +113,7 @@ def shipped() -> dict[str, str]:
     """The configs a user runs by name (``conf=<name>``, and the task and recipe parts they are made
     of), each with the first line of its opening comment."""
     out = {}
-    for path in sorted(CONF_DIR.rglob("*.yaml")):
+    for path in sorted(CONF_DIR.rglob("*.yaml"), key=lambda p: (p.parent != CONF_DIR, str(p))):  # named ones first
         name = path.relative_to(CONF_DIR).with_suffix("").as_posix()
         if name != "base":
             first = next((ln.lstrip("# ").rstrip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
