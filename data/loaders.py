@@ -115,11 +115,16 @@ def load_prompts(files: str, image_folders: str, task: str, accu_methods: str | 
 
 
 def _jsonl_rows(path: str, report: SkipReport, strict: bool):
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            where = f"{path}:{n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:  # counted, never silently repaired into other text
+                report.add("not_utf8", where, str(e)[:120], strict)
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{n}"
             try:
                 row = json.loads(line)
             except (ValueError, RecursionError) as e:
@@ -140,8 +145,15 @@ def _prompt(row, where, folders, task, method, report, strict, max_pixels) -> Pr
         report.add("bad_row", where, f"expected conversations[0..1].value and image: {e!r}"[:160], strict)
         return None
     if not isinstance(solution, str):
-        solution = json.dumps(solution)  # VLM-R1 stringifies non-string solutions
+        try:
+            solution = json.dumps(solution)  # VLM-R1 stringifies non-string solutions
+        except (ValueError, RecursionError) as e:
+            report.add("bad_solution", where, f"solution cannot be written as text: {e!r}"[:160], strict)
+            return None
     row_method = row.get("accu_reward_method") or method
+    if row_method is not None and not isinstance(row_method, str):
+        report.add("bad_row", where, f"accu_reward_method must be a reward name, not {type(row_method).__name__}", strict)
+        return None
     if row_method is not None and ALIASES.get(row_method, row_method) not in REGISTRY:
         report.add("unknown_reward", where, f"accu_reward_method {row_method!r} is not a known reward", strict)
         return None
@@ -169,6 +181,8 @@ def _prompt(row, where, folders, task, method, report, strict, max_pixels) -> Pr
 def _check_image(rel: str, folders: tuple[str, ...], max_pixels: int):
     """(absolute path, (w, h)) of a readable image inside the first of ``folders`` holding it,
     or a reason string."""
+    if "\0" in rel or not rel.strip():
+        return f"bad_image_path: {rel!r} is no file name"
     if os.path.isabs(rel):
         return f"image_outside_folder: absolute image path {rel!r} (paths are relative to the image folder)"
     for folder in folders:
@@ -209,7 +223,7 @@ def _check_solution(solution: str, task: str, size) -> str | None:
     if task == "rec":
         try:
             box = json.loads(solution)
-        except ValueError:
+        except (ValueError, RecursionError):
             return f"bad_solution: REC solution is not a [x1, y1, x2, y2] list: {solution[:60]!r}"
         if not _finite_box(box):
             return f"bad_solution: REC box must be 4 finite numbers with x1<x2, y1<y2: {solution[:60]!r}"
@@ -220,7 +234,7 @@ def _check_solution(solution: str, task: str, size) -> str | None:
     body = solution.strip()
     try:
         raw = json.loads(body.split("```json", 1)[1].rsplit("```", 1)[0]) if "```json" in body else json.loads(body)
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, RecursionError):
         return f"bad_solution: OVD solution is neither None nor a json list: {solution[:60]!r}"
     items = gt_items(solution)
     if not isinstance(raw, list) or len(items) != len(raw) or not all(_finite_box(it["bbox_2d"]) for it in items):
@@ -238,10 +252,10 @@ def _coco_rows(path: str, report: SkipReport, strict: bool):
         with open(path, encoding="utf-8") as f:
             coco = json.load(f)
         cats = {c["id"]: c["name"] for c in coco["categories"]}
-        images = {im["id"]: im for im in coco["images"]}
+        images = {im["id"]: im for im in coco["images"] if isinstance(im, dict) and isinstance(im.get("id"), (int, str))}
         anns = coco["annotations"]
-    except (ValueError, KeyError, TypeError, OSError) as e:
-        raise DataError(f"{path}: not a COCO instances file ({e!r})") from None
+    except (ValueError, KeyError, TypeError, OSError, RecursionError) as e:
+        raise DataError(f"{path}: not a COCO instances file ({e!r})"[:300]) from None
     per_image = collections.defaultdict(list)
     for k, a in enumerate(anns):
         try:
@@ -250,12 +264,15 @@ def _coco_rows(path: str, report: SkipReport, strict: bool):
             x, y, w, h = a["bbox"]
             item = {"bbox_2d": [round(x), round(y), round(x + w), round(y + h)], "label": cats[a["category_id"]]}
             per_image[a["image_id"]].append(item)
-        except (KeyError, ValueError, TypeError) as e:
+        except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as e:
             report.add("bad_annotation", f"{path}:annotations[{k}]", repr(e), strict)
     for image_id, items in per_image.items():
         im = images.get(image_id)
         if im is None:
             report.add("bad_annotation", f"{path}:image_id={image_id}", "annotation for an unknown image", strict)
+            continue
+        if not isinstance(im, dict) or not isinstance(im.get("file_name"), str):
+            report.add("bad_image_entry", f"{path}:image_id={image_id}", "the image has no file_name", strict)
             continue
         labels = list(dict.fromkeys(it["label"] for it in items))
         yield f"{path}:image_id={image_id}", {
