@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch  # noqa: F401
     import ray
 
+    from actors.group import RoleHung
     from data.prepare import load_splits
     from trainer import checkpoint, cluster, modes
     out_dir = pathlib.Path(cfg.trainer.output_dir).resolve()
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
             if cfg.mode == "sft":
                 return modes.sft_loop(run_cfg, model_path, train, out_dir, env)
             return train_loop(run_cfg, why, model_path, train, val, out_dir, env, resume)
-        except ray.exceptions.RayActorError as e:
+        except (ray.exceptions.RayActorError, RoleHung) as e:  # a learner rank died or gave no answer
             if not checkpoint.restartable(e, cfg.mode, out_dir, restart, cfg.trainer.max_restarts):
                 raise
             resume = "auto"
@@ -58,7 +59,6 @@ def train_loop(cfg, why: dict, model_path: str, train: list, val: list, out_dir:
                resume: str | None) -> dict:
     """GRPO: ``cfg`` resolved (``conf.resolve_auto``; ``why``: its reasons), Ray up with ``env`` for
     every actor; ``resume``: None, ``auto`` or a checkpoint directory."""
-    import ray
     import torch
 
     from actors.reward_worker import ScorerPool
@@ -114,7 +114,7 @@ def train_loop(cfg, why: dict, model_path: str, train: list, val: list, out_dir:
         update = learners.call_sharded("train_step", [item_from_rollout(r, float(a)) for r, a in zip(batch.rollouts, adv)])
         fresh = batches.ahead(step) if K else batch
         times.lap("ahead")
-        train_metrics = ray.get(update)[0]
+        train_metrics = learners.get(update, f"step {step + 1}'s update")[0]
         times.lap("train")
         bad_steps = bad_steps + 1 if train_metrics["skipped_updates"] == cfg.learner.num_iterations else 0
         if bad_steps >= cfg.trainer.max_bad_steps:

@@ -19,8 +19,19 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 _ROLE_OF: dict[str, str] = {}  # actor id (hex) -> group name, for every actor a group started
 
 
+class RoleHung(RuntimeError):
+    """An actor of a group gave no answer within the group's call timeout: treated like a dead one."""
+
+    def __init__(self, role: str, message: str):
+        super().__init__(message)
+        self.role = role
+
+
 def role_of(error: BaseException) -> str | None:
-    """The group name (``learner``, ``rollout``, ...) of the actor a ``RayActorError`` is about."""
+    """The group name (``learner``, ``rollout``, ...) of the actor a ``RayActorError`` (or a
+    ``RoleHung``) is about."""
+    if isinstance(error, RoleHung):
+        return error.role
     actor_id = getattr(error, "actor_id", None)
     return _ROLE_OF.get(actor_id) if actor_id else None
 
@@ -43,8 +54,8 @@ class ActorGroup:
 
     def __init__(self, cls: type, n: int, bundle: dict[str, float], name: str, args: tuple = (),
                  kwargs: dict | None = None, env: dict[str, str] | None = None, strategy: str = "PACK",
-                 timeout_s: float = 120.0, max_restarts: int = 0, kwargs_fn=None):
-        self.name, self.n = name, n
+                 timeout_s: float = 120.0, max_restarts: int = 0, kwargs_fn=None, call_timeout_s: float | None = None):
+        self.name, self.n, self.call_timeout_s = name, n, call_timeout_s
         bundle = {k: v for k, v in bundle.items() if v}
         have = ray.cluster_resources()
         missing = [k for k in bundle if k not in have and k != "memory"]
@@ -85,6 +96,15 @@ class ActorGroup:
     def call_sharded(self, method: str, items: Sequence, *args: Any) -> list[ray.ObjectRef]:
         """Actor i gets shard i of ``items`` (contiguous, sizes differ by at most one)."""
         return [getattr(a, method).remote(part, *args) for a, part in zip(self.actors, shard(items, self.n))]
+
+    def get(self, refs, what: str):
+        """``ray.get(refs)``, waiting at most ``call_timeout_s`` (None: for ever); past it the group
+        is taken for hung (``RoleHung``), which the driver treats like a dead actor."""
+        try:
+            return ray.get(refs, timeout=self.call_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise RoleHung(self.name, f"a {self.name} rank gave no answer to {what} within "
+                                      f"{self.call_timeout_s:g}s") from None
 
     def replace(self, i: int):
         """Kill actor ``i`` (dead or hung) and start a fresh one in its bundle; returns the new actor."""

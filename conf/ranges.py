@@ -48,6 +48,7 @@ RANGES: dict[str, str] = {
     "learner.cpus_per_rank": "(0,)",
     "learner.cpu_threads": "[1,)",
     "learner.gpus_per_rank": "[0,)",
+    "learner.timeout_s": "(0,)",
     "learner.lr": "(0,)",                       # a negative rate trains uphill, silently
     "learner.weight_decay": "[0,)",
     "learner.warmup_steps": "[0,)",

@@ -19,8 +19,6 @@ import pathlib
 import shutil
 import time
 
-import ray
-
 from actors.group import role_of
 from conf import ConfigError
 from trainer.pipeline import from_json, to_json
@@ -95,7 +93,7 @@ def save(out_dir, step: int, learners, sampler, history: list, keep: int, in_fli
     """A complete checkpoint of ``step``: every learner rank's state, the data position, the metric
     rows so far and the generated batches not yet trained; older ones beyond ``keep`` are deleted."""
     tmp = staging(out_dir, step)
-    ray.get(learners.call("save_checkpoint", str(tmp)))
+    learners.get(learners.call("save_checkpoint", str(tmp)), f"saving the checkpoint of step {step}")
     final = commit(tmp, step, {"step": step, "sampler": sampler.state(), "history": history,
                                "in_flight": [to_json(b) for b in in_flight]})
     rotate(out_dir, keep)
@@ -121,7 +119,7 @@ def resume(spec, out_dir: pathlib.Path, learners, engines, sampler, train: list,
         raise SystemExit(f"{ckpt} holds {len(saved)} generated batches waiting for training, more than "
                          f"trainer.max_staleness={max_staleness}: resume with trainer.max_staleness={len(saved)} "
                          "(or more) so that none is dropped")
-    ray.get(learners.call("load_checkpoint", str(ckpt)))
+    learners.get(learners.call("load_checkpoint", str(ckpt)), f"loading {ckpt}")
     sampler.load_state(state["sampler"])
     step, history = int(state["step"]), state["history"]
     engines.sync(version=step)
@@ -180,17 +178,18 @@ def atomic_write(path: pathlib.Path, text: str) -> None:
 
 
 def restartable(error: BaseException, mode: str, out_dir: pathlib.Path, restart: int, max_restarts: int) -> bool:
-    """After an actor died: True when it was a learner rank of a training run with restarts left
-    (every role is then rebuilt and the run resumes from the last complete checkpoint), False for
-    any other death (re-raise it). With no restart left: stop, saying how to continue."""
+    """After an actor died or hung (``RayActorError``, ``RoleHung``): True when it was a learner rank
+    of a training run with restarts left (every role is then rebuilt and the run resumes from the
+    last complete checkpoint), False for any other (re-raise it). With no restart left: stop, saying
+    how to continue."""
     if role_of(error) != "learner" or mode != "train":
         return False
     last = latest(out_dir)
     where = f"the last complete checkpoint is {last}" if last else "no checkpoint was written yet"
     if restart == max_restarts:
-        raise SystemExit(f"a learner rank died ({error.__class__.__name__}); {where}. Continue with the same "
+        raise SystemExit(f"a learner rank died or hung ({error.__class__.__name__}: {error}"[:300] + f"); {where}. Continue with the same "
                          f"command plus trainer.resume=auto (or set trainer.max_restarts to restart "
                          f"automatically); the worker logs are under Ray's session dir.") from None
-    print(f"a learner rank died; {where}: restarting every role and resuming from it "
+    print(f"a learner rank died or hung ({error.__class__.__name__}); {where}: restarting every role and resuming from it "
           f"(restart {restart + 1} of trainer.max_restarts={max_restarts})", flush=True)
     return True

@@ -10,8 +10,6 @@ from __future__ import annotations
 import pathlib
 import time
 
-import ray
-
 from actors.engine_pool import EnginePool
 from conf import plain
 from data.sampler import PromptSampler
@@ -46,7 +44,8 @@ def sft_loop(cfg, model_path: str, train: list, out_dir: pathlib.Path, env: dict
     bar = progress(range(steps), desc="sft")
     for step in bar:
         batch = [train[i] for i in sampler.next()]
-        row = {"step": step + 1, **ray.get(learners.call_sharded("sft_step", batch))[0], "prompt_ids": [p.id for p in batch]}
+        row = {"step": step + 1, **learners.get(learners.call_sharded("sft_step", batch), f"sft step {step + 1}")[0],
+               "prompt_ids": [p.id for p in batch]}
         history.append(row)
         monitor.log(row)
         bar.set_postfix(loss=f"{row['sft_loss']:.3f}", acc=f"{row['token_acc']:.2f}")

@@ -86,9 +86,10 @@ def create_learners(cfg, model_path: str, per_rank_items: int, env: dict[str, st
                           kwargs=dict(world_size=lc.world_size, model_path=model_path, model_cfg=plain(cfg.model),
                                       cfg=plain(lc), rollout_cfg=plain(cfg.rollout), seed=cfg.seed,
                                       total_steps=cfg.trainer.max_steps, per_rank_items=per_rank_items),
-                          kwargs_fn=lambda i: {"rank": i}, env={**env, **_threads(cfg, lc, "learner")})
-    host, port = ray.get(learners.actors[0].address.remote())
-    learners.info = ray.get(learners.call("setup", host, port))[0]  # rank 0's: sizes, dtype chosen and why, threads
+                          kwargs_fn=lambda i: {"rank": i}, env={**env, **_threads(cfg, lc, "learner")},
+                          call_timeout_s=lc.timeout_s)
+    host, port = learners.get(learners.actors[0].address.remote(), "its address")
+    learners.info = learners.get(learners.call("setup", host, port), "setup")[0]  # rank 0's: sizes, dtype and why, threads
     return learners
 
 

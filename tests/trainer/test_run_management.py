@@ -151,6 +151,17 @@ def test_dead_learner_stops_clearly_or_restarts_from_the_last_checkpoint(tmp_pat
     _same_run(full, rows)
 
 
+def test_hung_learner_is_taken_for_dead_and_the_run_restarts_from_the_last_checkpoint(tmp_path, warm_model,
+                                                                                      synthetic, full, loop):
+    # rank 0 never answers step 3's update: past learner.timeout_s the run restarts every role from step 2
+    env = {"FAULT_DIR": str(tmp_path), "FAULT_LEARNER": "hang@3"}
+    rows, out = _run(tmp_path / "hang", warm_model, synthetic, "trainer.max_steps=4", "trainer.save_steps=2",
+                     "trainer.max_restarts=1", "learner.timeout_s=30", loop, faults=True, env=env)
+    assert (tmp_path / "learner.hang@3.fired").exists()
+    assert "a learner rank died or hung (RoleHung)" in out and "restart 1 of trainer.max_restarts=1" in out
+    _same_run(full, rows)
+
+
 def test_checkpoint_loads_in_transformers_and_evaluates_with_vllm(tmp_path, warm_model, synthetic):
     from transformers import AutoModelForImageTextToText, AutoProcessor
     _run(tmp_path / "run", warm_model, synthetic, "trainer.max_steps=1", "trainer.keep_checkpoints=1")
