@@ -21,6 +21,7 @@ import functools
 import pathlib
 import warnings
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from conf import ranges
@@ -142,7 +143,10 @@ def _compose(name: str, near: pathlib.Path | None = None, chain: tuple = ()) -> 
     path = _find(name, near)
     if path in chain:
         raise ConfigError(f"config {path} names itself through its defaults: {' -> '.join(map(str, chain + (path,)))}")
-    layer = OmegaConf.load(path)
+    try:
+        layer = OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}"[:300]) from None
     if not isinstance(layer, DictConfig):
         raise ConfigError(f"{path}: a config file holds a mapping of keys, not {type(layer).__name__}")
     defaults = layer.pop("defaults", None) or []
@@ -162,7 +166,10 @@ def load(argv: list[str] | None = None) -> DictConfig:
     if bad:
         raise ConfigError(f"'{bad[0]}' is not an override: write key=value (e.g. learner.lr=1e-6); "
                           "python orchestrator.py --help shows the syntax")
-    cli = OmegaConf.from_dotlist(argv)
+    try:
+        cli = OmegaConf.from_dotlist(argv)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"a command-line value is not valid YAML: {' '.join(str(e).split())}"[:300]) from None
     base = defaults()
     known = flatten(base)
     layers = _compose(str(cli.pop("conf"))) if "conf" in cli else []

@@ -57,6 +57,7 @@ def test_a_users_file_extends_a_shipped_one(tmp_path):
     ("defaults: [loop.yaml]\n", "names itself through its defaults"),
     ("defaults: [rec]\nlearner:\n  lrr: 1\n", "unknown config key 'learner.lrr'"),
     ("- a\n- b\n", "holds a mapping of keys"),
+    ("learner: [1,\n", "not valid YAML"),
 ])
 def test_bad_composition_is_one_clear_error(tmp_path, text, message):
     (tmp_path / "loop.yaml").write_text(text)
@@ -102,3 +103,8 @@ def test_auto_is_resolved_into_a_copy_with_reasons():
     assert "one CPU machine" in why["loop"] and "CPU engines" in why["lora"]
     g, _ = conf.resolve_auto(conf.load(["trainer.max_staleness=2"]), gpu=True)
     assert (g.trainer.max_staleness, g.learner.lora.sync, g.rollout.sync_pack_mb) == (2, "adapter", 64.0)
+
+
+def test_a_command_line_value_that_is_not_yaml_is_one_clear_error():
+    with pytest.raises(conf.ConfigError, match="a command-line value is not valid YAML"):
+        conf.load(["reward.triggers=[{name: t,"])
