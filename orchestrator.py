@@ -27,15 +27,18 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     from actors.group import RoleHung
-    from data.prepare import load_splits
+    from data.prepare import fit_to_engines, load_splits
     from trainer import checkpoint, cluster, modes
     out_dir = pathlib.Path(cfg.trainer.output_dir).resolve()
     with cli.user_errors():  # another run's directory, a missing file, no usable rows: one line, exit 2
         if cfg.mode != "eval":
             checkpoint.claim(out_dir, cfg.trainer.resume)
         train, val, report = load_splits(cfg.data, train=cfg.mode != "eval")
-    print(report.summary(), flush=True)
     model_path = resolve_model_path(cfg.model.path, cfg.seed)
+    with cli.user_errors():  # rows too long for the engines are skips, counted with the model's processor
+        train, val = fit_to_engines(train, val, model_path, cfg.model, cfg.rollout.max_model_len, report,
+                                    cfg.data.strict)
+    print(report.summary(), flush=True)
     resume = cfg.trainer.resume
     for restart in range(cfg.trainer.max_restarts + 1):
         env = cluster.start(cfg, out_dir)

@@ -2,6 +2,7 @@
 
     Prompt     a row of the data: image paths (not pixels), question, solution, task
     Rollout    one sampled completion of a prompt, from a rollout engine: token ids, text, log-probs
+    Refused    a prompt an engine could not take (its image unreadable, too long): dropped, counted
     Batch      one step's prompts with their G scored rollouts each (reward workers' scores)
     TrainItem  the learner's view of one rollout: token ids, image paths, advantage, engine log-probs
 
@@ -45,6 +46,15 @@ class Rollout:
         return (self.prompt.id, self.sample)
 
 
+@dataclass(frozen=True)
+class Refused:
+    """A prompt an engine refused for a reason of its own (its image unreadable by the time it was
+    generated, more tokens than the engine's context): the prompt is dropped from its step and
+    counted, and the run goes on. Errors of the engine itself are not this: they replace it."""
+    prompt: Prompt
+    reason: str
+
+
 @dataclass
 class Batch:
     """One step's prompts with their G scored samples each, in prompt order then sample order."""
@@ -56,6 +66,7 @@ class Batch:
     version: int                  # updates the generating weights had seen
     times: dict = field(default_factory=dict)  # rollout / reward seconds, queue depth, engine restarts
     rules: dict = field(default_factory=dict)  # the scheduled reward values it was scored with (rule/...)
+    refused: dict = field(default_factory=dict)  # prompt id -> why an engine refused it (dropped, counted)
 
 
 @dataclass

@@ -11,7 +11,9 @@ weight-broadcast group is rebuilt with every engine, the learner pushes its curr
 the shard is generated again with the same per-prompt seeds -- the samples the dead engine would
 have drawn, none lost, none twice. A shard that fails ``max_attempts`` times stops the run. The
 same happens when an engine dies while receiving weights. Without learners (``mode=eval``) a
-replaced engine keeps the weights it loads.
+replaced engine keeps the weights it loads. A prompt an engine refuses for a reason of its own
+(``samples.Refused``: unreadable image, too long) is not an engine fault: it is left out of the
+rollouts and listed in ``pool.refused`` (the last call's), and nothing is replaced.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import time
 import ray
 
 from actors.group import shard
+from samples import Refused
 
 
 class EnginePool:
@@ -36,6 +39,7 @@ class EnginePool:
         # engine gets the weights of the last sync (kept by learner rank 0), not the learner's current ones
         self.asynchronous = asynchronous
         self.version = 0  # updates the engines' weights have seen
+        self.refused: list[Refused] = []  # prompts the last generate call's engines refused
 
     @property
     def restarts(self) -> int:
@@ -84,6 +88,7 @@ class EnginePool:
         engine)`` (streaming) may then return new items, which that engine generates at once while
         the others are still busy (their rollouts follow ``items``', in the order they were added)."""
         jobs = list(enumerate(shard(items, self.engines.n)))  # (engine, items), in output order
+        self.refused = []
         results: list = [None] * len(jobs)
         pending = {self._submit(e, part, args): (j, 1, time.monotonic()) for j, (e, part) in enumerate(jobs)}
         failed: list[tuple[int, int]] = []
@@ -111,10 +116,12 @@ class EnginePool:
                 continue
             j, attempt, _ = pending.pop(done[0])
             try:
-                results[j] = ray.get(done[0])
+                landed = ray.get(done[0])
             except ray.exceptions.RayActorError:
                 failed.append((j, attempt))
                 continue
+            results[j] = [r for r in landed if not isinstance(r, Refused)]
+            self.refused += [r for r in landed if isinstance(r, Refused)]
             if on_shard is not None:
                 on_shard(results[j])
             extra = more(results[j], jobs[j][0]) if more is not None else None

@@ -16,7 +16,12 @@ from data.images import open_rgb
 from data.loaders import MAX_IMAGES
 from data.prompts import messages
 from models import answer_frame
-from samples import Prompt, Rollout
+from samples import Prompt, Refused, Rollout
+
+# What an engine raises when one prompt is wrong rather than the engine: vLLM's request errors
+# (``VLLMClientError``: more tokens than max_model_len, ...), a processor refusing an image
+# (ValueError), an image that cannot be read (OSError: gone, truncated, not an image).
+PROMPT_ERRORS: tuple = (ValueError, OSError)
 
 
 class RolloutEngine:
@@ -92,24 +97,52 @@ class RolloutEngine:
             req["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
         return req
 
-    def generate(self, prompts: list, n: int | None = None, greedy: bool = False) -> list[Rollout]:
+    def generate(self, prompts: list, n: int | None = None, greedy: bool = False) -> list:
         """``n`` (default G) samples for each prompt, grouped prompt after prompt. A prompt may be
-        given as ``(prompt, seed)`` to fix its samples."""
+        given as ``(prompt, seed)`` to fix its samples. A prompt this engine cannot take (its image
+        unreadable, too long for ``max_model_len``) comes back as one ``Refused`` in its place,
+        and the others are generated as usual; an error of the engine itself is raised."""
         n = n or self.cfg["num_generations"]
         if not prompts:
             return []
         pairs = [p if isinstance(p, tuple) else (p, None) for p in prompts]
-        prompts = [p for p, _ in pairs]
-        params = [self.sampling_params(n, greedy, seed) for _, seed in pairs]
-        outs = self.llm.generate([self._request(p) for p in prompts], params, use_tqdm=False, lora_request=self._lora)
+        refused, jobs = {}, []
+        for i, (p, seed) in enumerate(pairs):
+            try:
+                jobs.append((i, self._request(p), self.sampling_params(n, greedy, seed)))
+            except PROMPT_ERRORS as e:
+                refused[i] = Refused(p, _reason(e))
+        outs = self._generate(jobs, refused, pairs)
         rollouts = []
-        for p, out in zip(prompts, outs):
+        for i, (p, _) in enumerate(pairs):
+            if i in refused:
+                rollouts.append(refused[i])
+                continue
             sizes = tuple(answer_frame(self.coords, self.processor.image_processor, w, h) for w, h in p.image_sizes)
-            for j, c in enumerate(out.outputs):
+            for j, c in enumerate(outs[i].outputs):
                 lps = [next(iter(d.values())).logprob if d else 0.0 for d in (c.logprobs or [])]
-                rollouts.append(Rollout(p, j, list(out.prompt_token_ids), list(c.token_ids), c.text,
+                rollouts.append(Rollout(p, j, list(outs[i].prompt_token_ids), list(c.token_ids), c.text,
                                         c.finish_reason or "length", lps, sizes, self.index))
         return rollouts
+
+    def _generate(self, jobs: list, refused: dict, pairs: list) -> dict:
+        """vLLM's outputs by position. vLLM refuses a whole call when one request is invalid, so on
+        a prompt's error each prompt is generated alone (same seeds: the same samples) to find which
+        one it was; those join ``refused``."""
+        from vllm.exceptions import VLLMClientError
+        outs, parts = {}, [jobs] if jobs else []
+        while parts:
+            part = parts.pop(0)
+            try:
+                got = self.llm.generate([r for _, r, _ in part], [s for _, _, s in part], use_tqdm=False,
+                                        lora_request=self._lora)
+                outs.update({i: o for (i, _, _), o in zip(part, got)})
+            except PROMPT_ERRORS + (VLLMClientError,) as e:
+                if len(part) > 1:
+                    parts += [[job] for job in part]
+                else:
+                    refused[part[0][0]] = Refused(pairs[part[0][0]][0], _reason(e))
+        return outs
 
     # ------------------------------------------------------------------ weight sync
     def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str = "gloo",
@@ -217,3 +250,9 @@ def _has_gpu() -> bool:
         return torch.cuda.is_available()
     except Exception:  # noqa: BLE001 - torch without CUDA support
         return False
+
+
+def _reason(e: BaseException) -> str:
+    """An error as one short line: its type and the start of its message."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:200]}"

@@ -56,3 +56,67 @@ def load_splits(d, train: bool = True) -> tuple[list, list, SkipReport]:
         if not val:
             raise DataError(f"no usable validation rows in {d.val_files}: {report.line()}")
     return prompts, val, report
+
+
+class PromptLength:
+    """Prompt tokens as the engine will count them: the chat-templated text, plus what each image
+    expands to in the family's processor at the configured pixel limits. The expansion is measured
+    once per image size (a blank image through the processor), so it is exact for every family and
+    costs one processor call per distinct size.
+
+        n = PromptLength(processor)(prompt)
+    """
+
+    def __init__(self, processor):
+        from data.prompts import messages
+        self.processor, self.messages, self.extra = processor, messages, {}
+        self.base_text = self.text(messages("x", 1, "rec"))
+
+    def text(self, msgs) -> str:
+        return self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+
+    def image(self, size: tuple[int, int]) -> int:
+        """Tokens one image of ``size`` (w, h) adds to a prompt beyond its place-holder text."""
+        if size not in self.extra:
+            from PIL import Image
+            ids = self.processor(text=[self.base_text], images=[Image.new("RGB", size)])["input_ids"][0]
+            self.extra[size] = len(ids) - len(self.processor.tokenizer(self.base_text)["input_ids"])
+        return self.extra[size]
+
+    def __call__(self, p) -> int:
+        text = self.text(self.messages(p.question, len(p.images), p.task))
+        return len(self.processor.tokenizer(text)["input_ids"]) + sum(self.image(tuple(s)) for s in p.image_sizes)
+
+
+def drop_too_long(prompts: list, count, max_len: int, report: SkipReport, strict: bool) -> list:
+    """The prompts an engine with ``rollout.max_model_len`` = ``max_len`` can take (at least one
+    token left to generate); the others are skips in ``report`` (``data.strict``: the first stops)."""
+    kept = []
+    for p in prompts:
+        n = count(p)
+        if n >= max_len:
+            report.loaded -= 1
+            report.add("prompt longer than rollout.max_model_len", p.source or p.id,
+                       f"{n} tokens (images included) >= {max_len}: raise rollout.max_model_len or lower "
+                       "model.max_pixels", strict)
+        else:
+            kept.append(p)
+    return kept
+
+
+def fit_to_engines(train: list, val: list, model_path: str, model_cfg, max_len: int, report: SkipReport,
+                   strict: bool = False) -> tuple[list, list]:
+    """Drop (and count in ``report``) the rows whose prompt the rollout engines would refuse as too
+    long, counted with the model's own processor; a split left empty is a ``DataError``."""
+    from transformers import AutoProcessor
+    kw = {k: model_cfg[k] for k in ("min_pixels", "max_pixels") if model_cfg.get(k)}
+    processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=bool(model_cfg.get("trust_remote_code")),
+                                              **kw)
+    count = PromptLength(processor)
+    out = []
+    for name, split in (("training", train), ("validation", val)):
+        kept = drop_too_long(split, count, max_len, report, strict)
+        if split and not kept:
+            raise DataError(f"no usable {name} rows: {report.line()}")
+        out.append(kept)
+    return out[0], out[1]

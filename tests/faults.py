@@ -1,11 +1,15 @@
-"""Fault injection for the end-to-end tests: the real engine and learner classes, made to die or
-hang once, on cue. Only the fault is fake; everything else runs for real.
+"""Fault injection for the end-to-end tests: the real engine, reward worker and learner classes,
+made to die or hang once, on cue. Only the fault is fake; everything else runs for real.
 
-    FAULT_DIR=/tmp/f FAULT_ENGINE=exit@2,hang@4 FAULT_LEARNER=exit@3 python -m tests.faults conf=rec ...
+    FAULT_DIR=/tmp/f FAULT_ENGINE=exit@2,hang@4 FAULT_REWARD=exit@3 FAULT_LEARNER=exit@3 \
+        FAULT_BREAK_IMAGE=<prompt id> python -m tests.faults conf=rec ...
 
 Calls are counted across every instance of a role in the run (a count file in ``FAULT_DIR``), so
 ``exit@2`` kills the engine that serves the 2nd ``generate`` call of the run, and a replacement
-that regenerates is call 3. Each fault fires at most once.
+that regenerates is call 3. Each fault fires at most once. ``FAULT_BREAK_IMAGE`` is a real bad
+input rather than a fake fault: the first time an engine is asked for that prompt it truncates
+the prompt's image file, so the engine's own image loading fails on it (give the run a copy of
+the data).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import pathlib
 import sys
 import time
 
+from actors.reward_worker import RewardWorker
 from actors.rollout import RolloutEngine
 from learner.learner import Learner
 
@@ -40,11 +45,30 @@ def _act(kind: str | None) -> None:
         time.sleep(3600)
 
 
+def _break_image(prompts) -> None:
+    """Truncate the image of the prompt named by ``FAULT_BREAK_IMAGE`` (once per run)."""
+    wanted = os.environ.get("FAULT_BREAK_IMAGE")
+    fired = pathlib.Path(os.environ.get("FAULT_DIR", ".")) / "image.broken"
+    for p in prompts:
+        p = p[0] if isinstance(p, tuple) else p
+        if wanted and p.id == wanted and not fired.exists():
+            path = pathlib.Path(p.images[0])
+            path.write_bytes(path.read_bytes()[:40])
+            fired.write_text(str(path))
+
+
 class FaultyEngine(RolloutEngine):
     def generate(self, prompts, n=None, greedy=False):
         if not greedy:
+            _break_image(prompts)
             _act(_fault("engine"))
         return super().generate(prompts, n, greedy)
+
+
+class FaultyRewardWorker(RewardWorker):
+    def score(self, tasks, rules=None):
+        _act(_fault("reward"))
+        return super().score(tasks, rules)
 
 
 class FaultyLearner(Learner):
@@ -54,9 +78,11 @@ class FaultyLearner(Learner):
 
 
 def main(argv: list[str]) -> None:
+    import actors.reward_worker
     import actors.rollout
     import learner.learner
     actors.rollout.RolloutEngine = FaultyEngine
+    actors.reward_worker.RewardWorker = FaultyRewardWorker
     learner.learner.Learner = FaultyLearner
     import orchestrator
     orchestrator.main(argv)

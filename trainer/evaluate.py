@@ -166,7 +166,13 @@ def run_eval(pool, prompts: list, task: str) -> tuple[dict, list[dict]]:
     """Greedy answers for every prompt (sharded over the engines of ``pool``, an
     ``actors.engine_pool.EnginePool``), then the metrics."""
     rollouts = pool.generate(prompts, 1, True)
-    return score_rollouts(rollouts, task)
+    metrics, records = score_rollouts(rollouts, task)
+    refused = getattr(pool, "refused", [])
+    if refused:  # prompts an engine could not take (unreadable image, too long): counted, not scored
+        metrics["skipped"] = len(refused)
+        print(f"evaluation: {len(refused)} prompts refused by the engines and not scored, e.g. "
+              f"{refused[0].prompt.id}: {refused[0].reason}", flush=True)
+    return metrics, records
 
 
 def format_table(metrics: dict, title: str) -> str:

@@ -61,8 +61,16 @@ def generate_batch(engines, scorer_pool, prompts: list, step: int, version: int,
     pairs = [(p, sample_seed(seed, step, p.id)) for p in prompts]
     rollouts = engines.generate(pairs, on_shard=lambda shard: scorer_pool.submit(shard, rules),
                                 more=more if refill is not None else None)
+    # prompts an engine refused (unreadable image, too long) leave the step, counted; the run goes on
+    refused = {r.prompt.id: r.reason for r in engines.refused}
+    for pid, why in refused.items():
+        print(f"step {step + 1}: prompt {pid} skipped, refused by its engine: {why}", flush=True)
+    prompts = [p for p in prompts if p.id not in refused]
+    if not prompts:
+        raise RuntimeError(f"step {step + 1}: the engines refused every prompt (e.g. {next(iter(refused.values()))}); "
+                           "check rollout.max_model_len against the data's prompts and that the images are readable")
     times = {"rollout": time.perf_counter() - t0, "queue_depth": len(scorer_pool.pending),
-             "engine_restarts": engines.restarts}
+             "engine_restarts": engines.restarts, "skipped_prompts": len(refused)}
     t0 = time.perf_counter()
     score_now()
     times["reward"] = time.perf_counter() - t0
@@ -72,7 +80,7 @@ def generate_batch(engines, scorer_pool, prompts: list, step: int, version: int,
     if len(rollouts) != len(scored) or any(r.key not in scored for r in rollouts):
         raise RuntimeError(f"step {step + 1}: {len(rollouts)} completions but {len(scored)} scores: one was lost "
                            "or duplicated")
-    return Batch(step, prompts, rollouts, scored, failures, version, times, dict(rule_values or {}))
+    return Batch(step, prompts, rollouts, scored, failures, version, times, dict(rule_values or {}), refused)
 
 
 class BatchSource:
@@ -182,7 +190,7 @@ def to_json(b: Batch) -> dict:
         rollouts.append({"prompt_id": r.prompt.id, **d})
     scored = [[k[0], k[1], v["total"], v["values"]] for k, v in b.scored.items()]
     return {"step": b.step, "prompt_ids": [p.id for p in b.prompts], "rollouts": rollouts, "scored": scored,
-            "failures": b.failures, "version": b.version, "times": b.times, "rules": b.rules}
+            "failures": b.failures, "version": b.version, "times": b.times, "rules": b.rules, "refused": b.refused}
 
 
 def from_json(d: dict, prompts_by_id: dict) -> Batch:
@@ -199,4 +207,4 @@ def from_json(d: dict, prompts_by_id: dict) -> Batch:
         rollouts.append(Rollout(prompt=prompt, **r))
     scored = {(pid, int(s)): {"total": total, "values": values} for pid, s, total, values in d["scored"]}
     return Batch(int(d["step"]), [prompts_by_id[i] for i in d["prompt_ids"]], rollouts, scored, dict(d["failures"]),
-                 int(d["version"]), dict(d["times"]), dict(d.get("rules", {})))
+                 int(d["version"]), dict(d["times"]), dict(d.get("rules", {})), dict(d.get("refused", {})))

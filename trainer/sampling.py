@@ -85,13 +85,15 @@ def merge(batches: list[Batch]) -> Batch:
         for k in ("engine_restarts", "reward_recoveries", "queue_depth"):
             if k in b.times:
                 times[k] = b.times[k]  # cumulative counters / the latest depth
+    times["skipped_prompts"] = sum(b.times.get("skipped_prompts", 0) for b in batches)
     failures: dict[str, int] = {}
     for b in batches:
         for k, v in b.failures.items():
             failures[k] = failures.get(k, 0) + v
     return Batch(first.step, [p for b in batches for p in b.prompts], [r for b in batches for r in b.rollouts],
                  {k: v for b in batches for k, v in b.scored.items()}, failures,
-                 min(b.version for b in batches), times, dict(first.rules))
+                 min(b.version for b in batches), times, dict(first.rules),
+                 {k: v for b in batches for k, v in b.refused.items()})
 
 
 def select(batch: Batch, prompt_ids: list[str]) -> Batch:
@@ -100,7 +102,7 @@ def select(batch: Batch, prompt_ids: list[str]) -> Batch:
     order = {pid: i for i, pid in enumerate(prompt_ids)}
     rollouts = sorted((r for r in batch.rollouts if r.prompt.id in order), key=lambda r: (order[r.prompt.id], r.sample))
     return Batch(batch.step, [by_id[i] for i in prompt_ids], rollouts, {r.key: batch.scored[r.key] for r in rollouts},
-                 dict(batch.failures), batch.version, dict(batch.times), dict(batch.rules))
+                 dict(batch.failures), batch.version, dict(batch.times), dict(batch.rules), dict(batch.refused))
 
 
 class DynamicSampler:

@@ -32,9 +32,12 @@ def step_metrics(step: int, batch, totals, tm: dict, phase: dict) -> dict:
            "sync/bytes": phase.get("sync_bytes", 0),
            "reward/queue_depth": phase["queue_depth"], "reward/worker_recoveries": phase["reward_recoveries"],
            "rollout/engine_restarts": phase.get("engine_restarts", 0),
+           "skipped/prompts": len(batch.refused),  # refused by an engine (unreadable image, too long): dropped
            "staleness/max": staleness, "staleness/mean": float(staleness),
            "prompt_ids": [p.id for p in batch.prompts],
            **{k: v for k, v in batch.times.items() if k.startswith("sampling/")}}
+    if batch.refused:
+        row["refused"] = [[pid, why] for pid, why in batch.refused.items()]
     row.update(hack_signals(rollouts, records))
     rec = [x for x in records if "hit" in x]
     if rec:  # accuracy of the sampled answers: REC IoU > 0.5 (VLM-R1's criterion), QA scored 1
@@ -140,6 +143,7 @@ def summarize(history: list[dict], times: dict, wall: float, cpu_share: float | 
     ids = [pid for row in history for pid in row.get("prompt_ids", [])]
     return {"steps": len(history), "samples": sum(row.get("items", 0) for row in history),
             "prompts": len(ids), "distinct_prompts": len(set(ids)),
+            "skipped_prompts": [r for row in history for r in row.get("refused", [])],
             "reward_first": history[0]["reward/mean"] if history else None,
             "reward_last": history[-1]["reward/mean"] if history else None,
             "max_staleness": max_staleness,
@@ -175,6 +179,10 @@ def print_summary(s: dict, out_dir: pathlib.Path) -> None:
     print("time: " + ", ".join(f"{k} {share(k)}" for k in ("rollout", "reward", "train", "sync", "eval_ckpt", "other"))
           + (f" (asynchronous, max_staleness={s['max_staleness']}: rollout and reward ran beside training; 'train' "
              "is the wait for the learner after them)" if s.get("max_staleness") else ""))
+    if s.get("skipped_prompts"):
+        pid, why = s["skipped_prompts"][0]
+        print(f"skipped: {len(s['skipped_prompts'])} prompts refused by the engines and left out of their steps "
+              f"(skipped/prompts in metrics.jsonl), e.g. {pid}: {why}")
     for role, what in s.get("chosen", {}).items():
         print(f"{role}: {what}")
     if s.get("cpu_utilisation") is not None:

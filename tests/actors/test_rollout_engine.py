@@ -1,5 +1,7 @@
 """The rollout engine on its own (vLLM in this process): seeded sampling over a batch whose
-prefills cannot all fit in one scheduler step."""
+prefills cannot all fit in one scheduler step, and prompts it must refuse without failing the
+others."""
+import dataclasses
 import os
 
 import pytest
@@ -7,18 +9,28 @@ import pytest
 import conf
 
 pytestmark = pytest.mark.e2e
+MAX_LEN = 256
 
 
-def test_seeded_sampling_survives_prefills_spread_over_scheduler_steps(tiny_model, synthetic):
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    from actors.rollout import RolloutEngine
+    rollout = conf.OmegaConf.to_container(conf.load(["rollout.max_new_tokens=4", "rollout.num_generations=2",
+                                                     f"rollout.max_model_len={MAX_LEN}"]).rollout)
+    return RolloutEngine(tiny_model, rollout, seed=0)
+
+
+@pytest.fixture(scope="module")
+def prompts(synthetic):
+    from data.loaders import load_prompts
+    return load_prompts(str(synthetic / "rec_train.jsonl"), str(synthetic), "rec")[0]
+
+
+def test_seeded_sampling_survives_prefills_spread_over_scheduler_steps(engine, prompts):
     """Regression: with chunked prefill, a prompt split across steps made vLLM rewind its seeded
     CPU generator ("RuntimeError: CPU Generator does not use offset") and killed the run. Here
     ~100 prompts of ~90 tokens (more than one step's 4096-token budget) sample with per-request seeds."""
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    from actors.rollout import RolloutEngine
-    from data.loaders import load_prompts
-    rollout = conf.OmegaConf.to_container(conf.load(["rollout.max_new_tokens=4", "rollout.num_generations=2"]).rollout)
-    engine = RolloutEngine(tiny_model, rollout, seed=0)
-    prompts, _ = load_prompts(str(synthetic / "rec_train.jsonl"), str(synthetic), "rec")
     batch = (prompts * 2)[:100]
     n_tokens = sum(len(r.prompt_token_ids) for r in engine.generate(batch[:1]))
     assert n_tokens * len(batch) > 4096  # the batch's prefills need more than one scheduler step
@@ -27,3 +39,30 @@ def test_seeded_sampling_survives_prefills_spread_over_scheduler_steps(tiny_mode
     assert len(first) == 200 and {r.sample for r in first} == {0, 1}
     assert [(r.prompt.id, r.sample) for r in first] == [(p.id, j) for p in batch for j in (0, 1)]
     assert all(r.completion_token_ids and len(r.logprobs) == len(r.completion_token_ids) for r in first)
+
+
+def test_a_prompt_the_engine_cannot_take_is_refused_and_the_others_are_generated(engine, prompts, tmp_path):
+    """An over-long prompt (vLLM refuses the whole call) and an image gone bad after loading come back
+    as ``Refused`` in their places; the others get exactly the samples a clean call gives them."""
+    from data.prepare import PromptLength
+    from samples import Refused, Rollout
+    good = prompts[:3]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(open(good[0].images[0], "rb").read()[:40])  # truncated: PIL cannot decode it
+    too_long = dataclasses.replace(good[1], id="too-long", question=good[1].question + " the red one" * 200)
+    unreadable = dataclasses.replace(good[2], id="unreadable", images=(str(broken),))
+    clean = engine.generate([(p, 7 + i) for i, p in enumerate(good)])
+    mixed = engine.generate([(good[0], 7), (too_long, 50), (good[1], 8), (unreadable, 51), (good[2], 9)])
+    refused = [r for r in mixed if isinstance(r, Refused)]
+    assert [r.prompt.id for r in refused] == ["too-long", "unreadable"]
+    assert "VLLMValidationError" in refused[0].reason and "maximum context length" in refused[0].reason
+    assert "UnidentifiedImageError" in refused[1].reason or "OSError" in refused[1].reason
+    rollouts = [r for r in mixed if isinstance(r, Rollout)]
+    assert [(r.prompt.id, r.completion_token_ids) for r in rollouts] == [(r.prompt.id, r.completion_token_ids)
+                                                                          for r in clean]
+    # the load-time count (data.prepare.PromptLength) is the engine's own, images included
+    count = PromptLength(engine.processor)
+    assert [count(p) for p in good] == [len(r.prompt_token_ids) for r in clean[::2]]
+    assert count(too_long) >= MAX_LEN
+    # a call whose every prompt is refused returns only the refusals
+    assert [type(r).__name__ for r in engine.generate([too_long, unreadable])] == ["Refused", "Refused"]

@@ -202,3 +202,32 @@ def test_the_run_reads_validation_images_from_their_own_or_the_training_folders(
     only_val = load_splits(conf.load([f"data.train_files={tmp_path / 'gone.jsonl'}", f"data.val_files={val}",
                                       f"data.image_folders={folder}", base[3]]).data, train=False)
     assert only_val[0] == [] and [p.id for p in only_val[1]] == ["v1"]
+
+
+def test_rows_too_long_for_the_engines_are_counted_skips_with_the_images_tokens(tmp_path, folder, tiny_model):
+    """data.prepare.fit_to_engines: prompt tokens, images included (at the configured pixel limits),
+    against rollout.max_model_len. A large image alone can push a short question over the limit; the good rows survive in order."""
+    from omegaconf import OmegaConf
+
+    from data.loaders import SkipReport
+    from data.prepare import fit_to_engines
+    Image.new("RGB", (900, 900), "white").save(folder / "large.png")
+    path = _write(tmp_path / "rows.jsonl", [_row("ok.png", id="short"), _row("large.png", id="large_image"),
+                                            {**_row("ok.png", id="long_text"), "conversations": [
+                                                {"from": "human", "value": "<image>find " + "the red one " * 300},
+                                                {"from": "gpt", "value": "[1, 1, 20, 20]"}]},
+                                            _row("ok2.png", id="short2")])
+    report = SkipReport()
+    rows, _ = load_prompts(path, str(folder), "rec", report=report, max_image_pixels=10**7)
+    # model.max_pixels as configured (the tiny model's own limit would shrink the large image to fit)
+    model = OmegaConf.create({"min_pixels": None, "max_pixels": 1_000_000})
+    train, val = fit_to_engines(rows, rows[:1], tiny_model, model, 512, report)
+    assert [p.id for p in train] == ["short", "short2"] and [p.id for p in val] == ["short"]
+    assert report.skipped["prompt longer than rollout.max_model_len"] == 2 and report.loaded == 2
+    assert "rows.jsonl:2" in report.summary() and "raise rollout.max_model_len" in report.summary()
+    # the same rows under a limit they all fit: nothing skipped
+    assert len(fit_to_engines(rows, [], tiny_model, model, 100_000, SkipReport())[0]) == 4
+    with pytest.raises(DataError, match="no usable training rows"):
+        fit_to_engines(rows[1:3], [], tiny_model, model, 512, SkipReport())
+    with pytest.raises(DataError, match="data.strict=true"):
+        fit_to_engines(rows, [], tiny_model, model, 512, SkipReport(), strict=True)
