@@ -52,16 +52,19 @@ class EnginePool:
         if self.learners is None:
             return
         from weights.net import free_port
-        ray.get(self.engines.call("ready"))
-        workers = ray.get(self.engines.call("num_workers"))
-        host = ray.get(self.learners.actors[0].address.remote())[0]
+        # every wait bounded: the groups' call timeouts (an engine's start-up, a learner's answer)
+        self.engines.get(self.engines.call("ready"), "start-up")
+        workers = self.engines.get(self.engines.call("num_workers"), "num_workers")
+        host = self.learners.get(self.learners.actors[0].address.remote(), "its address")[0]
         port, world = free_port(host), 1 + sum(workers)
         offsets = [1 + sum(workers[:i]) for i in range(len(workers))]
         delta = self.delta_full_every > 0  # (a new group starts both sides over: the next update is full)
-        ray.get([self.learners.actors[0].init_weight_group.remote(host, port, world, self.pack_bytes,
-                                                                  self.delta_full_every)]
-                + self.engines.call_each("init_weight_group", [(host, port, o, world, self.backend, self.pack_bytes,
-                                                                delta, self.adapter) for o in offsets]))
+        learner = self.learners.actors[0].init_weight_group.remote(host, port, world, self.pack_bytes,
+                                                                   self.delta_full_every)
+        joins = self.engines.call_each("init_weight_group", [(host, port, o, world, self.backend, self.pack_bytes,
+                                                              delta, self.adapter) for o in offsets])
+        self.learners.get(learner, "the weight group's set-up")
+        self.engines.get(joins, "the weight group's set-up")
 
     def sync(self, version: int | None = None) -> None:
         """Push the learner's current weights (``version`` updates old) to every engine; an engine

@@ -31,11 +31,19 @@ def _fault(role: str) -> str | None:
     counter.write_text(str(n))
     for spec in filter(None, os.environ.get(f"FAULT_{role.upper()}", "").split(",")):
         kind, at = spec.split("@")
-        fired = root / f"{role}.{kind}@{at}.fired"
-        if int(at) == n and not fired.exists():
-            fired.touch()
+        if int(at) == n and _first(root / f"{role}.{kind}@{at}.fired"):
             return kind
     return None
+
+
+def _first(marker: pathlib.Path) -> bool:
+    """True for the one process that creates ``marker`` (an exclusive create: two reward workers
+    counting the same call number at once cannot both fire)."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
 
 
 def _act(kind: str | None) -> None:
@@ -48,13 +56,11 @@ def _act(kind: str | None) -> None:
 def _break_image(prompts) -> None:
     """Truncate the image of the prompt named by ``FAULT_BREAK_IMAGE`` (once per run)."""
     wanted = os.environ.get("FAULT_BREAK_IMAGE")
-    fired = pathlib.Path(os.environ.get("FAULT_DIR", ".")) / "image.broken"
     for p in prompts:
         p = p[0] if isinstance(p, tuple) else p
-        if wanted and p.id == wanted and not fired.exists():
+        if wanted and p.id == wanted and _first(pathlib.Path(os.environ["FAULT_DIR"]) / "image.broken"):
             path = pathlib.Path(p.images[0])
             path.write_bytes(path.read_bytes()[:40])
-            fired.write_text(str(path))
 
 
 class FaultyEngine(RolloutEngine):

@@ -74,7 +74,9 @@ def create_engines(cfg, model_path: str, env: dict[str, str], gpu: bool | None =
     bundle = {"CPU": r.cpus_per_engine, "GPU": r.devices_per_engine if gpu else 0, **r.resources}
     return ActorGroup(RolloutEngine, r.num_engines, bundle, "rollout", args=(model_path, plain(r), cfg.seed),
                       kwargs={"model_cfg": plain(cfg.model), "lora_rank": adapter_rank(cfg)},
-                      kwargs_fn=lambda i: {"index": i}, env={**env, **_threads(cfg, r, "rollout")})
+                      kwargs_fn=lambda i: {"index": i}, env={**env, **_threads(cfg, r, "rollout")},
+                      # start-up (a large model loading) and the weight group's set-up: the longer bound
+                      call_timeout_s=max(r.timeout_s, cfg.learner.timeout_s))
 
 
 def create_learners(cfg, model_path: str, per_rank_items: int, env: dict[str, str], gpu: bool | None = None) -> ActorGroup:
@@ -104,12 +106,12 @@ def create_roles(cfg, model_path: str, env: dict[str, str]) -> tuple[EnginePool,
                                env, gpu)
     scorers = ActorGroup(RewardWorker, rc.num_workers, {"CPU": rc.cpus_per_worker, **rc.resources}, "reward",
                          args=(dict(rc.funcs), rc.box_convention, plain(rc.params)), env=env)
-    engines.info = ray.get(engines.actors[0].info.remote())  # dtype chosen and why, threads
-    meta = ray.get(learners.actors[0].weight_meta.remote(engines.info["dtype"]))
+    engines.info = engines.get(engines.actors[0].info.remote(), "start-up")  # dtype chosen and why, threads
+    meta = learners.get(learners.actors[0].weight_meta.remote(engines.info["dtype"]), "weight_meta")
     pool = EnginePool(engines, learners, meta, r.timeout_s, "nccl" if gpu else "gloo",
                       asynchronous=cfg.trainer.max_staleness > 0, pack_mb=float(r.sync_pack_mb),
                       delta_full_every=r.sync_full_every if r.sync_delta else 0,
-                      adapter=ray.get(learners.actors[0].adapter_config.remote()))
+                      adapter=learners.get(learners.actors[0].adapter_config.remote(), "adapter_config"))
     pool.connect()
     return pool, learners, scorers
 

@@ -138,3 +138,31 @@ def test_a_chunk_that_kills_every_worker_stops_with_a_clear_error():
     with pytest.raises(RuntimeError, match="failed 3 times .*worker died"):
         pool.collect()
     group.shutdown()
+
+
+class StuckEngine:
+    """An engine whose start-up never ends (a model load stuck on a hung file system)."""
+
+    def ready(self):
+        time.sleep(3600)
+
+
+class Rank0:
+    def address(self):
+        return "127.0.0.1", 0
+
+
+def test_an_engine_stuck_in_start_up_is_a_hung_role_not_a_wait_for_ever():
+    """Every driver wait on a role is bounded: an engine that never finishes starting up is
+    ``RoleHung`` past its group's call timeout (trainer/roles.py gives the engines
+    max(rollout.timeout_s, learner.timeout_s))."""
+    from actors.engine_pool import EnginePool
+    from actors.group import RoleHung
+    engines = ActorGroup(StuckEngine, 1, {"CPU": 0.1}, "rollout-stuck", call_timeout_s=2)
+    learners = ActorGroup(Rank0, 1, {"CPU": 0.1}, "learner-ok", call_timeout_s=2)
+    t0 = time.monotonic()
+    with pytest.raises(RoleHung, match="gave no answer to start-up within 2s") as e:
+        EnginePool(engines, learners, meta=[]).connect()
+    assert e.value.role == "rollout-stuck" and time.monotonic() - t0 < 30
+    engines.shutdown()
+    learners.shutdown()
