@@ -213,7 +213,7 @@ class RolloutEngine:
         """What this engine resolved from ``auto``: its dtype (and why) and its CPU threads."""
         import torch
         return {"dtype": self.dtype, "dtype_reason": self.dtype_reason, "threads": torch.get_num_threads(),
-                "weight_transfer": self.transfer}
+                "weight_transfer": self.transfer, "start_s": self.start_s}
 
     def transfer_entry(self) -> str:
         """The class the worker's updates arrive through (``GlooWeightTransfer`` or ``extension``)."""

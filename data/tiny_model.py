@@ -42,6 +42,7 @@ WARM_STEPS = 400  # ~2-3 minutes on 2 CPU cores: format learned, boxes still rou
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+SHIPPED_DIR = pathlib.Path(__file__).resolve().parent / "embedded"  # warm starts shipped with the project
 BUILD_VERSION = 4  # bump when the recipe changes, so caches rebuild (2: warm start with 3D positions; 3: fp32;
 # 4: Qwen3-VL's position embeddings at unit scale)
 
@@ -169,15 +170,22 @@ def parse_builtin(path: str) -> tuple[str, dict | None] | None:
     return SLUGS[slug], recipe
 
 
-def resolve_model_path(path: str, seed: int = 0) -> str:
+def resolve_model_path(path: str, seed: int = 0, shipped: bool = True) -> str:
     """``builtin:tiny[-<family>][-random]`` -> the cached model (built on first use); anything
-    else unchanged. Without ``-random`` the model is warm-started (``warm_start``)."""
+    else unchanged. Without ``-random`` the model is warm-started (``warm_start``), unless the
+    project ships that very build (``data/embedded/``, ``python -m tools.ship_models``: the
+    embedded models of ``conf=rec`` and ``conf=ovd``), which is then used as it is."""
     parsed = parse_builtin(path)
     if parsed is None:
         return path
     family, recipe = parsed
     slug = next(s for s, f in SLUGS.items() if f == family)
     base = cache_root() / f"tiny-{slug}-v{BUILD_VERSION}-s{seed}"
+    if recipe is not None and shipped:
+        ready = SHIPPED_DIR / warm_name(base, recipe)
+        record = json.loads((ready / "BUILD.json").read_text()) if (ready / "BUILD.json").exists() else {}
+        if (record.get("warm_start_steps"), record.get("warm_start_tasks")) == (recipe["steps"], recipe["tasks"]):
+            return str(ready)
     if not (base / "BUILD.json").exists():
         t0 = time.perf_counter()
         print(f"building the embedded tiny {slug} into {base} ...", flush=True)
@@ -185,13 +193,18 @@ def resolve_model_path(path: str, seed: int = 0) -> str:
         print(f"built in {time.perf_counter() - t0:.1f} s", flush=True)
     if recipe is None:
         return str(base)
-    scene = recipe["scene"]
-    suffix = "" if scene == "default" else f"-{scene}" + ("" if recipe["tasks"] == "rec" else f"-{recipe['tasks']}")
-    out = base.with_name(base.name + "-warm" + suffix)
+    out = base.with_name(warm_name(base, recipe))
     done = json.loads((out / "BUILD.json").read_text()) if (out / "BUILD.json").exists() else {}
     if (done.get("warm_start_steps"), done.get("warm_start_tasks")) != (recipe["steps"], recipe["tasks"]):
         warm_start(base, out, seed, recipe["steps"], scene, recipe["tasks"])  # never built, or by another recipe
     return str(out)
+
+
+def warm_name(base: pathlib.Path, recipe: dict) -> str:
+    """The directory name of ``base`` warm-started by ``recipe`` (in the cache, or shipped)."""
+    scene = recipe["scene"]
+    suffix = "" if scene == "default" else f"-{scene}" + ("" if recipe["tasks"] == "rec" else f"-{recipe['tasks']}")
+    return base.name + "-warm" + suffix
 
 
 def warm_start(base: pathlib.Path, out: pathlib.Path, seed: int = 0, steps: int = WARM_STEPS,

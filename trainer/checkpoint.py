@@ -92,12 +92,20 @@ def rotate(out_dir, keep: int) -> list[pathlib.Path]:
 def save(out_dir, step: int, learners, sampler, history: list, keep: int, in_flight=()) -> pathlib.Path:
     """A complete checkpoint of ``step``: every learner rank's state, the data position, the metric
     rows so far and the generated batches not yet trained; older ones beyond ``keep`` are deleted."""
+    t0 = time.perf_counter()
     tmp = staging(out_dir, step)
     learners.get(learners.call("save_checkpoint", str(tmp)), f"saving the checkpoint of step {step}")
     final = commit(tmp, step, {"step": step, "sampler": sampler.state(), "history": history,
                                "in_flight": [to_json(b) for b in in_flight]})
     rotate(out_dir, keep)
+    _say(f"checkpoint saved: {final} ({time.perf_counter() - t0:.1f} s)")
     return final
+
+
+def _say(message: str) -> None:
+    """A line that does not break the training bar."""
+    from tqdm import tqdm
+    tqdm.write(message)
 
 
 def resume(spec, out_dir: pathlib.Path, learners, engines, sampler, train: list, max_staleness: int) -> tuple[int, list, list]:

@@ -71,14 +71,15 @@ def start(cfg, out_dir: pathlib.Path) -> dict[str, str]:
     port = c.dashboard_port
     if c.include_dashboard and not port_free(c.dashboard_host, port):  # e.g. a second run on this machine
         port = free_port(c.dashboard_host)
-        print(f"port {c.dashboard_port} is taken: this run's Ray dashboard is at http://{c.dashboard_host}:{port}",
-              flush=True)
+        print(f"port {c.dashboard_port} is taken (another run?): this run's dashboard takes port {port}", flush=True)
     kw = dict(num_cpus=c.num_cpus or max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=c.include_dashboard,
               dashboard_host=c.dashboard_host, dashboard_port=port, _temp_dir=str(tmp), runtime_env={"env_vars": env},
               _node_ip_address=c.node_host, log_to_driver=True, configure_logging=True, logging_level="WARNING")
     if c.metrics_port:
         kw["_metrics_export_port"] = c.metrics_port
     ray.init(**kw)
+    if c.include_dashboard:
+        print(f"Ray dashboard: http://{c.dashboard_host}:{port}", flush=True)
     return env
 
 

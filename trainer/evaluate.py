@@ -21,6 +21,7 @@ from rewards import REGISTRY, parse, resolve
 from rewards.boxes import iou, maybe_rescale
 from rewards.ovd import gt_items
 from rewards.rec import solution_box
+from trainer.progress import progress
 
 
 def subset(prompts: list, max_samples: int | None, seed: int = 42) -> list:
@@ -162,12 +163,17 @@ def score_rollouts(rollouts: list, task: str | None = None) -> tuple[dict, list[
     return metrics, records
 
 
-def run_eval(pool, prompts: list, task: str) -> tuple[dict, list[dict]]:
+def run_eval(pool, prompts: list, task: str, chunk: int = 64) -> tuple[dict, list[dict]]:
     """Greedy answers for every prompt (sharded over the engines of ``pool``, an
-    ``actors.engine_pool.EnginePool``), then the metrics."""
-    rollouts = pool.generate(prompts, 1, True)
+    ``actors.engine_pool.EnginePool``, ``chunk`` prompts per engine at a time, with a progress
+    bar), then the metrics."""
+    size = chunk * max(1, pool.engines.n)
+    parts = [prompts[i:i + size] for i in range(0, len(prompts), size)]
+    rollouts, refused = [], []
+    for part in progress(parts, desc="eval", total=len(parts), leave=False):
+        rollouts += pool.generate(part, 1, True)
+        refused += getattr(pool, "refused", [])
     metrics, records = score_rollouts(rollouts, task)
-    refused = getattr(pool, "refused", [])
     if refused:  # prompts an engine could not take (unreadable image, too long): counted, not scored
         metrics["skipped"] = len(refused)
         print(f"evaluation: {len(refused)} prompts refused by the engines and not scored, e.g. "

@@ -7,11 +7,12 @@ import time
 
 
 def progress(iterable, desc: str, total: int | None = None, initial: int = 0, stream=None,
-             every: float = 30.0, clock=time.monotonic):
+             every: float = 30.0, clock=time.monotonic, leave: bool = True):
+    """``leave=False``: a bar that clears itself when done (an evaluation inside the training bar)."""
     stream = sys.stderr if stream is None else stream
     if getattr(stream, "isatty", lambda: False)():
         from tqdm import tqdm
-        return tqdm(iterable, desc=desc, total=total, initial=initial, dynamic_ncols=True, file=stream)
+        return tqdm(iterable, desc=desc, total=total, initial=initial, dynamic_ncols=True, file=stream, leave=leave)
     return LineProgress(iterable, desc, total, initial, stream, every, clock)
 
 

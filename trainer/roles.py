@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import time
 
 import ray
 
@@ -101,6 +102,9 @@ def create_roles(cfg, model_path: str, env: dict[str, str]) -> tuple[EnginePool,
     _resolved(cfg)
     r, lc, rc = cfg.rollout, cfg.learner, cfg.reward
     gpu = has_gpu()
+    t0 = time.perf_counter()
+    print(f"starting the roles: {r.num_engines} vLLM engine(s), {lc.world_size} DeepSpeed learner rank(s) "
+          f"(ZeRO-{lc.zero_stage}), {rc.num_workers} reward worker(s) ...", flush=True)
     engines = create_engines(cfg, model_path, env, gpu)
     learners = create_learners(cfg, model_path, cfg.trainer.prompts_per_step * r.num_generations // lc.world_size,
                                env, gpu)
@@ -113,6 +117,8 @@ def create_roles(cfg, model_path: str, env: dict[str, str]) -> tuple[EnginePool,
                       delta_full_every=r.sync_full_every if r.sync_delta else 0,
                       adapter=learners.get(learners.actors[0].adapter_config.remote(), "adapter_config"))
     pool.connect()
+    print(f"roles up in {time.perf_counter() - t0:.1f} s (an engine's own start-up: {engines.info['start_s']:.1f} s); "
+          "weight group connected", flush=True)
     return pool, learners, scorers
 
 

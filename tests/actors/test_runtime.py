@@ -125,10 +125,11 @@ def _run(tmp_path, tiny_model, synthetic, *overrides, timeout=900):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     summary = json.loads((out / "summary.json").read_text())
     rows = [r for r in map(json.loads, open(out / "metrics.jsonl")) if "reward/mean" in r]  # training steps
-    return summary, rows, proc.stdout
+    return summary, rows, proc.stdout + proc.stderr
 
 
 def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model, synthetic):
+    from weights.net import free_port
     # the default shape: 4 long OVD prompts x G=8 per step (the seeded-sampling crash of a split prefill,
     # fixed in actors/rollout.py, depended on which prompts overflowed a step's token budget: it hit at
     # step 10 of the default run and is not reproduced by two steps here; the run itself was checked)
@@ -139,8 +140,15 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
                                  "rollout.dynamic_sampling.enabled=true",  # and dynamic sampling on
                                  # and a trigger that fires on step 1's row (monitor: the step itself)
                                  "reward.triggers=[{name: t, monitor: step, above: 0.5, patience: 1, "
-                                 "set: {ovd_count.weight: 0.5}}]")
+                                 "set: {ovd_count.weight: 0.5}}]",
+                                 # the dashboard as a user gets it (on; a free port)
+                                 "cluster.include_dashboard=true", f"cluster.dashboard_port={free_port()}")
     assert summary["steps"] == 2 and summary["samples"] == 2 * 4 * 8
+    # nothing silent: the dashboard's address, the roles starting, each evaluation's progress, each save
+    assert "Ray dashboard: http://127.0.0.1:" in stdout
+    assert "starting the roles: 1 vLLM engine(s), 1 DeepSpeed learner rank(s) (ZeRO-0), 2 reward worker(s)" in stdout
+    assert "roles up in" in stdout and "weight group connected" in stdout
+    assert stdout.count("eval: 1/1 (100%)") == 2 and "checkpoint saved:" in stdout
     assert summary["prompts"] == summary["distinct_prompts"] == 8  # no prompt repeated within the epoch
     assert [r["items"] for r in rows] == [32, 32]  # every completion entered the update exactly once
     for r in rows:

@@ -95,3 +95,20 @@ def test_tiny_qwen3_vl_position_embeddings_start_at_unit_scale(tmp_path):
     patch = next(v for k, v in weights.items() if k.endswith("visual.patch_embed.proj.weight"))
     assert pos.shape[0] == 64 and 0.9 < float(pos.float().std()) < 1.1
     assert float(patch.float().std()) < 0.05
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "glm4v", "internvl"])
+def test_prompt_length_counts_every_familys_image_tokens_as_its_processor(family, tmp_path):
+    """data.prepare.PromptLength: after two measured sizes, the processor's own count plus the
+    learned constant gives what the processor itself expands an image to, at any size."""
+    import random
+
+    from transformers import AutoProcessor
+
+    from data.prepare import PromptLength
+    from data.tiny_model import build
+    count = PromptLength(AutoProcessor.from_pretrained(build(tmp_path / family, seed=0, family=family)))
+    rng = random.Random(0)
+    sizes = [(rng.randint(20, 1500), rng.randint(20, 1500)) for _ in range(12)]
+    assert [count.image(s) for s in sizes] == [count.measure(s) for s in sizes]
+    assert count.offset is not None  # the fast path was taken for all but the first two

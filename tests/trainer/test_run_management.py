@@ -132,7 +132,7 @@ def test_chaos_every_fault_kind_in_one_run_trains_what_the_uninterrupted_run_tra
     # engines: replaced twice before the first restart (the restarts start every role afresh)
     assert out.count("rollout engine 0 died or hung mid-generation: replacing it") == 2
     assert "gave nothing for 15s" in out
-    assert "reward worker" in out and "replac" in out
+    assert "replacing it and rescoring its chunks" in out  # the reward worker
     assert "a learner rank died" in out and "a learner rank died or hung (RoleHung)" in out
     assert "restart 1 of trainer.max_restarts=2" in out and "restart 2 of trainer.max_restarts=2" in out
     assert f"prompt {bad} skipped, refused by its engine: UnidentifiedImageError" in out

@@ -1,0 +1,113 @@
+"""The warm-started embedded models shipped with the project (``data/embedded/``): a first
+``conf=rec`` / ``conf=ovd`` run starts training at once instead of warm-starting for minutes.
+
+    python -m tools.ship_models            # build (or take from the cache), check, and write data/embedded/
+    python -m tools.ship_models --check    # re-run each shipped model's recorded check; print the table
+
+Each shipped model is what ``data.tiny_model.resolve_model_path`` would build on first use (the
+project's own code, same recipe, seed 0), with its ``BUILD.json`` extended by the machine it was
+built on, the sha256 of its weights, and ``val_check``: the greedy answers of a float32 vLLM engine
+on the first ``CHECK_ROWS`` rows of its task's validation split and the metrics they reach.
+``tests/data/test_embedded.py`` re-runs that check, so a shipped model that stops matching its
+recipe's record fails the suite. Rebuilding from scratch is this command with an empty cache
+(``VLM_R1_RAY_CACHE=$(mktemp -d) python -m tools.ship_models``).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+
+import conf
+from data.tiny_model import SHIPPED_DIR, resolve_model_path
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# the embedded model of each main config, and the task its check scores
+MODELS = {"rec": "builtin:tiny-qwen3-vl-one-shape", "ovd": "builtin:tiny-qwen3-vl-one-shape-ovd"}
+CHECK_ROWS = 32
+HEADLINE = {"rec": ("accuracy", "mean_iou"), "ovd": ("mAP", "AP50")}
+
+
+def sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cpu_name() -> str:
+    """The CPU and the flags that decide its arithmetic (bf16 / AMX), for the build record."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown"
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = [f for f in fields.get("Flags", "").split() if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")]
+    return f"{fields.get('Model name', '?').strip()}, {os.cpu_count()} cores, {' '.join(flags)}"
+
+
+def val_check(model_path: str, name: str) -> dict:
+    """Greedy answers of a float32 vLLM engine on the first ``CHECK_ROWS`` val rows of
+    ``conf=<name>``, scored as an evaluation scores them (in a process of its own: one vLLM engine
+    per process)."""
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "tools.ship_models", "--val-check", name, model_path],
+                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "VLLM_LOGGING_LEVEL": "ERROR"})
+    if proc.returncode:
+        raise RuntimeError(f"the check of {model_path} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _val_check_here(model_path: str, name: str) -> dict:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from actors.rollout import RolloutEngine
+    from data.prepare import load_splits
+    from trainer.evaluate import score_rollouts
+    cfg = conf.load([f"conf={name}", "rollout.dtype=float32"])
+    _, val, _ = load_splits(cfg.data, train=False)
+    engine = RolloutEngine(model_path, conf.plain(cfg.rollout), seed=0, model_cfg=conf.plain(cfg.model))
+    metrics, _ = score_rollouts(engine.generate(val[:CHECK_ROWS], 1, True), cfg.data.task)
+    return {"rows": CHECK_ROWS, "split": "val", "dtype": "float32", "metrics": metrics}
+
+
+def ship(name: str) -> pathlib.Path:
+    """Build (or take from the cache) the embedded model of ``conf=<name>``, check it, and copy it
+    with its record into ``data/embedded/``."""
+    model = MODELS[name]
+    built = pathlib.Path(resolve_model_path(model, 0, shipped=False))
+    out = SHIPPED_DIR / built.name
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(built, out)
+    info = json.loads((out / "BUILD.json").read_text())
+    info.update({"model": model, "built_on": cpu_name(), "built": datetime.date.today().isoformat(),
+                 "command": "python -m tools.ship_models",
+                 "sha256": {p.name: sha256(p) for p in sorted(out.glob("*.safetensors"))},
+                 "val_check": val_check(str(out), name)})
+    (out / "BUILD.json").write_text(json.dumps(info, indent=1) + "\n")
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="only re-run the recorded checks of the shipped models")
+    ap.add_argument("--val-check", nargs=2, metavar=("CONF", "MODEL"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.val_check:  # (one model's check, printed as JSON: val_check runs it in its own process)
+        print(json.dumps(_val_check_here(args.val_check[1], args.val_check[0])))
+        return
+    rows = []
+    for name, model in MODELS.items():
+        path = ship(name) if not args.check else pathlib.Path(resolve_model_path(model, 0))
+        info = json.loads((path / "BUILD.json").read_text())
+        now = val_check(str(path), name)["metrics"] if args.check else info["val_check"]["metrics"]
+        for k in HEADLINE[name]:
+            rows.append(f"| conf={name} | {path.name} | {k} | {info['val_check']['metrics'][k]:.4f} | {now[k]:.4f} |")
+    print("| config | shipped model | metric | recorded | now |\n|---|---|---|---|---|\n" + "\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
