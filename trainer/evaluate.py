@@ -208,4 +208,5 @@ def periodic(engines, prompts: list, task: str, step: int, out_dir, monitor) -> 
     (out_dir / "eval").mkdir(exist_ok=True)
     save(out_dir / "eval" / f"step_{step:06d}.json", metrics, records)
     monitor.log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+    monitor.log_samples(step, records)
     return metrics

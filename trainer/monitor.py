@@ -41,6 +41,21 @@ class Monitor:
             self.wandb.log(numbers, step=int(row.get("step", 0)))
         return self.watch.update(row)
 
+    def log_samples(self, step: int, records: list[dict], n: int = 8) -> dict | None:
+        """wandb (when on), at an evaluation: the first ``n`` val images with their true (green) and
+        predicted (red) boxes, labelled, as ``wandb.Image`` boxes, and a table of every record's
+        question, completion and score. Returns what was logged (None with wandb off)."""
+        if self.wandb is None:
+            return None
+        import wandb
+        images = [im for im in (_boxed_image(wandb, r) for r in records[:n]) if im is not None]
+        table = wandb.Table(columns=["id", "question", "completion", "truth", "answer", "score"],
+                            data=[[r["id"], r["question"], r["completion"], _shown(r, "gt"), _shown(r, "pred"),
+                                   float(r.get("iou", r.get("score", 0.0)) or 0.0)] for r in records])
+        logged = {"eval/samples": images, "eval/answers": table}
+        self.wandb.log(logged, step=step)
+        return logged
+
     def _ray(self, numbers: dict) -> None:
         from ray.util import metrics
         for k, v in numbers.items():
@@ -55,6 +70,48 @@ class Monitor:
         self.file.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _shown(record: dict, which: str) -> str:
+    """A record's boxes as text: ``label [x1, y1, x2, y2]; ...``."""
+    labels = list(record.get(f"{which}_labels", [])) + [""] * len(record[which])
+    return "; ".join(f"{lab} {list(b)}".strip() for b, lab in zip(record[which], labels) if b)
+
+
+def box_data(record: dict) -> tuple[dict, dict]:
+    """wandb's ``boxes`` of a record: ``{"ground_truth": [...], "predictions": [...]}`` in image
+    pixels, each box captioned with its label (REC: truth / answer), and the class labels by id;
+    boxes that are not finite, ordered rectangles are left out."""
+    classes: dict[str, int] = {}
+    boxes = {}
+    for which, key, default in (("ground_truth", "gt", "truth"), ("predictions", "pred", "answer")):
+        labels = list(record.get(f"{key}_labels", [])) + [""] * len(record[key])
+        data = []
+        for b, lab in zip(record[key], labels):
+            if b and len(b) == 4 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in b) \
+                    and b[2] > b[0] and b[3] > b[1]:
+                name = lab or default
+                data.append({"position": {"minX": float(b[0]), "minY": float(b[1]), "maxX": float(b[2]),
+                                          "maxY": float(b[3])}, "domain": "pixel",
+                             "class_id": classes.setdefault(name, len(classes) + 1), "box_caption": name})
+        boxes[which] = data
+    return boxes, {i: name for name, i in classes.items()}
+
+
+def _boxed_image(wandb, record: dict):
+    """``wandb.Image`` of a record's image with its true and predicted boxes (labelled), or None
+    when the image cannot be read."""
+    from PIL import Image
+    if not record.get("image"):
+        return None
+    try:
+        with Image.open(record["image"]) as im:
+            img = im.convert("RGB")
+    except OSError:
+        return None
+    boxes, class_labels = box_data(record)
+    return wandb.Image(img, caption=record["question"][-120:],
+                       boxes={k: {"box_data": v, "class_labels": class_labels} for k, v in boxes.items()})
 
 
 def _start_wandb(out_dir: pathlib.Path, cfg, run_config: dict):

@@ -76,12 +76,15 @@ def _draw(record: dict, out: pathlib.Path, tag: str) -> str | None:
     scale = max(1, 256 // max(img.size))
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     draw = ImageDraw.Draw(img)
-    for color, boxes in (("#00a000", record["gt"]), ("#e00000", record["pred"])):
-        for b in boxes:
+    for color, boxes, labels, default in (("#00a000", record["gt"], record.get("gt_labels", []), "truth"),
+                                          ("#e00000", record["pred"], record.get("pred_labels", []), "answer")):
+        for b, label in zip(boxes, list(labels) + [""] * (len(boxes) - len(labels))):
             if b and all(isinstance(v, (int, float)) for v in b):
                 x1, y1, x2, y2 = (max(-10_000.0, min(10_000.0, v * scale)) for v in b)
                 if x2 > x1 and y2 > y1:
                     draw.rectangle([x1, y1, x2, y2], outline=color, width=2)
+                    # the label inside the box's top-left corner (OVD: the class; REC: truth / answer)
+                    draw.text((x1 + 4, y1 + 3), str(label or default)[:24], fill=color)
     name = f"{tag}_{abs(hash(record['id'])) % 10**8}.png"
     img.save(out / name)
     return name

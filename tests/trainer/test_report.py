@@ -43,6 +43,9 @@ def test_report_files_and_gallery(tmp_path):
     assert sum(n.startswith("s0_") for n in names) == 3 and sum(n.startswith("s5_") for n in names) == 3
     drawn = Image.open(path.parent / next(n for n in names if n.startswith("s5_"))).convert("RGB")
     assert drawn.getpixel((10 * 2, 20 * 2)) == (0, 160, 0)  # the green ground-truth edge, image scaled x2
+    # its label ("truth": REC rows have none) written in green inside the box's top-left corner
+    corner = [drawn.getpixel((x, y)) for x in range(23, 34) for y in range(23, 35)]
+    assert sum(g - r > 60 and g - b > 60 for r, g, b in corner) >= 5  # (anti-aliased: greenish, not exact)
     page = path.read_text()
     assert "Validation at step 0" in page and "Validation at step 5" in page
     assert "rules.png" in names  # scheduled values drawn, and the change listed (and marked on every curve)
