@@ -6,7 +6,7 @@ import pathlib
 import pytest
 
 from data.tiny_model import RECIPES, SHIPPED_DIR, parse_builtin, resolve_model_path
-from tools.ship_models import CHECK_ROWS, HEADLINE, MODELS, sha256, val_check
+from tools.ship_models import CHECK_ROWS, CHECKS, MODELS, sha256, val_check
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -36,6 +36,7 @@ def test_a_shipped_model_reaches_its_recorded_greedy_val_metrics(name):
     recorded = json.loads((pathlib.Path(path) / "BUILD.json").read_text())["val_check"]["metrics"]
     now = val_check(path, name)["metrics"]
     assert now["samples"] == recorded["samples"] == CHECK_ROWS
-    for k in HEADLINE[name]:
-        assert now[k] == pytest.approx(recorded[k], abs=2 / CHECK_ROWS), (k, now[k], recorded[k])
-    assert recorded[HEADLINE[name][0]] > 0  # the warm start learned something to check
+    for k, tolerance in CHECKS[name].items():
+        assert now[k] == pytest.approx(recorded[k], abs=tolerance), (k, now[k], recorded[k])
+    # the warm start learned the format (a random init parses nothing) and some boxes hit
+    assert recorded["parse_failures"] <= 2 and (recorded.get("accuracy") or recorded.get("AP50")) > 0
