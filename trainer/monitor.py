@@ -14,6 +14,8 @@ import re
 import warnings
 from collections import deque
 
+from data.images import open_rgb_or_none
+
 
 def metric_name(key: str) -> str:
     return "vlmr1_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
@@ -101,13 +103,8 @@ def box_data(record: dict) -> tuple[dict, dict]:
 def _boxed_image(wandb, record: dict):
     """``wandb.Image`` of a record's image with its true and predicted boxes (labelled), or None
     when the image cannot be read."""
-    from PIL import Image
-    if not record.get("image"):
-        return None
-    try:
-        with Image.open(record["image"]) as im:
-            img = im.convert("RGB")
-    except OSError:
+    img = open_rgb_or_none(record.get("image"))
+    if img is None:
         return None
     boxes, class_labels = box_data(record)
     return wandb.Image(img, caption=record["question"][-120:],

@@ -14,6 +14,8 @@ import html
 import json
 import pathlib
 
+from data.images import open_rgb_or_none
+
 GALLERY = 8
 # counters of the machinery, not of the policy: their own chart, so the reward chart's scale is the rewards'
 OPERATIONS = ("reward/queue_depth", "reward/worker_recoveries", "rollout/engine_restarts", "skipped_updates",
@@ -66,12 +68,8 @@ def _plot(rows: list[dict], name: str, title: str, pick, out: pathlib.Path, even
 
 def _draw(record: dict, out: pathlib.Path, tag: str) -> str | None:
     from PIL import Image, ImageDraw
-    if not record.get("image"):
-        return None
-    try:
-        with Image.open(record["image"]) as im:
-            img = im.convert("RGB")
-    except OSError:
+    img = open_rgb_or_none(record.get("image"))
+    if img is None:
         return None
     scale = max(1, 256 // max(img.size))
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
