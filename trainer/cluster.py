@@ -57,6 +57,10 @@ def start(cfg, out_dir: pathlib.Path) -> dict[str, str]:
     # loopback only (cluster.dashboard_host, cluster.node_host), and every process is this user's;
     # a cluster that is joined keeps whatever auth its owner set.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if os.environ["RAY_AUTH_MODE"] == "disabled":
+        print("Ray: a private cluster on this machine, token authentication off (a browser on its dashboard "
+              "would need Ray's token; every port it and the project open listens on cluster.node_host / "
+              "cluster.dashboard_host, 127.0.0.1 by default)", flush=True)
     for key, host in (("cluster.dashboard_host", c.dashboard_host if c.include_dashboard else "127.0.0.1"),
                       ("cluster.node_host", c.node_host)):
         if not is_loopback(host):

@@ -146,6 +146,7 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
     assert summary["steps"] == 2 and summary["samples"] == 2 * 4 * 8
     # nothing silent: the dashboard's address, the roles starting, each evaluation's progress, each save
     assert "Ray dashboard: http://127.0.0.1:" in stdout
+    assert "Ray: a private cluster on this machine, token authentication off" in stdout  # and why, in one line
     assert "starting the roles: 1 vLLM engine(s), 1 DeepSpeed learner rank(s) (ZeRO-0), 2 reward worker(s)" in stdout
     assert "roles up in" in stdout and "weight group connected" in stdout
     assert stdout.count("eval: 1/1 (100%)") == 2 and "checkpoint saved:" in stdout
