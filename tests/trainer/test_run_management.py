@@ -112,7 +112,7 @@ def test_chaos_every_fault_kind_in_one_run_trains_what_the_uninterrupted_run_tra
     """One run meets every fault the project handles: the engine dies at step 2's generate and hangs at
     step 3's (calls 2 and 4: call 3 regenerates step 2; asynchronous, both while the learner is
     mid-update, so a replacement gets the weights of the last sync, kept by learner rank 0); a reward
-    worker dies mid-chunk; learner rank 0 dies in step 3's update (restart 1 from step 2) and then
+    worker dies mid-chunk and a later one hangs; learner rank 0 dies in step 3's update (restart 1 from step 2) and then
     never answers the repeated one (past learner.timeout_s: restart 2 from step 2); and one of step
     4's prompts has its image go bad after loading (a real unreadable file: the engine refuses that
     prompt, which is dropped and counted). Steps 1-3 are the uninterrupted run's, step 4 is its
@@ -120,19 +120,20 @@ def test_chaos_every_fault_kind_in_one_run_trains_what_the_uninterrupted_run_tra
     data = tmp_path / "data"
     shutil.copytree(synthetic, data)  # (its image gets broken)
     bad = full[3]["prompt_ids"][0]
-    env = {"FAULT_DIR": str(tmp_path), "FAULT_ENGINE": "exit@2,hang@4", "FAULT_REWARD": "exit@3",
+    env = {"FAULT_DIR": str(tmp_path), "FAULT_ENGINE": "exit@2,hang@4", "FAULT_REWARD": "exit@3,hang@5",
            "FAULT_LEARNER": "exit@3,hang@4", "FAULT_BREAK_IMAGE": bad}
     rows, out = _run(tmp_path / "run", warm_model, data, "trainer.max_steps=4", "trainer.save_steps=2",
-                     "rollout.timeout_s=15", "learner.timeout_s=20", "trainer.max_restarts=2", loop,
-                     faults=True, env=env)
+                     "rollout.timeout_s=15", "learner.timeout_s=20", "reward.timeout_s=10", "trainer.max_restarts=2",
+                     loop, faults=True, env=env)
     fired = sorted(p.name for p in tmp_path.glob("*.fired"))
     assert fired == ["engine.exit@2.fired", "engine.hang@4.fired", "learner.exit@3.fired", "learner.hang@4.fired",
-                     "reward.exit@3.fired"]
+                     "reward.exit@3.fired", "reward.hang@5.fired"]
     assert (tmp_path / "image.broken").exists()
     # engines: replaced twice before the first restart (the restarts start every role afresh)
     assert out.count("rollout engine 0 died or hung mid-generation: replacing it") == 2
     assert "gave nothing for 15s" in out
-    assert "replacing it and rescoring its chunks" in out  # the reward worker
+    assert out.count("replacing it and rescoring its chunks") == 2  # the reward worker that died, the one that hung
+    assert "showed no progress for 10s (reward.timeout_s)" in out
     assert "a learner rank died" in out and "a learner rank died or hung (RoleHung)" in out
     assert "restart 1 of trainer.max_restarts=2" in out and "restart 2 of trainer.max_restarts=2" in out
     assert f"prompt {bad} skipped, refused by its engine: UnidentifiedImageError" in out
