@@ -49,11 +49,16 @@ def generate_batch(engines, scorer_pool, prompts: list, step: int, version: int,
         for k, v in f.items():
             failures[k] = failures.get(k, 0) + v
 
+    seen_refused = [0]  # engines.refused entries already handed to a refill
+
     def more(rollouts: list, engine: int) -> list:
         score_now()
         ids = list(dict.fromkeys(r.prompt.id for r in rollouts))
         by_id = {r.prompt.id: r.prompt for r in rollouts}
-        part = Batch(step, [by_id[i] for i in ids], rollouts, {r.key: scored[r.key] for r in rollouts}, {}, version)
+        refused = {r.prompt.id: r.reason for r in engines.refused[seen_refused[0]:]}  # (this shard's)
+        seen_refused[0] = len(engines.refused)
+        part = Batch(step, [by_id[i] for i in ids], rollouts, {r.key: scored[r.key] for r in rollouts}, {}, version,
+                     refused=refused)
         new = refill(part, engine)
         prompts.extend(new)
         return [(p, sample_seed(seed, step, p.id)) for p in new]

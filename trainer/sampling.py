@@ -187,7 +187,7 @@ class Fill:
         s = group_spread(part, ds.metric, self.weights)
         self.spread.update(s)
         self.kept += sum(s[p.id] > ds.min_std for p in part.prompts)
-        self.outstanding -= len(part.prompts)
+        self.outstanding -= len(part.prompts) + len(part.refused)  # (a refused prompt is out, and not kept)
         f = ds.factor()  # prompts per missing group: each prompt still generating is worth 1/f of one
         missing = ds.B - self.kept - max(0, self.outstanding) / f
         if missing <= 1e-9 or self.rounds.get(engine, 0) >= ds.max_rounds or self.exhausted:

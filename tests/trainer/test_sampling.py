@@ -209,3 +209,13 @@ def test_a_resumed_run_sizes_its_requests_as_the_uninterrupted_one():
     assert DynamicSampler(4, 0.01, 3, oversample=1.5).first_count() == 6
     with pytest.raises(ValueError, match="oversample"):
         DynamicSampler(4, 0.01, 3, oversample=0.5)
+
+
+def test_a_refused_prompt_counts_as_landed_so_the_refill_asks_for_what_is_missing():
+    """A prompt an engine refused (samples.Refused) never lands as a group: without counting it the
+    fill would think it still generating and ask for one prompt too few."""
+    ds = DynamicSampler(4, 0.01, max_rounds=2)
+    step = ds.start(None, first_count=4)
+    part = _part(["p0", "p1"], [True, False])
+    part.refused = {"p2": "UnidentifiedImageError: ..."}
+    assert step.landed(part, engine=0) == 2  # 4 - 1 kept - 1 still out (p3); p2 is not out any more
