@@ -73,6 +73,7 @@ class PromptLength:
         from data.prompts import messages
         self.processor, self.messages, self.extra = processor, messages, {}
         self.base_text = self.text(messages("x", 1, "rec"))
+        self.base_tokens = len(processor.tokenizer(self.base_text)["input_ids"])  # (the text without the image)
         self.offsets: list[int] = []  # measured expansion - the processor's count, per measured size
         self.offset: int | None = None  # once two sizes agree
 
@@ -83,7 +84,7 @@ class PromptLength:
         """Tokens a blank image of ``size`` adds, through the processor."""
         from PIL import Image
         ids = self.processor(text=[self.base_text], images=[Image.new("RGB", size)])["input_ids"][0]
-        return len(ids) - len(self.processor.tokenizer(self.base_text)["input_ids"])
+        return len(ids) - self.base_tokens
 
     def count(self, size: tuple[int, int]) -> int | None:
         """The processor's own image-token count for ``size`` (w, h), if it has one."""

@@ -75,7 +75,7 @@ def generate_batch(engines, scorer_pool, prompts: list, step: int, version: int,
         raise RuntimeError(f"step {step + 1}: the engines refused every prompt (e.g. {next(iter(refused.values()))}); "
                            "check rollout.max_model_len against the data's prompts and that the images are readable")
     times = {"rollout": time.perf_counter() - t0, "queue_depth": len(scorer_pool.pending),
-             "engine_restarts": engines.restarts, "skipped_prompts": len(refused)}
+             "engine_restarts": engines.restarts}
     t0 = time.perf_counter()
     score_now()
     times["reward"] = time.perf_counter() - t0

@@ -85,7 +85,6 @@ def merge(batches: list[Batch]) -> Batch:
         for k in ("engine_restarts", "reward_recoveries", "queue_depth"):
             if k in b.times:
                 times[k] = b.times[k]  # cumulative counters / the latest depth
-    times["skipped_prompts"] = sum(b.times.get("skipped_prompts", 0) for b in batches)
     failures: dict[str, int] = {}
     for b in batches:
         for k, v in b.failures.items():
