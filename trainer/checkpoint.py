@@ -22,6 +22,7 @@ import time
 from actors.group import role_of
 from conf import ConfigError
 from trainer.pipeline import from_json, to_json
+from trainer import progress
 
 PREFIX = "step_"
 
@@ -98,14 +99,8 @@ def save(out_dir, step: int, learners, sampler, history: list, keep: int, in_fli
     final = commit(tmp, step, {"step": step, "sampler": sampler.state(), "history": history,
                                "in_flight": [to_json(b) for b in in_flight]})
     rotate(out_dir, keep)
-    _say(f"checkpoint saved: {final} ({time.perf_counter() - t0:.1f} s)")
+    progress.write(f"checkpoint saved: {final} ({time.perf_counter() - t0:.1f} s)")
     return final
-
-
-def _say(message: str) -> None:
-    """A line that does not break the training bar."""
-    from tqdm import tqdm
-    tqdm.write(message)
 
 
 def resume(spec, out_dir: pathlib.Path, learners, engines, sampler, train: list, max_staleness: int) -> tuple[int, list, list]:
