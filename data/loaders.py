@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from samples import Prompt
 
-from rewards import ALIASES, REGISTRY
+from rewards import ALIASES, REGISTRY, unavailable
 
 
 class DataError(ValueError):
@@ -156,6 +156,9 @@ def _prompt(row, where, folders, task, method, report, strict, max_pixels) -> Pr
         return None
     if row_method is not None and ALIASES.get(row_method, row_method) not in REGISTRY:
         report.add("unknown_reward", where, f"accu_reward_method {row_method!r} is not a known reward", strict)
+        return None
+    if row_method is not None and unavailable(row_method):
+        report.add("unknown_reward", where, unavailable(row_method), strict)
         return None
     if len(images) > MAX_IMAGES:
         report.add("too_many_images", where, f"{len(images)} images; the engines take at most {MAX_IMAGES} per prompt",

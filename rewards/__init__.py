@@ -32,11 +32,12 @@ mcq                    {0, 1}     the answer's option letter is the solution's
 yes_no                 {0, 1}     the first yes/no of the answer is the solution's
 numeric                {0, 1}     the same number (``float``, exact)
 math                   {0, 1}     equal as numbers, fractions, percentages, or normalised text
+math_verify            {0, 1}     equal as sympy expressions (``math-verify``, VLM-R1's symbolic check)
 all_match              {0, 1}     cleaned answer == cleaned solution (VLM-R1's GUI task)
 fuzzy                  [0, 1]     indel similarity of the cleaned texts (``Levenshtein.ratio``)
 =====================  =========  ==========================================================
 
-The six from ``rec_giou`` are in ``rewards.grounding``, the last seven (answers that are not
+The six from ``rec_giou`` are in ``rewards.grounding``, the last eight (answers that are not
 boxes, with their deliberate differences from VLM-R1) in ``rewards.answers``; their parameters (``iou_threshold``, ``base``) are
 set per reward with ``reward.params`` (``RewardFn.params`` lists each one's defaults).
 
@@ -54,7 +55,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import answers, grounding, ovd, rec
+from . import answers, grounding, mathcheck, ovd, rec
 
 
 class RewardFn:
@@ -63,9 +64,10 @@ class RewardFn:
     A class rather than a closure so that rewards pickle by reference (Ray ships them)."""
 
     def __init__(self, name: str, detail: Callable, low: float, high: float, accuracy: bool,
-                 params: dict | None = None):
+                 params: dict | None = None, needs: str | None = None):
         self.name, self.detail, self.low, self.high, self.accuracy = name, detail, low, high, accuracy
         self.params = dict(params or {})  # numeric parameters it accepts, with their defaults
+        self.needs = needs  # the pip package it calls, when it is not a dependency of rewards/ itself
         self.__doc__ = detail.__doc__
 
     def __call__(self, completion: str, solution: str, **info) -> float:
@@ -116,6 +118,8 @@ REGISTRY: dict[str, RewardFn] = {
         RewardFn("yes_no", answers.yes_no_detail, 0.0, 1.0, accuracy=True),
         RewardFn("numeric", answers.numeric_detail, 0.0, 1.0, accuracy=True),
         RewardFn("math", answers.math_detail, 0.0, 1.0, accuracy=True),
+        RewardFn("math_verify", answers.math_verify_detail, 0.0, 1.0, accuracy=True, params={"timeout_s": 5.0},
+                 needs="math-verify"),
         RewardFn("all_match", answers.all_match_detail, 0.0, 1.0, accuracy=True),
         RewardFn("fuzzy", answers.fuzzy_detail, 0.0, 1.0, accuracy=True),
     ]
@@ -127,12 +131,23 @@ ALIASES = {"iou": "rec_iou", "map": "ovd_map", "map50": "ovd_map50", "odLength":
 
 
 def resolve(name: str) -> str:
-    """A registry name from a name or VLM-R1 alias; a clear error for anything else."""
+    """A registry name from a name or VLM-R1 alias; a clear error for anything else, and for a
+    reward whose package is not installed."""
     name = ALIASES.get(name, name)
     if name not in REGISTRY:
         raise KeyError(f"unknown reward {name!r}; known: {sorted(REGISTRY)} "
                        f"(VLM-R1 aliases: {sorted(ALIASES)})")
+    if unavailable(name):
+        raise KeyError(unavailable(name))
     return name
+
+
+def unavailable(name: str) -> str | None:
+    """Why a known reward cannot run here (its package is missing), else None."""
+    fn = REGISTRY[ALIASES.get(name, name)]
+    if fn.needs == "math-verify" and not mathcheck.available():
+        return f"reward {fn.name!r} needs the math-verify package: pip install math-verify"
+    return None
 
 
 def validate_funcs(funcs: dict[str, float]) -> dict[str, float]:
@@ -194,4 +209,5 @@ def score(completion: str, solution: str, funcs: dict[str, float],
     return Scored(total=total, values=values, failures=failures)
 
 
-__all__ = ["REGISTRY", "ALIASES", "RewardFn", "Scored", "score", "resolve", "validate_funcs", "validate_params"]
+__all__ = ["REGISTRY", "ALIASES", "RewardFn", "Scored", "score", "resolve", "unavailable", "validate_funcs",
+           "validate_params"]

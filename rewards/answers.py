@@ -23,6 +23,7 @@ import math
 import re
 
 from . import parse
+from .mathcheck import CHECKER
 
 MAX_CHARS = 20_000
 _SPACE = re.compile(r"\s+")
@@ -195,6 +196,15 @@ def numeric_detail(completion: str, solution: str, **info):
 def math_detail(completion: str, solution: str, **info):
     """1.0 when ``math_equal`` holds for the cleaned answer and solution."""
     return (1.0 if math_equal(clean(completion), clean(solution)) else 0.0), None
+
+
+def math_verify_detail(completion: str, solution: str, timeout_s: float = 5.0, **info):
+    """1.0 when ``math-verify`` reads the last answer and the solution as equal expressions
+    (VLM-R1's symbolic check: ``verify(parse(solution), parse(answer))``; a bare LaTeX answer is
+    read as ``$...$``), in a child process that gets ``timeout_s`` seconds per answer (``timeout``:
+    scored 0); see ``rewards.mathcheck``."""
+    equal, failure = CHECKER.equal(_answer(completion)[:MAX_CHARS], ground_truth(solution)[:MAX_CHARS], timeout_s)
+    return (1.0 if equal else 0.0), failure
 
 
 def all_match_detail(completion: str, solution: str, **info):
