@@ -270,11 +270,13 @@ def _validate_funcs(cfg: DictConfig) -> None:
 
 
 def resolve(cfg: DictConfig, cache_root: pathlib.Path) -> DictConfig:
-    """A copy of ``cfg`` with the run-time defaults filled (the synthetic data dir under
-    ``cache_root``) and every interpolation resolved."""
+    """A copy of ``cfg`` with the run-time defaults filled (the synthetic data dir and the cache of
+    images embedded in table data under ``cache_root``) and every interpolation resolved."""
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     if out.data.synthetic.dir is None:
         out.data.synthetic.dir = str(cache_root / data_dir_name(out.data.synthetic.seed, out.data.synthetic.scene))
+    if out.data.image_cache is None:
+        out.data.image_cache = str(cache_root / "images")
     OmegaConf.resolve(out)
     OmegaConf.set_struct(out, True)
     return out

@@ -7,7 +7,12 @@
 With ``search_folders=True`` (validation files read with the training folders) a folder list whose
 length matches neither is searched in order for each image. A ``.jsonl`` file holds VLM-R1 rows;
 a ``.json`` file is read as COCO instances and turned into OVD rows (one per image, asking for
-the categories present). Every problem -- malformed JSON, a missing field, an image that is
+the categories present). A ``.parquet`` file, a folder written by ``datasets``' ``save_to_disk``
+(``folder#split`` for one split of a ``DatasetDict``) or a hub dataset (``hf://org/name#split``, where
+a hub is reachable) is read as a table: ``columns`` names its image, problem, solution,
+reward-method and id columns (``DEFAULT_COLUMNS``; a table with VLM-R1's ``conversations`` column
+and no problem column uses that), and images given as bytes (``datasets``' ``Image`` feature,
+parquet structs ``{bytes, path}``) are written once to ``image_cache``, named by their hash. Every problem -- malformed JSON, a missing field, an image that is
 missing, unreadable, too large or outside its folder, a box outside its image -- is reported
 with file and line and the row is skipped (``strict=True`` raises ``DataError`` instead).
 Nothing else is dropped, and ``report.summary()`` says what was skipped and why.
@@ -16,9 +21,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 from PIL import Image, UnidentifiedImageError
@@ -33,6 +40,8 @@ class DataError(ValueError):
 
 
 MAX_IMAGES = 4  # images per prompt the rollout engines accept (vLLM's limit_mm_per_prompt)
+DEFAULT_COLUMNS = {"image": "image", "problem": "problem", "solution": "solution",
+                   "reward_method": "accu_reward_method", "id": "id"}  # data.columns
 
 
 @dataclass
@@ -66,12 +75,20 @@ class SkipReport:
 
 
 def split_paths(spec: str | None) -> list[str]:
-    return [p for p in (spec or "").split(":") if p]
+    """``a.jsonl:b.parquet:hf://org/name#train`` -> its parts (a ``:`` before ``//`` belongs to a URL)."""
+    return [p for p in re.split(r":(?!//)", spec or "") if p]
+
+
+def is_table(path: str) -> bool:
+    """Whether a data path is read as a table (parquet, a ``save_to_disk`` folder, a hub dataset)."""
+    source = path.split("#", 1)[0]
+    return path.startswith("hf://") or source.endswith(".parquet") or os.path.isdir(source)
 
 
 def load_prompts(files: str, image_folders: str, task: str, accu_methods: str | None = None,
                  strict: bool = False, max_image_pixels: int = 50_000_000,
-                 report: SkipReport | None = None, search_folders: bool = False) -> tuple[list[Prompt], SkipReport]:
+                 report: SkipReport | None = None, search_folders: bool = False, columns: dict | None = None,
+                 image_cache: str | None = None) -> tuple[list[Prompt], SkipReport]:
     """Read every file; returns the good prompts (in file order) and the skip report."""
     paths, folders = split_paths(files), split_paths(image_folders)
     methods, tasks = split_paths(accu_methods), split_paths(task)
@@ -82,7 +99,9 @@ def load_prompts(files: str, image_folders: str, task: str, accu_methods: str | 
         raise DataError(f"data.task={task!r}: give one of {', '.join(TEMPLATES)}, or one per data file (':'-separated)")
     if not paths:
         raise DataError("no data files given (data.train_files / data.val_files are empty)")
-    if len(folders) in (1, len(paths)):
+    if not folders and all(is_table(p) for p in paths):  # tables may carry their images
+        per_file = [()] * len(paths)
+    elif len(folders) in (1, len(paths)):
         per_file = [(f,) for f in (folders * len(paths) if len(folders) == 1 else folders)]
     elif search_folders and folders:  # e.g. one validation file whose images are in any training folder
         per_file = [tuple(folders)] * len(paths)
@@ -94,17 +113,23 @@ def load_prompts(files: str, image_folders: str, task: str, accu_methods: str | 
     report = report or SkipReport()
     out: list[Prompt] = []
     seen: set[str] = set()
+    cols = {**DEFAULT_COLUMNS, **(columns or {})}
+    cache = os.path.realpath(image_cache) if image_cache else None
     for i, (path, cands) in enumerate(zip(paths, per_file)):
-        if not os.path.isfile(path):
+        table = is_table(path)
+        if not table and not os.path.isfile(path):
             raise DataError(f"data file not found: {path}")
         for folder in cands:
-            if not os.path.isdir(folder):
+            if not table and not os.path.isdir(folder):  # (a table's rows may need no folder)
                 raise DataError(f"image folder not found: {folder}")
         method = methods[i] if methods else None
-        reader = _coco_rows if path.endswith(".json") else _jsonl_rows
+        if table:
+            rows = _table_rows(path, cols, cache, report, strict)
+        else:
+            rows = (_coco_rows if path.endswith(".json") else _jsonl_rows)(path, report, strict)
         real = tuple(os.path.realpath(f) for f in cands)
-        for where, row in reader(path, report, strict):
-            p = _prompt(row, where, real, tasks[i], method, report, strict, max_image_pixels)
+        for where, row in rows:
+            p = _prompt(row, where, real, tasks[i], method, report, strict, max_image_pixels, cache)
             if p is not None:
                 if p.id in seen:  # ids repeat across VLM-R1 files; completions are keyed by prompt id
                     p = dataclasses.replace(p, id=f"{p.id}@{where}")
@@ -133,7 +158,92 @@ def _jsonl_rows(path: str, report: SkipReport, strict: bool):
             yield where, row
 
 
-def _prompt(row, where, folders, task, method, report, strict, max_pixels) -> Prompt | None:
+def _table_records(path: str):
+    """The rows of a table source as dicts, images undecoded (bytes / paths, never PIL images)."""
+    source, _, split = path.partition("#")
+    if source.endswith(".parquet") and not path.startswith("hf://"):
+        import pyarrow.parquet as pq
+        try:
+            batches = pq.ParquetFile(source).iter_batches(batch_size=256)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(f"{source}: not a readable parquet file ({e})"[:300]) from None
+        for batch in batches:
+            yield from batch.to_pylist()
+        return
+    import datasets
+    try:
+        if path.startswith("hf://"):
+            ds = datasets.load_dataset(source[len("hf://"):], split=split or "train")
+        else:
+            ds = datasets.load_from_disk(source)
+    except (OSError, ValueError, FileNotFoundError, ConnectionError) as e:
+        where = "the hub" if path.startswith("hf://") else "disk"
+        raise DataError(f"{path}: cannot load this dataset from {where} ({e}); a dataset from the hub can be "
+                        "saved with datasets' save_to_disk or to_parquet and given as that path"[:400]) from None
+    if isinstance(ds, datasets.DatasetDict):
+        if not split and len(ds) == 1:
+            split = next(iter(ds))
+        if split not in ds:
+            raise DataError(f"{path}: name one of its splits as {source}#<split>: {', '.join(ds)}")
+        ds = ds[split]
+    elif split and not path.startswith("hf://"):
+        raise DataError(f"{path}: this folder holds one dataset, not splits; drop #{split}")
+    for table in ds.with_format("arrow").iter(batch_size=256):
+        yield from table.to_pylist()
+
+
+def _table_rows(path: str, cols: dict, cache: str | None, report: SkipReport, strict: bool):
+    """A table's rows in VLM-R1's row form (embedded images written to ``cache``)."""
+    for n, rec in enumerate(_table_records(path), 1):
+        where = f"{path}:{n}"
+        if cols["problem"] not in rec and "conversations" in rec:
+            row = {"conversations": rec["conversations"]}
+        else:
+            missing = [c for c in (cols["problem"], cols["solution"]) if c not in rec]
+            if missing:
+                raise DataError(f"{path}: no column {missing[0]!r} (its columns: {', '.join(rec)}); map yours with "
+                                f"data.columns.problem / data.columns.solution")
+            row = {"conversations": [{"from": "human", "value": rec[cols["problem"]]},
+                                     {"from": "gpt", "value": rec[cols["solution"]]}]}
+        for key, col in (("id", cols["id"]), ("accu_reward_method", cols["reward_method"])):
+            if rec.get(col) is not None:
+                row[key] = rec[col]
+        try:
+            row["image"] = _table_images(rec.get(cols["image"]), cache)
+        except (TypeError, OSError) as e:
+            report.add("bad_image_entry", where, str(e)[:160], strict)
+            continue
+        yield where, row
+
+
+def _table_images(value, cache: str | None) -> list[str]:
+    """A table cell's images as paths: a path, bytes, ``{bytes, path}`` or a list of those; bytes are
+    written to ``cache`` as ``<sha256>.img`` (absolute paths, accepted only there)."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [p for v in value for p in _table_images(v, cache)]
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        value = value["bytes"]
+    elif isinstance(value, dict) and isinstance(value.get("path"), str):
+        value = value["path"]
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (bytes, bytearray)):
+        raise TypeError(f"an image must be a path, bytes or {{bytes, path}}, not {type(value).__name__}")
+    if cache is None:
+        raise TypeError("the table embeds images but no data.image_cache is set to write them to")
+    os.makedirs(cache, exist_ok=True)
+    path = os.path.join(cache, hashlib.sha256(value).hexdigest()[:32] + ".img")
+    if not os.path.isfile(path):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(value)
+        os.replace(tmp, path)
+    return [path]
+
+
+def _prompt(row, where, folders, task, method, report, strict, max_pixels, cache=None) -> Prompt | None:
     try:
         conv = row["conversations"]
         question, solution = conv[0]["value"], conv[1]["value"]
@@ -166,7 +276,7 @@ def _prompt(row, where, folders, task, method, report, strict, max_pixels) -> Pr
         return None
     abs_paths, sizes = [], []
     for rel in images:
-        checked = _check_image(rel, folders, max_pixels)
+        checked = _check_image(rel, folders, max_pixels, cache)
         if isinstance(checked, str):
             report.add(checked.split(":")[0], where, checked, strict)
             return None
@@ -181,13 +291,17 @@ def _prompt(row, where, folders, task, method, report, strict, max_pixels) -> Pr
                   task, row.get("accu_reward_method") or method, where)
 
 
-def _check_image(rel: str, folders: tuple[str, ...], max_pixels: int):
-    """(absolute path, (w, h)) of a readable image inside the first of ``folders`` holding it,
-    or a reason string."""
+def _check_image(rel: str, folders: tuple[str, ...], max_pixels: int, cache: str | None = None):
+    """(absolute path, (w, h)) of a readable image inside the first of ``folders`` holding it (or
+    an image a table embedded, written to ``cache``), or a reason string."""
     if "\0" in rel or not rel.strip():
         return f"bad_image_path: {rel!r} is no file name"
-    if os.path.isabs(rel):
+    if cache and os.path.isabs(rel) and os.path.dirname(rel) == cache:
+        folders, rel = (cache,), os.path.basename(rel)
+    elif os.path.isabs(rel):
         return f"image_outside_folder: absolute image path {rel!r} (paths are relative to the image folder)"
+    if not folders:
+        return f"missing_image: {rel!r}: no image folder is set for this file (data.image_folders)"
     for folder in folders:
         path = os.path.realpath(os.path.join(folder, rel))
         if os.path.commonpath([path, folder]) != folder:

@@ -43,7 +43,7 @@ def load_splits(d, train: bool = True) -> tuple[list, list, SkipReport]:
     ensure_synthetic(d, train)
     report = SkipReport()
     kw = dict(task=d.task, accu_methods=d.accu_reward_method, strict=d.strict, max_image_pixels=d.max_image_pixels,
-              report=report)
+              report=report, columns=dict(d.columns), image_cache=d.image_cache)
     prompts = []
     if train:
         prompts, _ = load_prompts(d.train_files, d.image_folders, **kw)

@@ -1,6 +1,7 @@
 """Loaders: VLM-R1 JSONL and COCO in, every bad row reported with file:line and skipped."""
 import json
 import os
+import pathlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -231,3 +232,104 @@ def test_rows_too_long_for_the_engines_are_counted_skips_with_the_images_tokens(
         fit_to_engines(rows[1:3], [], tiny_model, model, 512, SkipReport())
     with pytest.raises(DataError, match="data.strict=true"):
         fit_to_engines(rows, [], tiny_model, model, 512, SkipReport(), strict=True)
+
+
+# ---------------------------------------------------------------------------- tables: parquet, datasets
+def _png(color: str, size=(64, 48)) -> bytes:
+    import io
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _cell(image) -> list[dict]:
+    """Parquet columns hold one type: every image cell as a list of {bytes, path} structs."""
+    items = image if isinstance(image, list) else [image]
+    return [it if isinstance(it, dict) else {"bytes": it, "path": None} if isinstance(it, bytes)
+            else {"bytes": None, "path": it} for it in items]
+
+
+def test_a_parquet_table_loads_like_its_jsonl_with_embedded_images_and_counted_skips(tmp_path, folder):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    red = _png("red")
+    rows = [  # image: a path, bytes, {bytes, path} (datasets' Image), a list; then the bad ones
+        {"id": "path", "image": "ok.png", "problem": "find it", "solution": "[1, 1, 20, 20]"},
+        {"id": "bytes", "image": red, "problem": "find it", "solution": "[1, 1, 20, 20]"},
+        {"id": "struct", "image": {"bytes": red, "path": "red.png"}, "problem": "find it", "solution": "[2, 2, 20, 20]"},
+        {"id": "two", "image": [red, "ok2.png"], "problem": "find it", "solution": "[1, 1, 20, 20]"},
+        {"id": "corrupt", "image": red[: len(red) // 2], "problem": "find it", "solution": "[1, 1, 20, 20]"},
+        {"id": "nobox", "image": red, "problem": "find it", "solution": "the man"},
+        {"id": "noq", "image": red, "problem": None, "solution": "[1, 1, 20, 20]"},
+        {"id": "gone", "image": "missing.png", "problem": "find it", "solution": "[1, 1, 20, 20]"},
+    ]
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist([{**r, "image": _cell(r["image"])} for r in rows]), path, row_group_size=3)
+    cache = tmp_path / "cache"
+    prompts, report = load_prompts(str(path), str(folder), "rec", image_cache=str(cache))
+    assert [p.id for p in prompts] == ["path", "bytes", "struct", "two"]
+    assert dict(report.skipped) == {"unreadable_image": 1, "bad_solution": 1, "bad_row": 1, "missing_image": 1}
+    assert f"{path}:5" in report.summary()  # file:row, as for JSONL lines
+    assert prompts[1].images == prompts[2].images == prompts[3].images[:1]  # one file per distinct image
+    assert open(prompts[1].images[0], "rb").read() == red and prompts[1].image_sizes == ((64, 48),)
+    assert pathlib.Path(prompts[1].images[0]).parent == cache and prompts[3].images[1] == str(folder / "ok2.png")
+    jsonl, _ = load_prompts(_write(tmp_path / "d.jsonl", [_row("ok.png", id="path")]), str(folder), "rec")
+    assert (prompts[0].question, prompts[0].solution, prompts[0].images, prompts[0].image_sizes) == (
+        jsonl[0].question, jsonl[0].solution, jsonl[0].images, jsonl[0].image_sizes)
+    odd = tmp_path / "odd.parquet"  # an image column of numbers: each row a counted skip
+    pq.write_table(pa.Table.from_pylist([{"image": 7, "problem": "find it", "solution": "[1, 1, 20, 20]"}]), odd)
+    assert load_prompts(str(odd), str(folder), "rec")[1].skipped == {"bad_image_entry": 1}
+    with pytest.raises(DataError, match="not a readable parquet file"):
+        (tmp_path / "junk.parquet").write_bytes(b"PAR1 not really")
+        load_prompts(str(tmp_path / "junk.parquet"), "", "qa")
+    _, report = load_prompts(str(path), str(folder), "rec")  # no image_cache: the embedded ones are skips
+    assert report.loaded == 1 and report.skipped["bad_image_entry"] == 6
+
+
+def test_a_datasets_folder_maps_its_columns_and_names_its_splits(tmp_path, folder):
+    import datasets
+    feats = datasets.Features({"question": datasets.Value("string"), "answer": datasets.Value("string"),
+                               "picture": datasets.Image(), "method": datasets.Value("string")})
+    table = {"question": ["How many shapes?", "Is it red?"], "answer": ["3", "yes"],
+             "picture": [Image.new("RGB", (40, 30), "blue"), Image.new("RGB", (40, 30), "red")],
+             "method": ["numeric", None]}
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict(table, features=feats),
+                               "test": datasets.Dataset.from_dict(table, features=feats).select([1])})
+    dd.save_to_disk(str(tmp_path / "ds"))
+    cols = {"problem": "question", "solution": "answer", "image": "picture", "reward_method": "method"}
+    with pytest.raises(DataError, match="#<split>: train, test"):
+        load_prompts(str(tmp_path / "ds"), "", "qa", columns=cols, image_cache=str(tmp_path / "c"))
+    with pytest.raises(DataError, match="no column 'problem'.*data.columns.problem"):
+        load_prompts(f"{tmp_path / 'ds'}#train", "", "qa", image_cache=str(tmp_path / "c"))
+    prompts, report = load_prompts(f"{tmp_path / 'ds'}#train:{tmp_path / 'ds'}#test", "", "qa", columns=cols,
+                                   image_cache=str(tmp_path / "c"))
+    assert [(p.question, p.solution, p.accu_method, p.image_sizes) for p in prompts] == [
+        ("How many shapes?", "3", "numeric", ((40, 30),)), ("Is it red?", "yes", None, ((40, 30),)),
+        ("Is it red?", "yes", None, ((40, 30),))]
+    assert prompts[1].images == prompts[2].images and report.loaded == 3 and not report.skipped
+    dd["train"].save_to_disk(str(tmp_path / "one"))  # one Dataset: no split to name
+    conv = datasets.Dataset.from_dict({"image": ["ok.png"], "conversations": [
+        [{"from": "human", "value": "<image>find it"}, {"from": "gpt", "value": "[1, 1, 20, 20]"}]]})
+    conv.to_parquet(str(tmp_path / "conv.parquet"))  # VLM-R1's row layout, as a table
+    prompts, _ = load_prompts(f"{tmp_path / 'conv.parquet'}", str(folder), "rec")
+    assert [(p.question, p.solution) for p in prompts] == [("find it", "[1, 1, 20, 20]")]
+    assert len(load_prompts(str(tmp_path / "one"), "", "qa", columns=cols, image_cache=str(tmp_path / "c"))[0]) == 2
+    with pytest.raises(DataError, match="cannot load this dataset from the hub.*save_to_disk"):
+        load_prompts("hf://no-such-org/no-such-set#train", "", "qa")  # tests run with HF_HUB_OFFLINE=1
+
+
+def test_the_config_reads_a_table_through_its_column_mapping(tmp_path):
+    import datasets
+
+    import conf
+    from data.prepare import load_splits
+    datasets.Dataset.from_dict({"q": ["How many shapes?"] * 3, "a": ["3", "4", "5"],
+                                "img": [{"bytes": _png("green"), "path": None}] * 3},
+                               features=datasets.Features({"q": datasets.Value("string"), "a": datasets.Value("string"),
+                                                           "img": datasets.Image()})).to_parquet(str(tmp_path / "t.parquet"))
+    cfg = conf.resolve(conf.load(["conf=qa", f"data.train_files={tmp_path / 't.parquet'}", "data.val_files=null",
+                                  "data.image_folders=", "data.columns.problem=q", "data.columns.solution=a",
+                                  "data.columns.image=img"]), tmp_path / "cache")
+    train, val, report = load_splits(cfg.data)
+    assert [p.solution for p in train] == ["3", "4", "5"] and val == [] and report.loaded == 3
+    assert train[0].images[0].startswith(str(tmp_path / "cache" / "images"))
