@@ -57,6 +57,10 @@ def start(cfg, out_dir: pathlib.Path) -> dict[str, str]:
     # loopback only (cluster.dashboard_host, cluster.node_host), and every process is this user's;
     # a cluster that is joined keeps whatever auth its owner set.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray would start one idle worker per CPU for this driver; every actor of the run carries a
+    # runtime_env (its threads), which such a worker cannot take, so they would only cost start-up
+    # CPU (13% of a start with three roles on 2 cores: python -m bench.ray_start)
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     if os.environ["RAY_AUTH_MODE"] == "disabled":
         print("Ray: a private cluster on this machine, token authentication off (a browser on its dashboard "
               "would need Ray's token; every port it and the project open listens on cluster.node_host / "

@@ -17,12 +17,12 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 def roles(tiny_model, synthetic, tmp_path_factory):
     cfg = conf.resolve(conf.load([
         f"model.path={tiny_model}", f"data.synthetic.dir={synthetic}", "learner.lr=3e-2", "learner.beta=0.0",
-        "rollout.num_generations=4", "trainer.prompts_per_step=2", "rollout.max_new_tokens=24", "reward.num_workers=1",
+        "rollout.num_generations=4", "trainer.prompts_per_step=2", "rollout.max_new_tokens=24", "reward.num_workers=1", "cluster.include_dashboard=false",
         f"trainer.output_dir={tmp_path_factory.mktemp('run')}"]), tmp_path_factory.mktemp("cache"))
     cfg, pool, learners, scorers = launch(cfg, tiny_model, pathlib.Path(cfg.trainer.output_dir))
     engines = pool.engines
     prompts, _ = load_prompts(cfg.data.train_files, cfg.data.image_folders, "rec")
-    yield cfg, engines, learners, prompts[:2], scorers
+    yield cfg, engines, learners, prompts[:2], scorers, pool
     ray.shutdown()
 
 
@@ -42,7 +42,7 @@ def test_learner_scores_the_engines_exact_tokens(roles, tiny_model):
     from transformers import AutoProcessor
     from data.images import open_rgb
     from data.prompts import messages
-    cfg, engines, learners, prompts, _ = roles
+    cfg, engines, learners, prompts, *_ = roles
     rollouts = ray.get(engines.actors[0].generate.remote(prompts))
     assert len(rollouts) == len(prompts) * cfg.rollout.num_generations
     proc = AutoProcessor.from_pretrained(tiny_model)
@@ -60,7 +60,7 @@ def test_learner_scores_the_engines_exact_tokens(roles, tiny_model):
 
 
 def test_update_moves_the_policy_and_the_broadcast_carries_it(roles):
-    cfg, engines, learners, prompts, _ = roles
+    cfg, engines, learners, prompts, *_ = roles
     meta = ray.get(learners.actors[0].weight_meta.remote(ray.get(engines.actors[0].info.remote())["dtype"]))
     first = ray.get(engines.actors[0].generate.remote(prompts))
     before = ray.get(learners.actors[0].param_checksum.remote(["lm_head", "layers.0.mlp"]))
@@ -81,10 +81,32 @@ def test_update_moves_the_policy_and_the_broadcast_carries_it(roles):
 
 def test_updates_arrive_through_vllms_weight_transfer_api(roles):
     """By default the engines take updates through vLLM's weight-transfer API (start / update /
-    finish), with this project's transport registered as backend vlm_r1 in the worker."""
-    _, engines, _, _, _ = roles
+    finish), with this project's transport registered as backend vlm_r1 in the worker; every sync
+    changes the engine's weights to the learner's (tests/actors/test_weight_transfer.py: the other
+    entry point)."""
+    _, engines, learners, prompts, _, pool = roles
     assert ray.get(engines.actors[0].info.remote())["weight_transfer"] == "vllm"
     assert ray.get(engines.actors[0].transfer_entry.remote()) == "GlooWeightTransfer"
+    every_sync_changes_the_engines_weights_to_the_learners(pool, learners, prompts)
+
+
+def every_sync_changes_the_engines_weights_to_the_learners(pool, learners, prompts, updates: int = 2):
+    """Each of ``updates`` updates moves the engine's weights (a checksum) and, once synced, the engine
+    samples the learner's policy (within 0.05 nats per token; before the sync it did not)."""
+    engine, learner = pool.engines.actors[0], learners.actors[0]
+    for update in range(updates):
+        rollouts = ray.get(engine.generate.remote(prompts))
+        assert ray.get(learners.call_sharded("train_step", _items(rollouts)))[0]["grad_norm"] > 0
+        stale = _items(ray.get(engine.generate.remote(prompts)))
+        before = _gap(stale, ray.get(learner.logprobs.remote(stale)))
+        weights_before = ray.get(engine.weight_checksum.remote(["lm_head", "layers.0.mlp"]))
+        pool.sync(version=pool.version + 1)
+        assert ray.get(engine.weight_checksum.remote(["lm_head", "layers.0.mlp"])) != weights_before
+        fresh = _items(ray.get(engine.generate.remote(prompts)))
+        after = _gap(fresh, ray.get(learner.logprobs.remote(fresh)))
+        assert after < 0.05 < before, (update, before, after)  # synced: the learner's policy; before: not
+        timing = ray.get(engine.last_sync_timing.remote())
+        assert timing["receive_s"] >= 0 and timing["reload_s"] > 0  # the reload happened (and was timed)
 
 
 def test_every_socket_the_project_opens_listens_on_the_node_host(roles):
@@ -95,7 +117,7 @@ def test_every_socket_the_project_opens_listens_on_the_node_host(roles):
     one. What else listens in these processes is Ray's own worker server (on every interface, see
     docs/failures.md): as many such sockets as in a reward worker, which opens none of the project's."""
     import psutil
-    cfg, engines, learners, prompts, scorers = roles
+    cfg, engines, learners, prompts, scorers, _ = roles
     meta = ray.get(learners.actors[0].weight_meta.remote(ray.get(engines.actors[0].info.remote())["dtype"]))
     assert ray.get(learners.call("broadcast_weights") + engines.call("receive_weights", meta))[-1] == len(meta)
 

@@ -70,7 +70,7 @@ def test_engine_tokens_and_logprobs_equal_the_learners_before_and_after_a_sync(f
     cfg = conf.resolve(conf.load([
         f"model.path={path}", f"data.synthetic.dir={synthetic}", "learner.lr=3e-2", "learner.beta=0.0",
         "rollout.num_generations=4", "trainer.prompts_per_step=2", "rollout.max_new_tokens=24",
-        "reward.num_workers=1", f"trainer.output_dir={tmp_path / 'run'}"]), tmp_path / "cache")
+        "reward.num_workers=1", "cluster.include_dashboard=false", f"trainer.output_dir={tmp_path / 'run'}"]), tmp_path / "cache")
     try:
         cfg, pool, learners, _ = launch(cfg, path, tmp_path / "run")
         engine, learner = pool.engines.actors[0], learners.actors[0]
