@@ -34,7 +34,8 @@ ray.init(num_cpus=max(os.cpu_count(), int(sys.argv[1])), include_dashboard=False
 class Role:
     def ping(self):
         return os.getpid()
-roles = [Role.options(runtime_env={"env_vars": {"OMP_NUM_THREADS": str(i + 1)}}).remote() for i in range(int(sys.argv[1]))]
+roles = [Role.options(runtime_env={"env_vars": {"OMP_NUM_THREADS": str(i + 1)}}).remote()
+         for i in range(int(sys.argv[1]))]
 ray.get([r.ping.remote() for r in roles])
 c1, w1 = cpu(), time.time()
 ray.shutdown()

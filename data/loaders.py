@@ -12,7 +12,8 @@ the categories present). A ``.parquet`` file, a folder written by ``datasets``' 
 a hub is reachable) is read as a table: ``columns`` names its image, problem, solution,
 reward-method and id columns (``DEFAULT_COLUMNS``; a table with VLM-R1's ``conversations`` column
 and no problem column uses that), and images given as bytes (``datasets``' ``Image`` feature,
-parquet structs ``{bytes, path}``) are written once to ``image_cache``, named by their hash. Every problem -- malformed JSON, a missing field, an image that is
+parquet structs ``{bytes, path}``) are written once to ``image_cache``, named by their hash.
+Every problem -- malformed JSON, a missing field, an image that is
 missing, unreadable, too large or outside its folder, a box outside its image -- is reported
 with file and line and the row is skipped (``strict=True`` raises ``DataError`` instead).
 Nothing else is dropped, and ``report.summary()`` says what was skipped and why.

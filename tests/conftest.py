@@ -24,3 +24,31 @@ def synthetic(tmp_path_factory) -> pathlib.Path:
     generate(out, seed=0, n_train=64, n_val=16, n_ood=16, progress=False)
     return out
 
+
+
+@pytest.fixture(scope="module")
+def shared_ray(tmp_path_factory):
+    """One private Ray for a module's in-process launches (``trainer.roles.launch`` uses a Ray that is
+    up): yields ``roles(cfg, model_path, out_dir)``, a context manager that builds the roles and
+    removes them (actors and placement groups) afterwards; Ray stops at the end of the module."""
+    import contextlib
+
+    import ray
+
+    import conf
+    from trainer import cluster
+    from trainer.roles import launch
+    cache = tmp_path_factory.mktemp("ray-cache")
+    cluster.start(conf.resolve(conf.load(["cluster.include_dashboard=false"]), cache), tmp_path_factory.mktemp("ray"))
+
+    @contextlib.contextmanager
+    def roles(cfg, model_path, out_dir):
+        cfg, pool, learners, scorers = launch(cfg, model_path, out_dir)
+        try:
+            yield cfg, pool, learners, scorers
+        finally:
+            for group in (pool.engines, learners, scorers):
+                group.shutdown()
+
+    yield roles
+    ray.shutdown()

@@ -139,7 +139,8 @@ def describe_choices(cfg, engine: dict, learner: dict, why: dict[str, str]) -> d
 def launch(cfg, model_path: str, out_dir) -> tuple:
     """Start Ray, resolve the cluster-level ``auto`` settings and build every role, in one call:
     for tests and benchmarks that drive the roles themselves (the driver takes these steps one by
-    one). Returns (resolved cfg, engine pool, learners, scorers)."""
-    env = cluster.start(cfg, pathlib.Path(out_dir))
+    one). A Ray already up in this process (a test module's, shared by its launches) is used as it
+    is: only the roles are built. Returns (resolved cfg, engine pool, learners, scorers)."""
+    env = cluster.actor_env(cfg) if ray.is_initialized() else cluster.start(cfg, pathlib.Path(out_dir))
     cfg, _ = conf.resolve_auto(cfg, has_gpu())
     return (cfg, *create_roles(cfg, model_path, env))

@@ -20,7 +20,8 @@ def test_delta_sync_keeps_engine_and_learner_weights_identical(tiny_model, synth
     cfg = conf.resolve(conf.load([
         f"model.path={tiny_model}", f"data.synthetic.dir={synthetic}", "learner.lr=1e-5", "learner.beta=0.0",
         "rollout.dtype=bfloat16", "rollout.sync_delta=true", "rollout.sync_full_every=2", "rollout.num_generations=4",
-        "trainer.prompts_per_step=2", "rollout.max_new_tokens=24", "reward.num_workers=1", "cluster.include_dashboard=false",
+        "trainer.prompts_per_step=2", "rollout.max_new_tokens=24", "reward.num_workers=1",
+        "cluster.include_dashboard=false",
         f"trainer.output_dir={tmp_path / 'run'}"]), tmp_path / "cache")
     try:
         cfg, pool, learners, _ = launch(cfg, tiny_model, tmp_path / "run")

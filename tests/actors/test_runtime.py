@@ -17,7 +17,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 def roles(tiny_model, synthetic, tmp_path_factory):
     cfg = conf.resolve(conf.load([
         f"model.path={tiny_model}", f"data.synthetic.dir={synthetic}", "learner.lr=3e-2", "learner.beta=0.0",
-        "rollout.num_generations=4", "trainer.prompts_per_step=2", "rollout.max_new_tokens=24", "reward.num_workers=1", "cluster.include_dashboard=false",
+        "rollout.num_generations=4", "trainer.prompts_per_step=2", "rollout.max_new_tokens=24", "reward.num_workers=1",
+        "cluster.include_dashboard=false",
         f"trainer.output_dir={tmp_path_factory.mktemp('run')}"]), tmp_path_factory.mktemp("cache"))
     cfg, pool, learners, scorers = launch(cfg, tiny_model, pathlib.Path(cfg.trainer.output_dir))
     engines = pool.engines

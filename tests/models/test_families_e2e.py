@@ -57,10 +57,10 @@ def test_lora_frozen_tower_and_zero3_per_family(family_model, synthetic):
     assert frozen.train_step(items)["grad_norm"] > 0 and frozen.param_checksum([tower]) == before
 
 
-def test_engine_tokens_and_logprobs_equal_the_learners_before_and_after_a_sync(family_model, synthetic, tmp_path):
+def test_engine_tokens_and_logprobs_equal_the_learners_before_and_after_a_sync(family_model, synthetic, tmp_path,
+                                                                             shared_ray):
     from transformers import AutoProcessor
 
-    from trainer.roles import launch
     from data.images import open_rgb
     from data.loaders import load_prompts
     from data.prompts import messages
@@ -70,9 +70,9 @@ def test_engine_tokens_and_logprobs_equal_the_learners_before_and_after_a_sync(f
     cfg = conf.resolve(conf.load([
         f"model.path={path}", f"data.synthetic.dir={synthetic}", "learner.lr=3e-2", "learner.beta=0.0",
         "rollout.num_generations=4", "trainer.prompts_per_step=2", "rollout.max_new_tokens=24",
-        "reward.num_workers=1", "cluster.include_dashboard=false", f"trainer.output_dir={tmp_path / 'run'}"]), tmp_path / "cache")
-    try:
-        cfg, pool, learners, _ = launch(cfg, path, tmp_path / "run")
+        "reward.num_workers=1", "cluster.include_dashboard=false", f"trainer.output_dir={tmp_path / 'run'}"]),
+        tmp_path / "cache")
+    with shared_ray(cfg, path, tmp_path / "run") as (cfg, pool, learners, _):
         engine, learner = pool.engines.actors[0], learners.actors[0]
         prompts = load_prompts(cfg.data.train_files, cfg.data.image_folders, "rec")[0][:2]
         first = ray.get(engine.generate.remote(prompts))
@@ -94,8 +94,6 @@ def test_engine_tokens_and_logprobs_equal_the_learners_before_and_after_a_sync(f
         fresh = ray.get(engine.generate.remote(prompts))
         fresh_gap = _gap(_items(fresh), ray.get(learner.logprobs.remote(_items(fresh))))
         assert fresh_gap < 0.05 < stale_gap, (fresh_gap, stale_gap)  # synced: engine == learner
-    finally:
-        ray.shutdown()
 
 
 @pytest.mark.parametrize("slug", ["qwen3-vl", pytest.param("qwen2-vl", marks=pytest.mark.slow),
@@ -131,11 +129,11 @@ def test_a_builtin_family_trains_and_evaluates_from_the_main_command(slug, synth
     assert json.loads((tmp_path / "eval" / "eval_results.json").read_text())["metrics"]["samples"] == 4
 
 
-def test_lora_adapter_sync_per_family(family_model, synthetic, tmp_path):
+def test_lora_adapter_sync_per_family(family_model, synthetic, tmp_path, shared_ray):
     """vLLM serves the family's base plus the synced adapter, and samples the learner's policy."""
     from tests.actors.test_lora_sync import _run
     _, path = family_model
-    sent, gaps, meta = _run(path, synthetic, tmp_path, "adapter", updates=1)
+    sent, gaps, meta = _run(path, synthetic, tmp_path, "adapter", updates=1, roles=shared_ray)
     assert meta and all(".lora_A." in n or ".lora_B." in n for n, _, _ in meta)
     (before, after), = gaps
     assert after < 0.05 < before, gaps
