@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from rewards import score as score_one
+from rewards.mathcheck import CHECKER
 
 
 @dataclass
@@ -25,8 +26,12 @@ class ScoreTask:
 
 
 class RewardWorker:
-    def __init__(self, funcs: dict[str, float], box_convention: str = "vlm_r1", params: dict | None = None):
+    def __init__(self, funcs: dict[str, float], box_convention: str = "vlm_r1", params: dict | None = None,
+                 budget_s: float | None = None):
+        """``budget_s``: the time a chunk's ``math_verify`` answers may take together (half of
+        ``reward.timeout_s``: a chunk of hostile answers must not look like a hung worker)."""
         from rewards import validate_params
+        self.budget_s = budget_s
         self.funcs = dict(funcs)
         self.box_convention = box_convention
         self.params = validate_params(params or {})  # reward -> {parameter: value}
@@ -37,12 +42,13 @@ class RewardWorker:
         weights and parameters of the step being scored) replaces the configured ones when given."""
         funcs, params = (self.funcs, self.params) if rules is None else (rules.funcs, rules.params)
         totals, values, failures = [], [], collections.Counter()
-        for t in tasks:
-            s = score_one(t.completion, t.solution, funcs, t.accu_method, params, image_size=t.image_size,
-                          input_size=t.input_size, box_convention=self.box_convention)
-            totals.append(s.total)
-            values.append(s.values)
-            failures.update(f"{name}/{reason}" for name, reason in s.failures.items())
+        with CHECKER.budget(self.budget_s):
+            for t in tasks:
+                s = score_one(t.completion, t.solution, funcs, t.accu_method, params, image_size=t.image_size,
+                              input_size=t.input_size, box_convention=self.box_convention)
+                totals.append(s.total)
+                values.append(s.values)
+                failures.update(f"{name}/{reason}" for name, reason in s.failures.items())
         return {"keys": [t.key for t in tasks], "totals": totals, "values": values, "failures": dict(failures)}
 
     def pid(self) -> int:

@@ -11,6 +11,7 @@ that takes longer than ``timeout_s`` gets the child killed and scores 0 with the
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import json
 import os
@@ -37,6 +38,19 @@ class MathChecker:
         self._proc: subprocess.Popen | None = None
         self.timeouts = 0  # answers that ran out of time (each killed a child)
         self.starts = 0
+        self._deadline: float | None = None  # the end of the current chunk's budget (``budget``)
+
+    @contextlib.contextmanager
+    def budget(self, seconds: float | None):
+        """Within the block, all answers together get at most ``seconds``: each one's limit is cut to
+        what is left, and once it is spent the rest score 0 (``timeout``) without running. A reward
+        worker scores a chunk inside one, so a chunk of hostile answers ends well before the pool's
+        ``reward.timeout_s`` would take the worker for hung."""
+        self._deadline = None if seconds is None else time.monotonic() + seconds
+        try:
+            yield
+        finally:
+            self._deadline = None
 
     def _start(self) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-u", CHILD, str(os.getpid())], stdin=subprocess.PIPE,
@@ -74,6 +88,12 @@ class MathChecker:
         """``(equal, failure)``: failure is ``timeout``, ``unparsable_solution``, ``unparsable``,
         ``unavailable`` (child could not start) or None."""
         with self._lock:
+            if self._deadline is not None:
+                left = self._deadline - time.monotonic()
+                if left <= 0:
+                    self.timeouts += 1
+                    return False, "timeout"
+                timeout_s = min(timeout_s, left)
             try:
                 if self._proc is None or self._proc.poll() is not None:
                     self._proc = self._start()

@@ -109,7 +109,7 @@ def create_roles(cfg, model_path: str, env: dict[str, str]) -> tuple[EnginePool,
     learners = create_learners(cfg, model_path, cfg.trainer.prompts_per_step * r.num_generations // lc.world_size,
                                env, gpu)
     scorers = ActorGroup(RewardWorker, rc.num_workers, {"CPU": rc.cpus_per_worker, **rc.resources}, "reward",
-                         args=(dict(rc.funcs), rc.box_convention, plain(rc.params)), env=env)
+                         args=(dict(rc.funcs), rc.box_convention, plain(rc.params), rc.timeout_s / 2), env=env)
     engines.info = engines.get(engines.actors[0].info.remote(), "start-up")  # dtype chosen and why, threads
     meta = learners.get(learners.actors[0].weight_meta.remote(engines.info["dtype"]), "weight_meta")
     pool = EnginePool(engines, learners, meta, r.timeout_s, "nccl" if gpu else "gloo",

@@ -107,3 +107,22 @@ def test_a_row_naming_it_without_the_package_is_a_counted_skip(tmp_path, monkeyp
     prompts, report = load_prompts(str(path), str(tmp_path), "qa")
     assert [p.id for p in prompts] == ["plain"] and dict(report.skipped) == {"unknown_reward": 1}
     assert "pip install math-verify" in report.summary()
+
+
+@pytest.mark.timeout(120)
+def test_a_chunk_of_hostile_answers_ends_within_its_budget_not_the_reward_timeout():
+    """A reward worker scores a chunk within half of reward.timeout_s (``budget_s``): once the chunk's
+    math_verify answers have spent it, the rest score 0 (timeout) without running, so the pool never
+    takes a worker busy with hostile answers for a hung one."""
+    from actors.reward_worker import RewardWorker, ScoreTask
+    tasks = [ScoreTask(("p", i), _c(HOSTILE[i % len(HOSTILE)]), "$5$", None, None, None) for i in range(8)]
+    tasks.append(ScoreTask(("p", 8), _c(r"$\sqrt{25}$"), "$5$", None, None, None))
+    worker = RewardWorker({"format": 1.0, "math_verify": 1.0}, params={"math_verify": {"timeout_s": 1.0}},
+                          budget_s=2.0)
+    starts = mathcheck.CHECKER.starts
+    out = worker.score(tasks)
+    assert out["failures"] == {"math_verify/timeout": 9}  # the easy last one too: the budget was spent
+    assert [v["math_verify"] for v in out["values"]] == [0.0] * 9
+    assert mathcheck.CHECKER.starts - starts <= 3  # at most ~2 s of answers ran, not 8 x 1 s
+    unbudgeted = RewardWorker({"format": 1.0, "math_verify": 1.0}).score(tasks[-1:])
+    assert unbudgeted["values"][0]["math_verify"] == 1.0 and not unbudgeted["failures"]
