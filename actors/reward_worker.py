@@ -10,8 +10,8 @@ import collections
 import os
 from dataclasses import dataclass
 
+from rewards import mathcheck
 from rewards import score as score_one
-from rewards.mathcheck import CHECKER
 
 
 @dataclass
@@ -42,7 +42,7 @@ class RewardWorker:
         weights and parameters of the step being scored) replaces the configured ones when given."""
         funcs, params = (self.funcs, self.params) if rules is None else (rules.funcs, rules.params)
         totals, values, failures = [], [], collections.Counter()
-        with CHECKER.budget(self.budget_s):
+        with mathcheck.CHECKER.budget(self.budget_s):  # (by module: a subclass pickled by value stays picklable)
             for t in tasks:
                 s = score_one(t.completion, t.solution, funcs, t.accu_method, params, image_size=t.image_size,
                               input_size=t.input_size, box_convention=self.box_convention)

@@ -114,11 +114,18 @@ class MathChecker:
                 return False, "timeout"
             return bool(reply["equal"]), reply.get("failure")
 
+    def __reduce__(self):  # the process's one checker (its lock and child stay here)
+        return (_checker, ())
+
     def close(self) -> None:
         with self._lock:
             if self._proc is not None:
                 self._kill(self._proc)
                 self._proc = None
+
+
+def _checker() -> MathChecker:
+    return CHECKER
 
 
 CHECKER = MathChecker()

@@ -126,3 +126,12 @@ def test_a_chunk_of_hostile_answers_ends_within_its_budget_not_the_reward_timeou
     assert mathcheck.CHECKER.starts - starts <= 3  # at most ~2 s of answers ran, not 8 x 1 s
     unbudgeted = RewardWorker({"format": 1.0, "math_verify": 1.0}).score(tasks[-1:])
     assert unbudgeted["values"][0]["math_verify"] == 1.0 and not unbudgeted["failures"]
+
+
+def test_the_checker_pickles_as_the_processs_own():
+    """Ray pickles by value a worker class it cannot import by name (tests/faults.py's subclasses):
+    the checker inside must pickle as a reference, never its lock and child."""
+    import pickle
+
+    import cloudpickle
+    assert pickle.loads(cloudpickle.dumps(mathcheck.CHECKER)) is mathcheck.CHECKER
