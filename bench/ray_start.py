@@ -30,11 +30,11 @@ c0, w0 = cpu(), time.time()
 import ray
 ray.init(num_cpus=max(os.cpu_count(), int(sys.argv[1])), include_dashboard=False, _temp_dir=sys.argv[2],
          runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}, logging_level="WARNING")
-@ray.remote(num_cpus=1)
 class Role:
     def ping(self):
         return os.getpid()
-roles = [Role.options(runtime_env={"env_vars": {"OMP_NUM_THREADS": str(i + 1)}}).remote()
+RemoteRole = ray.remote(num_cpus=1)(Role)
+roles = [RemoteRole.options(runtime_env={"env_vars": {"OMP_NUM_THREADS": str(i + 1)}}).remote()
          for i in range(int(sys.argv[1]))]
 ray.get([r.ping.remote() for r in roles])
 c1, w1 = cpu(), time.time()

@@ -268,8 +268,9 @@ def _prompt(row, where, folders, task, method, report, strict, max_pixels, cache
     if row_method is not None and ALIASES.get(row_method, row_method) not in REGISTRY:
         report.add("unknown_reward", where, f"accu_reward_method {row_method!r} is not a known reward", strict)
         return None
-    if row_method is not None and unavailable(row_method):
-        report.add("unknown_reward", where, unavailable(row_method), strict)
+    missing = unavailable(row_method) if row_method is not None else None
+    if missing:
+        report.add("unknown_reward", where, missing, strict)
         return None
     if len(images) > MAX_IMAGES:
         report.add("too_many_images", where, f"{len(images)} images; the engines take at most {MAX_IMAGES} per prompt",

@@ -51,6 +51,7 @@ Worked example (a REC completion scored by the config ``{rec_format: 1.0, rec_io
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -64,10 +65,11 @@ class RewardFn:
     A class rather than a closure so that rewards pickle by reference (Ray ships them)."""
 
     def __init__(self, name: str, detail: Callable, low: float, high: float, accuracy: bool,
-                 params: dict | None = None, needs: str | None = None):
+                 params: dict | None = None, needs: tuple[str, str] | None = None):
         self.name, self.detail, self.low, self.high, self.accuracy = name, detail, low, high, accuracy
         self.params = dict(params or {})  # numeric parameters it accepts, with their defaults
-        self.needs = needs  # the pip package it calls, when it is not a dependency of rewards/ itself
+        # (pip package, module) it calls, when that is not a dependency of rewards/ itself
+        self.needs = needs
         self.__doc__ = detail.__doc__
 
     def __call__(self, completion: str, solution: str, **info) -> float:
@@ -119,7 +121,7 @@ REGISTRY: dict[str, RewardFn] = {
         RewardFn("numeric", answers.numeric_detail, 0.0, 1.0, accuracy=True),
         RewardFn("math", answers.math_detail, 0.0, 1.0, accuracy=True),
         RewardFn("math_verify", answers.math_verify_detail, 0.0, 1.0, accuracy=True, params={"timeout_s": 5.0},
-                 needs="math-verify"),
+                 needs=("math-verify", "math_verify")),
         RewardFn("all_match", answers.all_match_detail, 0.0, 1.0, accuracy=True),
         RewardFn("fuzzy", answers.fuzzy_detail, 0.0, 1.0, accuracy=True),
     ]
@@ -137,17 +139,18 @@ def resolve(name: str) -> str:
     if name not in REGISTRY:
         raise KeyError(f"unknown reward {name!r}; known: {sorted(REGISTRY)} "
                        f"(VLM-R1 aliases: {sorted(ALIASES)})")
-    if unavailable(name):
-        raise KeyError(unavailable(name))
+    why = unavailable(name)
+    if why:
+        raise KeyError(why)
     return name
 
 
 def unavailable(name: str) -> str | None:
     """Why a known reward cannot run here (its package is missing), else None."""
     fn = REGISTRY[ALIASES.get(name, name)]
-    if fn.needs == "math-verify" and not mathcheck.available():
-        return f"reward {fn.name!r} needs the math-verify package: pip install math-verify"
-    return None
+    if fn.needs is None or importlib.util.find_spec(fn.needs[1]) is not None:
+        return None
+    return f"reward {fn.name!r} needs the {fn.needs[0]} package: pip install {fn.needs[0]}"
 
 
 def validate_funcs(funcs: dict[str, float]) -> dict[str, float]:

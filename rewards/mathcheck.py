@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib.util
 import json
 import os
 import select
@@ -23,11 +22,6 @@ import time
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_mathcheck_child.py")
 START_TIMEOUT_S = 120.0  # importing sympy on a busy machine; not charged to any answer
-
-
-def available() -> bool:
-    """Whether the ``math-verify`` package is installed (``pip install math-verify``)."""
-    return importlib.util.find_spec("math_verify") is not None
 
 
 class MathChecker:
@@ -64,15 +58,11 @@ class MathChecker:
 
     @staticmethod
     def _read(proc: subprocess.Popen, timeout_s: float) -> dict | None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            ready, _, _ = select.select([proc.stdout], [], [], left)
-            if ready:
-                line = proc.stdout.readline()
-                return json.loads(line) if line else None
+        ready, _, _ = select.select([proc.stdout], [], [], max(timeout_s, 0.0))
+        if not ready:
+            return None
+        line = proc.stdout.readline()
+        return json.loads(line) if line else None
 
     @staticmethod
     def _kill(proc: subprocess.Popen) -> None:

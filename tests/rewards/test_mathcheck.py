@@ -85,7 +85,7 @@ def test_a_killed_child_is_gone_and_the_checker_runs_from_any_thread():
 
 
 def test_a_missing_package_is_a_clear_error_at_configuration(monkeypatch):
-    monkeypatch.setattr(mathcheck, "available", lambda: False)
+    monkeypatch.setattr(REGISTRY["math_verify"], "needs", ("math-verify", "math_verify_not_installed"))
     with pytest.raises(KeyError, match="pip install math-verify"):
         validate_funcs({"format": 1.0, "math_verify": 1.0})
     assert rewards.unavailable("format") is None
@@ -103,7 +103,7 @@ def test_a_row_naming_it_without_the_package_is_a_counted_skip(tmp_path, monkeyp
                                json.dumps({**row, "id": "mv", "accu_reward_method": "math_verify"})]) + "\n")
     prompts, _ = load_prompts(str(path), str(tmp_path), "qa")
     assert [p.id for p in prompts] == ["plain", "mv"]
-    monkeypatch.setattr(mathcheck, "available", lambda: False)
+    monkeypatch.setattr(REGISTRY["math_verify"], "needs", ("math-verify", "math_verify_not_installed"))
     prompts, report = load_prompts(str(path), str(tmp_path), "qa")
     assert [p.id for p in prompts] == ["plain"] and dict(report.skipped) == {"unknown_reward": 1}
     assert "pip install math-verify" in report.summary()
