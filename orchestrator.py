@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import conf
 from conf import cli
@@ -35,14 +36,18 @@ def main(argv: list[str] | None = None) -> dict:
             checkpoint.claim(out_dir, cfg.trainer.resume)
         train, val, report = load_splits(cfg.data, train=cfg.mode != "eval")
     model_path = resolve_model_path(cfg.model.path, cfg.seed)
-    with cli.user_errors():  # rows too long for the engines are skips, counted with the model's processor
-        train, val = fit_to_engines(train, val, model_path, cfg.model, cfg.rollout.max_model_len, report,
-                                    cfg.data.strict)
-    print(report.summary(), flush=True)
+    # rows too long for the engines are skips, counted with the model's processor: its imports take
+    # seconds, spent while Ray starts
+    fitting = ThreadPoolExecutor(1).submit(fit_to_engines, train, val, model_path, cfg.model,
+                                           cfg.rollout.max_model_len, report, cfg.data.strict)
     resume = cfg.trainer.resume
     for restart in range(cfg.trainer.max_restarts + 1):
         env = cluster.start(cfg, out_dir)
         try:
+            if restart == 0:
+                with cli.user_errors():
+                    train, val = fitting.result()
+                print(report.summary(), flush=True)
             run_cfg, why = conf.resolve_auto(cfg, cluster.has_gpu())  # every cluster-level auto, once
             cluster.save_config(run_cfg, out_dir)
             if cfg.mode == "eval":

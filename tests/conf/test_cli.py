@@ -4,6 +4,7 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -64,3 +65,22 @@ def test_a_fresh_run_into_another_runs_directory_is_one_line_and_exit_2(tmp_path
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert lines[-1] == (f"config error: trainer.output_dir={tmp_path / 'out'} holds another run (metrics.jsonl): "
                          "continue it with trainer.resume=auto, or give this run a fresh trainer.output_dir")
+
+
+@pytest.mark.e2e  # (a Ray starts meanwhile)
+def test_rows_all_too_long_for_the_engines_are_one_line_and_exit_2(tmp_path):
+    """Counted with the model's processor while Ray starts: every row too long is still one line, exit 2."""
+    import json
+
+    from PIL import Image
+    Image.new("RGB", (64, 48), "white").save(tmp_path / "a.png")
+    row = {"image": "a.png", "conversations": [{"from": "human", "value": "<image>the red square"},
+                                               {"from": "gpt", "value": "[1, 2, 30, 40]"}]}
+    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    p = run("conf=rec", f"data.train_files={tmp_path}/rows.jsonl", f"data.val_files={tmp_path}/rows.jsonl",
+            f"data.image_folders={tmp_path}", "rollout.max_model_len=16", "cluster.include_dashboard=false",
+            f"trainer.output_dir={tmp_path / 'out'}", tmp_path=tmp_path)
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith(("data error", "config error", "Traceback"))]
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert lines == [lines[-1]] and lines[-1].startswith("data error: no usable training rows"), lines
+    assert "prompt longer than rollout.max_model_len" in lines[-1]
