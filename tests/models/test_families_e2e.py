@@ -102,7 +102,7 @@ def test_engine_tokens_and_logprobs_equal_the_learners_before_and_after_a_sync(f
 def test_a_builtin_family_trains_and_evaluates_from_the_main_command(slug, synthetic, tmp_path):
     """``python orchestrator.py conf=rec model.path=builtin:tiny-<family>-random``: built into the
     cache, two GRPO steps with a sync between them, an evaluation before and after; the exported
-    checkpoint then evaluates on its own (``mode=eval``). (A random model earns no reward, so its
+    checkpoint then evaluates on its own (``mode=eval``, with only validation data given). (A random model earns no reward, so its
     updates are zero: the update itself is tested above.)"""
     out = tmp_path / "run"
     env = {**os.environ, "VLM_R1_RAY_CACHE": str(tmp_path / "cache")}
@@ -123,10 +123,13 @@ def test_a_builtin_family_trains_and_evaluates_from_the_main_command(slug, synth
     hf = out / "checkpoints" / "step_000002" / "hf"
     cmd = [sys.executable, str(REPO / "orchestrator.py"), "mode=eval", "conf=rec", f"model.path={hf}",
            f"data.synthetic.dir={synthetic}", f"trainer.output_dir={tmp_path / 'eval'}", "eval.max_samples=4",
-           "cluster.include_dashboard=false", "wandb.mode=disabled"]
+           "cluster.include_dashboard=false", "wandb.mode=disabled",
+           f"data.train_files={tmp_path / 'none.jsonl'}"]  # mode=eval reads only the validation data
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    assert json.loads((tmp_path / "eval" / "eval_results.json").read_text())["metrics"]["samples"] == 4
+    res = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert res["metrics"]["samples"] == 4 and len(res["records"]) == 4 and "| accuracy |" in proc.stdout
+    assert 0 <= res["metrics"]["accuracy"] <= 1
 
 
 def test_lora_adapter_sync_per_family(family_model, synthetic, tmp_path, shared_ray):

@@ -48,10 +48,11 @@ def _case(rng):
     return gt, dts
 
 
-def test_native_coco_ap_equals_pycocotools_on_random_cases():
+@pytest.mark.parametrize("cases", [600, pytest.param(5000, marks=pytest.mark.slow)])
+def test_native_coco_ap_equals_pycocotools_on_random_cases(cases):
     rng = random.Random(1234)
     checked = 0
-    for _ in range(2500):
+    for _ in range(cases):
         gt, dts = _case(rng)
         gb, gl = [b for b, _ in gt], [lab for _, lab in gt]
         kept = [(b, lab) for b, lab in dts if lab in set(gl)]
@@ -63,7 +64,7 @@ def test_native_coco_ap_equals_pycocotools_on_random_cases():
         for k in range(3):
             assert ours[k] == pytest.approx(ref[k], abs=1e-9), (gt, dts, k)
         checked += 1
-    assert checked > 2000
+    assert checked > 0.75 * cases  # (the others have no predicted label among the truth's: both say so)
 
 
 def _fenced(items):

@@ -61,20 +61,6 @@ print(json.dumps({{k: sorted(v) for k, v in out.items()}}))
     return {k: set(v) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 
 
-def test_roles_are_placed_on_their_nodes(cluster, tiny_model, synthetic, tmp_path):
-    cmd = [sys.executable, str(REPO / "orchestrator.py"), "conf=task/rec", f"model.path={tiny_model}",
-           f"data.synthetic.dir={synthetic}", f"trainer.output_dir={tmp_path / 'run'}", f"cluster.address={cluster['address']}",
-           "rollout.resources.rollout_node=1", "learner.resources.learner_node=1", "reward.resources.learner_node=0.5",
-           "reward.num_workers=1", *COMMON]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=cluster["env"])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["steps"] == 2 and summary["samples"] == 16
-    where = _placement(cluster["address"])
-    assert where["RolloutEngine"] == {"rollout_node"}
-    assert where["Learner"] == {"learner_node"} and where["RewardWorker"] == {"learner_node"}
-
-
 def test_a_missing_resource_is_refused_by_name(cluster, tiny_model, synthetic, tmp_path):
     cmd = [sys.executable, str(REPO / "orchestrator.py"), "conf=task/rec", f"model.path={tiny_model}",
            f"data.synthetic.dir={synthetic}", f"trainer.output_dir={tmp_path / 'run'}", f"cluster.address={cluster['address']}",
@@ -83,14 +69,17 @@ def test_a_missing_resource_is_refused_by_name(cluster, tiny_model, synthetic, t
     assert proc.returncode != 0 and "asks for ['gpu_node'] but no node of the cluster declares it" in proc.stderr
 
 
-def test_ray_job_submit_runs_the_orchestrator(cluster, tiny_model, synthetic, tmp_path):
+def test_a_ray_job_runs_the_orchestrator_and_places_each_role_on_its_node(cluster, tiny_model, synthetic, tmp_path):
+    """``ray job submit`` of the main command to the joined cluster, with each role asking for the custom
+    resource of its node: the engines run on the rollout node, the learner and reward worker on the head."""
     ray = str(BIN / "ray")
     out = tmp_path / "job"
     runtime_env = {"excludes": [".venv", "outputs", ".git", ".hypothesis", ".pytest_cache", "bench/results"]}
     cmd = [ray, "job", "submit", "--address", cluster["dashboard"], "--working-dir", ".",
            "--runtime-env-json", json.dumps(runtime_env), "--submission-id", f"vr1-{uuid.uuid4().hex[:6]}", "--",
            "python", "orchestrator.py", "conf=task/ovd", "cluster.address=auto", f"model.path={tiny_model}",
-           f"data.synthetic.dir={synthetic}", f"trainer.output_dir={out}", *COMMON]
+           f"data.synthetic.dir={synthetic}", f"trainer.output_dir={out}", "rollout.resources.rollout_node=1",
+           "learner.resources.learner_node=1", "reward.resources.learner_node=0.5", "reward.num_workers=1", *COMMON]
     for _ in range(36):  # the head's job agent may still be starting on a loaded machine (for minutes): Ray
         # refuses the submission then ("No available agent to submit job, please try again later"), nothing was run
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=cluster["env"])
@@ -107,3 +96,6 @@ def test_ray_job_submit_runs_the_orchestrator(cluster, tiny_model, synthetic, tm
     mine = [j for j in jobs if j.get("submission_id") == job_id]
     assert mine and mine[0]["status"] == "SUCCEEDED" and "orchestrator.py conf=task/ovd" in mine[0]["entrypoint"]
     assert json.loads((out / "summary.json").read_text())["samples"] == 16
+    where = _placement(cluster["address"])
+    assert where["RolloutEngine"] == {"rollout_node"}
+    assert where["Learner"] == {"learner_node"} and where["RewardWorker"] == {"learner_node"}
