@@ -17,10 +17,13 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def warm_model(tiny_model, tmp_path_factory):
-    """A short warm start of the random tiny model (the default builtin:tiny does 400 steps)."""
+def warm_model(tiny_model, synthetic, tmp_path_factory):
+    """A short warm start of the random tiny model (the default builtin:tiny does 400 steps), on the
+    suite's small synthetic set (linked where the warm start looks for its data: nothing regenerated)."""
+    from data.scenes import data_dir_name
     from data.tiny_model import warm_start
     cache = tmp_path_factory.mktemp("warmcache")
+    (cache / data_dir_name(0, "default")).symlink_to(synthetic, target_is_directory=True)
     old = os.environ.get("VLM_R1_RAY_CACHE")
     os.environ["VLM_R1_RAY_CACHE"] = str(cache)
     try:
