@@ -196,7 +196,7 @@ def resolve_model_path(path: str, seed: int = 0, shipped: bool = True) -> str:
     out = base.with_name(warm_name(base, recipe))
     done = json.loads((out / "BUILD.json").read_text()) if (out / "BUILD.json").exists() else {}
     if (done.get("warm_start_steps"), done.get("warm_start_tasks")) != (recipe["steps"], recipe["tasks"]):
-        warm_start(base, out, seed, recipe["steps"], scene, recipe["tasks"])  # never built, or by another recipe
+        warm_start(base, out, seed, recipe["steps"], recipe["scene"], recipe["tasks"])  # never built, or by another recipe
     return str(out)
 
 

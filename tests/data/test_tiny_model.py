@@ -67,3 +67,21 @@ def test_model_path_resolution(tmp_path, monkeypatch):
     mtime = pathlib.Path(path, "model.safetensors").stat().st_mtime
     assert resolve_model_path(BUILTIN_RANDOM) == path  # cached: built once
     assert pathlib.Path(path, "model.safetensors").stat().st_mtime == mtime
+
+
+def test_a_builtin_not_shipped_is_warm_started_by_its_recipe(tmp_path, monkeypatch):
+    """A warm recipe with no shipped build (another family here) is built, then warm-started with the
+    recipe's steps, scene and tasks, into the cache directory its name says."""
+    from data import tiny_model
+    calls = []
+
+    def record(base, out, seed, steps, scene, tasks):  # the warm start itself is minutes: its call is what is checked
+        calls.append((base.name, out.name, seed, steps, scene, tasks))
+        return out
+    monkeypatch.setenv("VLM_R1_RAY_CACHE", str(tmp_path))
+    monkeypatch.setattr(tiny_model, "warm_start", record)
+    path = tiny_model.resolve_model_path("builtin:tiny-glm4v-one-shape-ovd")
+    recipe = tiny_model.RECIPES["-one-shape-ovd"]
+    base = f"tiny-glm4v-v{tiny_model.BUILD_VERSION}-s0"
+    assert calls == [(base, f"{base}-warm-one_shape-ovd", 0, recipe["steps"], "one_shape", "ovd")]
+    assert path == str(tmp_path / f"{base}-warm-one_shape-ovd") and (tmp_path / base / "BUILD.json").exists()
