@@ -1,8 +1,10 @@
 """The warm-started embedded models shipped with the project (``data/embedded/``): a first
-``conf=rec`` / ``conf=ovd`` run starts training at once instead of warm-starting for minutes.
+``conf=rec`` / ``conf=ovd`` run (or one of base.yaml's ``builtin:tiny``, the model of the suite's
+run-management tests) starts training at once instead of warm-starting for minutes.
 
     python -m tools.ship_models            # build (or take from the cache), check, and write data/embedded/
     python -m tools.ship_models --check    # re-run each shipped model's recorded check; print the table
+    python -m tools.ship_models --only task/rec   # (re)build and ship one of them
 
 Each shipped model is what ``data.tiny_model.resolve_model_path`` would build on first use (the
 project's own code, same recipe, seed 0), with its ``BUILD.json`` extended by the machine it was
@@ -28,14 +30,17 @@ import conf
 from data.tiny_model import SHIPPED_DIR, cache_root, resolve_model_path
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# the embedded model of each main config, and the task its check scores
-MODELS = {"rec": "builtin:tiny-qwen3-vl-one-shape", "ovd": "builtin:tiny-qwen3-vl-one-shape-ovd"}
+# the embedded model of each main config (and base.yaml's default, builtin:tiny, whose check runs its
+# task over base.yaml's recipe), and the config whose val split its check scores
+MODELS = {"rec": "builtin:tiny-qwen3-vl-one-shape", "ovd": "builtin:tiny-qwen3-vl-one-shape-ovd",
+          "task/rec": "builtin:tiny"}
 CHECK_ROWS = 32
 # what the check compares, with the tolerance: 2 rows' worth (a CPU with other float reductions may
 # flip a near-tie token); a random init writes no parsable answer, so parse_failures alone tells them apart
 CHECKS = {"rec": {"accuracy": 2 / CHECK_ROWS, "mean_iou": 2 / CHECK_ROWS, "parse_failures": 2},
           "ovd": {"AP50": 2 / CHECK_ROWS, "precision@0.5": 2 / CHECK_ROWS, "boxes_per_answer": 2 / CHECK_ROWS,
                   "parse_failures": 2}}
+CHECKS["task/rec"] = CHECKS["rec"]
 
 
 def sha256(path: pathlib.Path) -> str:
@@ -98,6 +103,7 @@ def ship(name: str) -> pathlib.Path:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="only re-run the recorded checks of the shipped models")
+    ap.add_argument("--only", choices=sorted(MODELS), help="only this config's model")
     ap.add_argument("--val-check", nargs=2, metavar=("CONF", "MODEL"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.val_check:  # (one model's check, printed as JSON: val_check runs it in its own process)
@@ -105,6 +111,8 @@ def main(argv=None) -> None:
         return
     rows = []
     for name, model in MODELS.items():
+        if args.only and name != args.only:
+            continue
         path = ship(name) if not args.check else pathlib.Path(resolve_model_path(model, 0))
         info = json.loads((path / "BUILD.json").read_text())
         now = val_check(str(path), name)["metrics"] if args.check else info["val_check"]["metrics"]

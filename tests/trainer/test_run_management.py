@@ -17,22 +17,13 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def warm_model(tiny_model, synthetic, tmp_path_factory):
-    """A short warm start of the random tiny model (the default builtin:tiny does 400 steps), on the
-    suite's small synthetic set (linked where the warm start looks for its data: nothing regenerated)."""
-    from data.scenes import data_dir_name
-    from data.tiny_model import warm_start
-    cache = tmp_path_factory.mktemp("warmcache")
-    (cache / data_dir_name(0, "default")).symlink_to(synthetic, target_is_directory=True)
-    old = os.environ.get("VLM_R1_RAY_CACHE")
-    os.environ["VLM_R1_RAY_CACHE"] = str(cache)
-    try:
-        return str(warm_start(pathlib.Path(tiny_model), cache / "warm", steps=120))
-    finally:
-        if old is None:
-            os.environ.pop("VLM_R1_RAY_CACHE")
-        else:
-            os.environ["VLM_R1_RAY_CACHE"] = old
+def warm_model():
+    """base.yaml's default model, builtin:tiny: the tiny Qwen2.5-VL warm-started for 400 steps,
+    shipped (data/embedded/), so that the runs start from a policy whose rewards vary."""
+    from data.tiny_model import SHIPPED_DIR, resolve_model_path
+    path = resolve_model_path("builtin:tiny")
+    assert pathlib.Path(path).parent == SHIPPED_DIR  # (no warm start in the suite)
+    return path
 
 
 COMMON = ["conf=task/rec", "trainer.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=40",
