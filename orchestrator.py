@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch  # noqa: F401
     import ray
 
-    from actors.group import RoleHung
+    from actors.group import RoleHung, shutdown_groups
     from data.prepare import fit_to_engines, load_splits
     from trainer import checkpoint, cluster, modes
     out_dir = pathlib.Path(cfg.trainer.output_dir).resolve()
@@ -40,28 +40,28 @@ def main(argv: list[str] | None = None) -> dict:
     # seconds, spent while Ray starts
     fitting = ThreadPoolExecutor(1).submit(fit_to_engines, train, val, model_path, cfg.model,
                                            cfg.rollout.max_model_len, report, cfg.data.strict)
-    resume = cfg.trainer.resume
-    for restart in range(cfg.trainer.max_restarts + 1):
-        env = cluster.start(cfg, out_dir)
-        try:
-            if restart == 0:
-                with cli.user_errors():
-                    train, val = fitting.result()
-                print(report.summary(), flush=True)
-            run_cfg, why = conf.resolve_auto(cfg, cluster.has_gpu())  # every cluster-level auto, once
-            cluster.save_config(run_cfg, out_dir)
-            if cfg.mode == "eval":
-                return modes.eval_only(run_cfg, model_path, val, out_dir, env)
-            if cfg.mode == "sft":
-                return modes.sft_loop(run_cfg, model_path, train, out_dir, env)
-            return train_loop(run_cfg, why, model_path, train, val, out_dir, env, resume)
-        except (ray.exceptions.RayActorError, RoleHung) as e:  # a learner rank died or gave no answer
-            if not checkpoint.restartable(e, cfg.mode, out_dir, restart, cfg.trainer.max_restarts):
-                raise
-            resume = "auto"
-        finally:
-            ray.shutdown()
-
+    env = cluster.start(cfg, out_dir)
+    try:
+        with cli.user_errors():
+            train, val = fitting.result()
+        print(report.summary(), flush=True)
+        run_cfg, why = conf.resolve_auto(cfg, cluster.has_gpu())  # every cluster-level auto, once
+        cluster.save_config(run_cfg, out_dir)
+        if cfg.mode == "eval":
+            return modes.eval_only(run_cfg, model_path, val, out_dir, env)
+        if cfg.mode == "sft":
+            return modes.sft_loop(run_cfg, model_path, train, out_dir, env)
+        resume = cfg.trainer.resume
+        for restart in range(cfg.trainer.max_restarts + 1):
+            try:
+                return train_loop(run_cfg, why, model_path, train, val, out_dir, env, resume)
+            except (ray.exceptions.RayActorError, RoleHung) as e:  # a learner rank died or gave no answer
+                if not checkpoint.restartable(e, cfg.mode, out_dir, restart, cfg.trainer.max_restarts):
+                    raise
+                resume = "auto"
+                shutdown_groups()  # every role of the failed attempt, a hung rank too; Ray stays up
+    finally:
+        ray.shutdown()
 
 def train_loop(cfg, why: dict, model_path: str, train: list, val: list, out_dir: pathlib.Path, env: dict,
                resume: str | None) -> dict:

@@ -52,10 +52,10 @@ class EnginePool:
         if self.learners is None:
             return
         from weights.net import free_port
-        # every wait bounded: the groups' call timeouts (an engine's start-up, a learner's answer)
-        self.engines.get(self.engines.call("ready"), "start-up")
-        workers = self.engines.get(self.engines.call("num_workers"), "num_workers")
-        host = self.learners.get(self.learners.actors[0].address.remote(), "its address")[0]
+        # every wait bounded: by the groups' start-up timeouts (cluster.startup_timeout_s)
+        self.engines.get(self.engines.call("ready"), "start-up", startup=True)
+        workers = self.engines.get(self.engines.call("num_workers"), "num_workers", startup=True)
+        host = self.learners.get(self.learners.actors[0].address.remote(), "its address", startup=True)[0]
         port, world = free_port(host), 1 + sum(workers)
         offsets = [1 + sum(workers[:i]) for i in range(len(workers))]
         delta = self.delta_full_every > 0  # (a new group starts both sides over: the next update is full)
@@ -63,8 +63,8 @@ class EnginePool:
                                                                    self.delta_full_every)
         joins = self.engines.call_each("init_weight_group", [(host, port, o, world, self.backend, self.pack_bytes,
                                                               delta, self.adapter) for o in offsets])
-        self.learners.get(learner, "the weight group's set-up")
-        self.engines.get(joins, "the weight group's set-up")
+        self.learners.get(learner, "the weight group's set-up", startup=True)
+        self.engines.get(joins, "the weight group's set-up", startup=True)
 
     def sync(self, version: int | None = None) -> None:
         """Push the learner's current weights (``version`` updates old) to every engine; an engine

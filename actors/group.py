@@ -17,6 +17,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 
 _ROLE_OF: dict[str, str] = {}  # actor id (hex) -> group name, for every actor a group started
+_OPEN: list[ActorGroup] = []  # the groups this process started and has not shut down
 
 
 class RoleHung(RuntimeError):
@@ -50,12 +51,16 @@ def shard(items: Sequence, n: int) -> list[list]:
 class ActorGroup:
     """``n`` actors of ``cls``, one per placement-group bundle (``bundle`` resources each).
 
-    ``kwargs_fn(i)`` adds per-actor keyword arguments (a rank, an engine index)."""
+    ``kwargs_fn(i)`` adds per-actor keyword arguments (a rank, an engine index). A driver wait on
+    the group (``get``) lasts at most ``call_timeout_s``, or ``startup_timeout_s`` for what belongs
+    to an actor's start-up (loading a model, joining a process group); None: for ever."""
 
     def __init__(self, cls: type, n: int, bundle: dict[str, float], name: str, args: tuple = (),
                  kwargs: dict | None = None, env: dict[str, str] | None = None, strategy: str = "PACK",
-                 timeout_s: float = 120.0, max_restarts: int = 0, kwargs_fn=None, call_timeout_s: float | None = None):
+                 timeout_s: float = 120.0, max_restarts: int = 0, kwargs_fn=None, call_timeout_s: float | None = None,
+                 startup_timeout_s: float | None = None):
         self.name, self.n, self.call_timeout_s = name, n, call_timeout_s
+        self.startup_timeout_s = call_timeout_s if startup_timeout_s is None else startup_timeout_s
         bundle = {k: v for k, v in bundle.items() if v}
         have = ray.cluster_resources()
         missing = [k for k in bundle if k not in have and k != "memory"]
@@ -84,6 +89,7 @@ class ActorGroup:
             self.actors.append(self._spawn[i](0))
         self.replacements = 0
         self.info: dict = {}  # what the role reported at start-up (set by trainer/roles.py)
+        _OPEN.append(self)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
         """The same call on every actor."""
@@ -97,14 +103,15 @@ class ActorGroup:
         """Actor i gets shard i of ``items`` (contiguous, sizes differ by at most one)."""
         return [getattr(a, method).remote(part, *args) for a, part in zip(self.actors, shard(items, self.n))]
 
-    def get(self, refs, what: str):
-        """``ray.get(refs)``, waiting at most ``call_timeout_s`` (None: for ever); past it the group
-        is taken for hung (``RoleHung``), which the driver treats like a dead actor."""
+    def get(self, refs, what: str, startup: bool = False):
+        """``ray.get(refs)``, waiting at most ``call_timeout_s`` (``startup``: ``startup_timeout_s``;
+        None: for ever); past it the group is taken for hung (``RoleHung``), which the driver treats
+        like a dead actor."""
+        timeout = self.startup_timeout_s if startup else self.call_timeout_s
         try:
-            return ray.get(refs, timeout=self.call_timeout_s)
+            return ray.get(refs, timeout=timeout)
         except ray.exceptions.GetTimeoutError:
-            raise RoleHung(self.name, f"a {self.name} rank gave no answer to {what} within "
-                                      f"{self.call_timeout_s:g}s") from None
+            raise RoleHung(self.name, f"a {self.name} rank gave no answer to {what} within {timeout:g}s") from None
 
     def replace(self, i: int):
         """Kill actor ``i`` (dead or hung) and start a fresh one in its bundle; returns the new actor."""
@@ -120,6 +127,17 @@ class ActorGroup:
         for a in self.actors:
             ray.kill(a, no_restart=True)
         remove_placement_group(self.pg)
+        if self in _OPEN:
+            _OPEN.remove(self)
+
+
+def shutdown_groups() -> int:
+    """Shut down every group this process started and has not shut down (dead, hung or alive: a
+    run restarting its roles keeps Ray up); returns how many."""
+    groups = list(_OPEN)
+    for group in groups:
+        group.shutdown()
+    return len(groups)
 
 
 def _registered(name: str, actor):

@@ -79,6 +79,7 @@ RANGES: dict[str, str] = {
     "cluster.num_cpus": "(0,)",
     "cluster.dashboard_port": "[1,65535]",
     "cluster.metrics_port": "[1,65535]",
+    "cluster.startup_timeout_s": "(0,)",
 }
 _INTERVAL = re.compile(r"^([\[(])(-?[\d.e+-]*),(-?[\d.e+-]*)([\])])$")
 

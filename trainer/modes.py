@@ -20,7 +20,9 @@ from trainer.roles import create_engines, create_learners
 
 
 def eval_only(cfg, model_path: str, val: list, out_dir: pathlib.Path, env: dict[str, str]) -> dict:
-    pool = EnginePool(create_engines(cfg, model_path, env), timeout_s=cfg.rollout.timeout_s)
+    engines = create_engines(cfg, model_path, env)
+    engines.get(engines.call("ready"), "start-up", startup=True)  # (a large model's load: not a hung generate)
+    pool = EnginePool(engines, timeout_s=cfg.rollout.timeout_s)
     prompts = evaluate.subset(val, cfg.eval.max_samples, cfg.eval.subset_seed)
     t0 = time.perf_counter()
     metrics, records = evaluate.run_eval(pool, prompts, cfg.data.task)

@@ -76,8 +76,7 @@ def create_engines(cfg, model_path: str, env: dict[str, str], gpu: bool | None =
     return ActorGroup(RolloutEngine, r.num_engines, bundle, "rollout", args=(model_path, plain(r), cfg.seed),
                       kwargs={"model_cfg": plain(cfg.model), "lora_rank": adapter_rank(cfg)},
                       kwargs_fn=lambda i: {"index": i}, env={**env, **_threads(cfg, r, "rollout")},
-                      # start-up (a large model loading) and the weight group's set-up: the longer bound
-                      call_timeout_s=max(r.timeout_s, cfg.learner.timeout_s))
+                      call_timeout_s=r.timeout_s, startup_timeout_s=cfg.cluster.startup_timeout_s)
 
 
 def create_learners(cfg, model_path: str, per_rank_items: int, env: dict[str, str], gpu: bool | None = None) -> ActorGroup:
@@ -90,9 +89,9 @@ def create_learners(cfg, model_path: str, per_rank_items: int, env: dict[str, st
                                       cfg=plain(lc), rollout_cfg=plain(cfg.rollout), seed=cfg.seed,
                                       total_steps=cfg.trainer.max_steps, per_rank_items=per_rank_items),
                           kwargs_fn=lambda i: {"rank": i}, env={**env, **_threads(cfg, lc, "learner")},
-                          call_timeout_s=lc.timeout_s)
-    host, port = learners.get(learners.actors[0].address.remote(), "its address")
-    learners.info = learners.get(learners.call("setup", host, port), "setup")[0]  # rank 0's: sizes, dtype and why, threads
+                          call_timeout_s=lc.timeout_s, startup_timeout_s=cfg.cluster.startup_timeout_s)
+    host, port = learners.get(learners.actors[0].address.remote(), "its address", startup=True)
+    learners.info = learners.get(learners.call("setup", host, port), "setup", startup=True)[0]  # rank 0's: sizes, dtype and why, threads
     return learners
 
 
@@ -110,12 +109,12 @@ def create_roles(cfg, model_path: str, env: dict[str, str]) -> tuple[EnginePool,
                                env, gpu)
     scorers = ActorGroup(RewardWorker, rc.num_workers, {"CPU": rc.cpus_per_worker, **rc.resources}, "reward",
                          args=(dict(rc.funcs), rc.box_convention, plain(rc.params), rc.timeout_s / 2), env=env)
-    engines.info = engines.get(engines.actors[0].info.remote(), "start-up")  # dtype chosen and why, threads
-    meta = learners.get(learners.actors[0].weight_meta.remote(engines.info["dtype"]), "weight_meta")
+    engines.info = engines.get(engines.actors[0].info.remote(), "start-up", startup=True)  # dtype and why, threads
+    meta = learners.get(learners.actors[0].weight_meta.remote(engines.info["dtype"]), "weight_meta", startup=True)
     pool = EnginePool(engines, learners, meta, r.timeout_s, "nccl" if gpu else "gloo",
                       asynchronous=cfg.trainer.max_staleness > 0, pack_mb=float(r.sync_pack_mb),
                       delta_full_every=r.sync_full_every if r.sync_delta else 0,
-                      adapter=learners.get(learners.actors[0].adapter_config.remote(), "adapter_config"))
+                      adapter=learners.get(learners.actors[0].adapter_config.remote(), "adapter_config", startup=True))
     pool.connect()
     print(f"roles up in {time.perf_counter() - t0:.1f} s (an engine's own start-up: {engines.info['start_s']:.1f} s); "
           "weight group connected", flush=True)

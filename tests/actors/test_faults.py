@@ -154,12 +154,12 @@ class Rank0:
 
 def test_an_engine_stuck_in_start_up_is_a_hung_role_not_a_wait_for_ever():
     """Every driver wait on a role is bounded: an engine that never finishes starting up is
-    ``RoleHung`` past its group's call timeout (trainer/roles.py gives the engines
-    max(rollout.timeout_s, learner.timeout_s))."""
+    ``RoleHung`` past its group's start-up timeout (``cluster.startup_timeout_s``), although its
+    call timeout (``rollout.timeout_s``) is longer."""
     from actors.engine_pool import EnginePool
     from actors.group import RoleHung
-    engines = ActorGroup(StuckEngine, 1, {"CPU": 0.1}, "rollout-stuck", call_timeout_s=2)
-    learners = ActorGroup(Rank0, 1, {"CPU": 0.1}, "learner-ok", call_timeout_s=2)
+    engines = ActorGroup(StuckEngine, 1, {"CPU": 0.1}, "rollout-stuck", call_timeout_s=600, startup_timeout_s=2)
+    learners = ActorGroup(Rank0, 1, {"CPU": 0.1}, "learner-ok", call_timeout_s=600, startup_timeout_s=2)
     t0 = time.monotonic()
     with pytest.raises(RoleHung, match="gave no answer to start-up within 2s") as e:
         EnginePool(engines, learners, meta=[]).connect()
