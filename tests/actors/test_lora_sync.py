@@ -1,4 +1,5 @@
-"""LoRA adapter sync on a real engine and learner (one Ray for the module's launches: ``shared_ray``)."""
+"""LoRA adapter sync on a real engine and learner (one Ray for the module's launches: ``shared_ray``); the
+main command with an adapter synced is tests/actors/test_runtime.py's OVD job."""
 import math
 
 import pytest
@@ -63,17 +64,3 @@ def test_merged_sync_sends_base_plus_delta_of_the_adapted_layers(tiny_model, syn
     assert meta and not any("lora_" in n for n, _, _ in meta)
     assert sent[0] == _bytes(meta)
     assert gaps[0][1] < 0.05, gaps
-
-
-def test_main_command_with_lora_prints_its_sync_choice_and_trains_on_the_synced_adapter(tmp_path, tiny_model, synthetic):
-    """``orchestrator.py conf=rec learner.lora.r=8 learner.lora.sync=adapter``: the run reports its sync
-    choice (``auto`` picks merged on CPU: conf.hardware.resolve_lora_sync), and the second step
-    samples from the adapter the first step sent (engine and learner log-probs agree)."""
-    from tests.actors.test_runtime import _run as run_main
-    summary, rows, _ = run_main(tmp_path / "adapter", tiny_model, synthetic, "conf=rec", "trainer.max_steps=2",
-                                "trainer.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=24",
-                                "learner.lora.r=8", "learner.lr=1e-2", "learner.beta=0", "trainer.eval_steps=0",
-                                "trainer.report=false", "wandb.mode=disabled", "learner.lora.sync=adapter")
-    assert summary["chosen"]["lora"] == "r=8, sync=adapter (set)"
-    assert len(rows) == 2 and rows[1]["engine_logp_abs_diff"] < 0.05
-    assert 0 < rows[0]["sync/bytes"] < 200_000  # the adapters (~90 KB here), not the adapted layers (~1 MB)

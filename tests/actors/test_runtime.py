@@ -156,8 +156,11 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
     # the default shape: 4 long OVD prompts x G=8 per step (the seeded-sampling crash of a split prefill,
     # fixed in actors/rollout.py, depended on which prompts overflowed a step's token budget: it hit at
     # step 10 of the default run and is not reproduced by two steps here; the run itself was checked)
-    # and a reward rule that changes during the run: the repetition penalty counts at step 1, not from step 2
+    # and a reward rule that changes during the run: the repetition penalty counts at step 1, not from step 2;
+    # the policy a LoRA adapter (r=8) synced as adapters alone (learner.lora.sync=adapter: vLLM serves the base
+    # plus the adapter; the full-parameter main job is tests/trainer/test_run_management.py's)
     summary, rows, stdout = _run(tmp_path, tiny_model, synthetic, "conf=task/ovd", "trainer.max_steps=2",
+                                 "learner.lora.r=8", "learner.lora.sync=adapter",
                                  "rollout.max_new_tokens=32", "reward.funcs.repetition=1.0",
                                  "reward.schedules.repetition.weight={kind: warmup, at: 1, value: 0.0, before: 1.0}",
                                  "rollout.dynamic_sampling.enabled=true",  # and dynamic sampling on
@@ -180,7 +183,9 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
                     "entropy", "grad_norm", "engine_logp_abs_diff", "time/rollout_s", "time/reward_s", "time/train_s",
                     "time/sync_s", "reward/queue_depth", "clip_low_frac", "clip_high_frac", "completion_len/mean"):
             assert key in r
-        assert r["engine_logp_abs_diff"] < 0.05
+        assert r["engine_logp_abs_diff"] < 0.05  # step 2: sampled from the adapter step 1 sent
+        assert 0 < r["sync/bytes"] < 200_000  # the adapters (~90 KB here), not the adapted layers (~1 MB)
+    assert summary["chosen"]["lora"] == "r=8, sync=adapter (set)"  # the run reports its sync choice
     assert "done: 2 steps, 64 samples" in stdout
     lengths = [r["completion_len/mean"] for r in rows]  # drift signals over the run, which triggers can watch
     assert [r["hack/length_growth"] for r in rows] == pytest.approx([1.0, lengths[1] / lengths[0]])
@@ -210,7 +215,7 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
     import yaml
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert (saved["trainer"]["max_staleness"], saved["learner"]["lora"]["sync"], saved["rollout"]["sync_pack_mb"]) == (
-        0, "merged", 0.0)
+        0, "adapter", 0.0)
     assert saved["data"]["task"] == "ovd" and saved["trainer"]["max_steps"] == 2
     assert f"config ({tmp_path / 'run' / 'config.yaml'}; differences from conf/base.yaml):" in stdout
     assert "\n  trainer.max_steps: 2\n" in stdout and "\n  trainer.max_staleness: 0\n" in stdout
