@@ -9,6 +9,20 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+OPT_IN = ("slow", "gpu")  # markers a run takes only when its -m expression names them
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect ``slow`` and ``gpu`` tests unless ``-m`` names them: ``pytest`` and ``pytest -m "not e2e"``
+    both leave them out, ``pytest -m slow`` runs them (a default ``-m`` in addopts would be replaced
+    by any ``-m`` given, and the fast tier would run the slow tests)."""
+    expr = config.getoption("markexpr") or ""
+    out = [m for m in OPT_IN if m not in expr]
+    gone = [item for item in items if any(item.get_closest_marker(m) for m in out)]
+    if gone:
+        config.hook.pytest_deselected(items=gone)
+        dropped = set(gone)
+        items[:] = [item for item in items if item not in dropped]
 
 
 @pytest.fixture(scope="session")
