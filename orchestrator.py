@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     from actors.group import RoleHung, shutdown_groups
     from data.prepare import fit_to_engines, load_splits
     from trainer import checkpoint, cluster, modes
+    from trainer.roles import create_roles
     out_dir = pathlib.Path(cfg.trainer.output_dir).resolve()
     with cli.user_errors():  # another run's directory, a missing file, no usable rows: one line, exit 2
         if cfg.mode != "eval":
@@ -51,22 +52,24 @@ def main(argv: list[str] | None = None) -> dict:
             return modes.eval_only(run_cfg, model_path, val, out_dir, env)
         if cfg.mode == "sft":
             return modes.sft_loop(run_cfg, model_path, train, out_dir, env)
-        resume = cfg.trainer.resume
+        resume, roles = cfg.trainer.resume, None
         for restart in range(cfg.trainer.max_restarts + 1):
-            try:
-                return train_loop(run_cfg, why, model_path, train, val, out_dir, env, resume)
+            try:  # engines (an EnginePool, weight group open), learner ranks, reward workers
+                roles = create_roles(run_cfg, model_path, env, survivors=roles)
+                return train_loop(run_cfg, why, roles, train, val, out_dir, resume)
             except (ray.exceptions.RayActorError, RoleHung) as e:  # a learner rank died or gave no answer
                 if not checkpoint.restartable(e, cfg.mode, out_dir, restart, cfg.trainer.max_restarts):
                     raise
                 resume = "auto"
-                shutdown_groups()  # every role of the failed attempt, a hung rank too; Ray stays up
+                # the learner ranks go (a hung one too), the engines and reward workers stay; Ray stays up
+                keep = [roles[0].engines, roles[2]] if roles else []
+                shutdown_groups(keep=keep)
     finally:
         ray.shutdown()
 
-def train_loop(cfg, why: dict, model_path: str, train: list, val: list, out_dir: pathlib.Path, env: dict,
-               resume: str | None) -> dict:
-    """GRPO: ``cfg`` resolved (``conf.resolve_auto``; ``why``: its reasons), Ray up with ``env`` for
-    every actor; ``resume``: None, ``auto`` or a checkpoint directory."""
+def train_loop(cfg, why: dict, roles: tuple, train: list, val: list, out_dir: pathlib.Path, resume: str | None) -> dict:
+    """GRPO: ``cfg`` resolved (``conf.resolve_auto``; ``why``: its reasons), ``roles`` built
+    (``trainer.roles.create_roles``); ``resume``: None, ``auto`` or a checkpoint directory."""
     import torch
 
     from actors.reward_worker import ScorerPool
@@ -79,12 +82,12 @@ def train_loop(cfg, why: dict, model_path: str, train: list, val: list, out_dir:
     from trainer.monitor import Monitor
     from trainer.pipeline import BatchSource, Prefetch
     from trainer.progress import progress, write
-    from trainer.roles import create_roles, describe_choices
+    from trainer.roles import describe_choices
     from trainer.sampling import dynamic_sampler
     from trainer.summary import StepTimes, drift_signals, print_summary, screen_out, step_metrics, summarize
 
     K, G, B = cfg.trainer.max_staleness, cfg.rollout.num_generations, cfg.trainer.prompts_per_step
-    engines, learners, scorers = create_roles(cfg, model_path, env)  # engines: an EnginePool, weight group open
+    engines, learners, scorers = roles
     chosen = describe_choices(cfg, engines.engines.info, learners.info, why)
     sampler = PromptSampler(len(train), B, cfg.seed, cfg.data.shuffle, cfg.trainer.epochs)
     max_steps = min(cfg.trainer.max_steps, sampler.steps_available())

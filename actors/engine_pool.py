@@ -2,6 +2,7 @@
 
     pool = EnginePool(engines, learners, meta, timeout_s=600)
     pool.connect()                                   # the learner -> engines weight-broadcast group
+    pool.attach(new_learners, meta)                  # after a learner restart: the same engines, a new group
     rollouts = pool.generate(pairs, on_shard=score)  # sharded; each shard handed on as it lands
     pool.sync(version=7)                             # push the learner's current weights
 
@@ -65,6 +66,17 @@ class EnginePool:
                                                               delta, self.adapter) for o in offsets])
         self.learners.get(learner, "the weight group's set-up", startup=True)
         self.engines.get(joins, "the weight group's set-up", startup=True)
+
+    def attach(self, learners, meta, adapter: dict | None = None) -> None:
+        """Serve a new learner group (a learner rank ended the last attempt and every rank was
+        started afresh): an engine that does not answer a probe within ``probe_s`` (stuck in a
+        receive from the rank that died) is replaced, then the weight group is rebuilt around the
+        new rank 0. The engines keep their weights until the next sync (the resumed checkpoint's)."""
+        dead = self._unresponsive()
+        if dead:
+            self._replace(dead, "did not answer after the learner ranks were restarted")
+        self.learners, self.meta, self.adapter = learners, meta, adapter
+        self.connect()
 
     def sync(self, version: int | None = None) -> None:
         """Push the learner's current weights (``version`` updates old) to every engine; an engine

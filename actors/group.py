@@ -131,10 +131,11 @@ class ActorGroup:
             _OPEN.remove(self)
 
 
-def shutdown_groups() -> int:
-    """Shut down every group this process started and has not shut down (dead, hung or alive: a
-    run restarting its roles keeps Ray up); returns how many."""
-    groups = list(_OPEN)
+def shutdown_groups(keep=()) -> int:
+    """Shut down every group this process started and has not shut down, but those in ``keep``
+    (dead, hung or alive: a run restarting its learner ranks keeps Ray, its engines and its reward
+    workers up); returns how many."""
+    groups = [g for g in _OPEN if not any(g is k for k in keep)]
     for group in groups:
         group.shutdown()
     return len(groups)

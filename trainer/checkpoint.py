@@ -182,8 +182,8 @@ def atomic_write(path: pathlib.Path, text: str) -> None:
 
 def restartable(error: BaseException, mode: str, out_dir: pathlib.Path, restart: int, max_restarts: int) -> bool:
     """After an actor died or hung (``RayActorError``, ``RoleHung``): True when it was a learner rank
-    of a training run with restarts left (every role is then rebuilt and the run resumes from the
-    last complete checkpoint), False for any other (re-raise it). With no restart left: stop, saying
+    of a training run with restarts left (the learner ranks are then started afresh, the engines
+    reconnected, and the run resumes from the last complete checkpoint), False for any other (re-raise it). With no restart left: stop, saying
     how to continue."""
     if role_of(error) != "learner" or mode != "train":
         return False
@@ -193,6 +193,6 @@ def restartable(error: BaseException, mode: str, out_dir: pathlib.Path, restart:
         raise SystemExit(f"a learner rank died or hung ({error.__class__.__name__}: {error}"[:300] + f"); {where}. Continue with the same "
                          f"command plus trainer.resume=auto (or set trainer.max_restarts to restart "
                          f"automatically); the worker logs are under Ray's session dir.") from None
-    print(f"a learner rank died or hung ({error.__class__.__name__}); {where}: restarting every role and resuming from it "
+    print(f"a learner rank died or hung ({error.__class__.__name__}); {where}: restarting the learner ranks and resuming from it "
           f"(restart {restart + 1} of trainer.max_restarts={max_restarts})", flush=True)
     return True

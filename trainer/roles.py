@@ -95,13 +95,24 @@ def create_learners(cfg, model_path: str, per_rank_items: int, env: dict[str, st
     return learners
 
 
-def create_roles(cfg, model_path: str, env: dict[str, str]) -> tuple[EnginePool, ActorGroup, ActorGroup]:
+def create_roles(cfg, model_path: str, env: dict[str, str], survivors=None) -> tuple[EnginePool, ActorGroup, ActorGroup]:
     """Rollout engines (as an ``EnginePool``), learner ranks and reward workers, with the
-    weight-broadcast group between learner rank 0 and every engine worker connected."""
+    weight-broadcast group between learner rank 0 and every engine worker connected. ``survivors``:
+    the (pool, learners, scorers) of an attempt a learner rank ended (``trainer.max_restarts``);
+    only the learner ranks start afresh, the engines (but any that does not answer a probe) and the
+    reward workers go on serving: a large model's engine takes minutes to load."""
     _resolved(cfg)
     r, lc, rc = cfg.rollout, cfg.learner, cfg.reward
     gpu = has_gpu()
     t0 = time.perf_counter()
+    if survivors is not None:
+        pool, _, scorers = survivors
+        print(f"starting {lc.world_size} DeepSpeed learner rank(s) afresh; the engines and reward workers go on", flush=True)
+        learners = create_learners(cfg, model_path, cfg.trainer.prompts_per_step * r.num_generations // lc.world_size,
+                                   env, gpu)
+        pool.attach(learners, _weight_meta(learners, pool.engines.info["dtype"]), _adapter(learners))
+        print(f"learner ranks up in {time.perf_counter() - t0:.1f} s; weight group connected", flush=True)
+        return pool, learners, scorers
     print(f"starting the roles: {r.num_engines} vLLM engine(s), {lc.world_size} DeepSpeed learner rank(s) "
           f"(ZeRO-{lc.zero_stage}), {rc.num_workers} reward worker(s) ...", flush=True)
     engines = create_engines(cfg, model_path, env, gpu)
@@ -110,15 +121,24 @@ def create_roles(cfg, model_path: str, env: dict[str, str]) -> tuple[EnginePool,
     scorers = ActorGroup(RewardWorker, rc.num_workers, {"CPU": rc.cpus_per_worker, **rc.resources}, "reward",
                          args=(dict(rc.funcs), rc.box_convention, plain(rc.params), rc.timeout_s / 2), env=env)
     engines.info = engines.get(engines.actors[0].info.remote(), "start-up", startup=True)  # dtype and why, threads
-    meta = learners.get(learners.actors[0].weight_meta.remote(engines.info["dtype"]), "weight_meta", startup=True)
-    pool = EnginePool(engines, learners, meta, r.timeout_s, "nccl" if gpu else "gloo",
-                      asynchronous=cfg.trainer.max_staleness > 0, pack_mb=float(r.sync_pack_mb),
-                      delta_full_every=r.sync_full_every if r.sync_delta else 0,
-                      adapter=learners.get(learners.actors[0].adapter_config.remote(), "adapter_config", startup=True))
+    pool = EnginePool(engines, learners, _weight_meta(learners, engines.info["dtype"]), r.timeout_s,
+                      "nccl" if gpu else "gloo", asynchronous=cfg.trainer.max_staleness > 0,
+                      pack_mb=float(r.sync_pack_mb), delta_full_every=r.sync_full_every if r.sync_delta else 0,
+                      adapter=_adapter(learners))
     pool.connect()
     print(f"roles up in {time.perf_counter() - t0:.1f} s (an engine's own start-up: {engines.info['start_s']:.1f} s); "
           "weight group connected", flush=True)
     return pool, learners, scorers
+
+
+def _weight_meta(learners: ActorGroup, dtype: str) -> list:
+    """(name, dtype, shape) of every tensor a sync sends, as the engines hold them (``dtype``)."""
+    return learners.get(learners.actors[0].weight_meta.remote(dtype), "weight_meta", startup=True)
+
+
+def _adapter(learners: ActorGroup) -> dict | None:
+    """The PEFT config of the adapter a LoRA adapter sync sends (None: whole weights are sent)."""
+    return learners.get(learners.actors[0].adapter_config.remote(), "adapter_config", startup=True)
 
 
 def describe_choices(cfg, engine: dict, learner: dict, why: dict[str, str]) -> dict:

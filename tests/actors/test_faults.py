@@ -166,3 +166,20 @@ def test_an_engine_stuck_in_start_up_is_a_hung_role_not_a_wait_for_ever():
     assert e.value.role == "rollout-stuck" and time.monotonic() - t0 < 30
     engines.shutdown()
     learners.shutdown()
+
+
+def test_a_learner_restart_shuts_down_every_group_but_the_kept_ones():
+    """``shutdown_groups(keep=...)`` (the driver's learner restart): the failed attempt's groups go, a
+    hung actor among them, and their placement groups with them; the kept groups go on answering."""
+    from actors.group import shutdown_groups
+    from ray.util.placement_group import placement_group_table
+    kept = ActorGroup(Rank0, 1, {"CPU": 0.1}, "rollout-kept")
+    hung = ActorGroup(StuckEngine, 1, {"CPU": 0.1}, "learner-hung")
+    hung.actors[0].ready.remote()  # busy for an hour
+    assert shutdown_groups(keep=[kept]) == 1
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(hung.actors[0].ready.remote(), timeout=30)
+    assert ray.get(kept.actors[0].address.remote(), timeout=30) == ("127.0.0.1", 0)
+    states = {pg["placement_group_id"]: pg["state"] for pg in placement_group_table().values()}
+    assert states[hung.pg.id.hex()] == "REMOVED" and states[kept.pg.id.hex()] == "CREATED"
+    kept.shutdown()

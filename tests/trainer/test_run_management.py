@@ -161,8 +161,10 @@ def test_chaos_every_fault_kind_in_one_run_trains_what_the_uninterrupted_run_tra
     assert fired == ["engine.exit@2.fired", "engine.hang@4.fired", "learner.exit@3.fired", "learner.hang@4.fired",
                      "reward.exit@3.fired", "reward.hang@5.fired"]
     assert (tmp_path / "image.broken").exists()
-    # engines: replaced twice before the first restart (the restarts start every role afresh)
+    # engines: replaced twice, both before the first restart; the restarts start the learner ranks alone
     assert out.count("rollout engine 0 died or hung mid-generation: replacing it") == 2
+    assert out.count("starting the roles:") == 1 and out.count("DeepSpeed learner rank(s) afresh; the engines and reward "
+                                                                "workers go on") == 2
     assert "gave nothing for 15s" in out
     assert out.count("replacing it and rescoring its chunks") == 2  # the reward worker that died, the one that hung
     assert "showed no progress for 10s (reward.timeout_s)" in out
