@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         ray.shutdown()
 
+
 def train_loop(cfg, why: dict, roles: tuple, train: list, val: list, out_dir: pathlib.Path, resume: str | None) -> dict:
     """GRPO: ``cfg`` resolved (``conf.resolve_auto``; ``why``: its reasons), ``roles`` built
     (``trainer.roles.create_roles``); ``resume``: None, ``auto`` or a checkpoint directory."""

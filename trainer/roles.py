@@ -91,7 +91,8 @@ def create_learners(cfg, model_path: str, per_rank_items: int, env: dict[str, st
                           kwargs_fn=lambda i: {"rank": i}, env={**env, **_threads(cfg, lc, "learner")},
                           call_timeout_s=lc.timeout_s, startup_timeout_s=cfg.cluster.startup_timeout_s)
     host, port = learners.get(learners.actors[0].address.remote(), "its address", startup=True)
-    learners.info = learners.get(learners.call("setup", host, port), "setup", startup=True)[0]  # rank 0's: sizes, dtype and why, threads
+    # rank 0's answer: sizes, dtype and why, threads
+    learners.info = learners.get(learners.call("setup", host, port), "setup", startup=True)[0]
     return learners
 
 
