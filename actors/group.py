@@ -124,9 +124,17 @@ class ActorGroup:
         return self.actors[i]
 
     def shutdown(self) -> None:
+        """Kill every actor and remove the placement group (what is already gone, or belonged to a
+        Ray session that has ended, is skipped)."""
         for a in self.actors:
-            ray.kill(a, no_restart=True)
-        remove_placement_group(self.pg)
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        try:
+            remove_placement_group(self.pg)
+        except Exception:  # noqa: BLE001 - already removed, or its session ended
+            pass
         if self in _OPEN:
             _OPEN.remove(self)
 
