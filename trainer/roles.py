@@ -105,20 +105,19 @@ def create_roles(cfg, model_path: str, env: dict[str, str], survivors=None) -> t
     _resolved(cfg)
     r, lc, rc = cfg.rollout, cfg.learner, cfg.reward
     gpu = has_gpu()
+    per_rank = cfg.trainer.prompts_per_step * r.num_generations // lc.world_size  # completions a rank trains per step
     t0 = time.perf_counter()
     if survivors is not None:
         pool, _, scorers = survivors
         print(f"starting {lc.world_size} DeepSpeed learner rank(s) afresh; the engines and reward workers go on", flush=True)
-        learners = create_learners(cfg, model_path, cfg.trainer.prompts_per_step * r.num_generations // lc.world_size,
-                                   env, gpu)
+        learners = create_learners(cfg, model_path, per_rank, env, gpu)
         pool.attach(learners, _weight_meta(learners, pool.engines.info["dtype"]), _adapter(learners))
         print(f"learner ranks up in {time.perf_counter() - t0:.1f} s; weight group connected", flush=True)
         return pool, learners, scorers
     print(f"starting the roles: {r.num_engines} vLLM engine(s), {lc.world_size} DeepSpeed learner rank(s) "
           f"(ZeRO-{lc.zero_stage}), {rc.num_workers} reward worker(s) ...", flush=True)
     engines = create_engines(cfg, model_path, env, gpu)
-    learners = create_learners(cfg, model_path, cfg.trainer.prompts_per_step * r.num_generations // lc.world_size,
-                               env, gpu)
+    learners = create_learners(cfg, model_path, per_rank, env, gpu)
     scorers = ActorGroup(RewardWorker, rc.num_workers, {"CPU": rc.cpus_per_worker, **rc.resources}, "reward",
                          args=(dict(rc.funcs), rc.box_convention, plain(rc.params), rc.timeout_s / 2), env=env)
     engines.info = engines.get(engines.actors[0].info.remote(), "start-up", startup=True)  # dtype and why, threads
