@@ -41,28 +41,66 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool 
     return centred.reshape(-1).to(rewards.dtype)
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, chunk: int = 4) -> torch.Tensor:
-    """``log softmax(logits)[..., token]`` for each position: ``[B, T, V], [B, T] -> [B, T]``.
+class _SelectedLogprobs(torch.autograd.Function):
+    """``log softmax(logits / temperature)[token]`` (and, without gradient, the entropy) over ``[N, V]``
+    logits, ``chunk`` positions at a time, keeping nothing of vocabulary size but the logits
+    themselves for the backward pass.
+
+    Autograd through ``logits.float() / temperature`` then ``logsumexp`` keeps a float32 copy of
+    every logit for the backward pass (twice the bf16 logits) and, with the entropy, computes a
+    second full log-softmax. Here the forward keeps only each position's log-normaliser (``[N]``),
+    and the backward recomputes the softmax chunk by chunk:
+    ``d logp / d logits = (onehot(token) - softmax) / temperature``. The temporaries are a chunk's:
+    ``chunk x V`` floats, whatever the batch and sequence length.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, tokens, temperature, chunk, want_entropy):
+        lse = logits.new_empty(tokens.shape, dtype=torch.float32)
+        logp = torch.empty_like(lse)
+        ent = torch.empty_like(lse) if want_entropy else None
+        for i in range(0, logits.shape[0], chunk):
+            x = logits[i:i + chunk].to(torch.float32, copy=True).div_(temperature)  # [n, V]
+            z = torch.logsumexp(x, dim=-1)
+            lse[i:i + chunk] = z
+            logp[i:i + chunk] = x.gather(-1, tokens[i:i + chunk].unsqueeze(-1)).squeeze(-1) - z
+            if want_entropy:  # H = -sum p log p (not log Z - sum p x: that cancels where p is peaked)
+                lp = x.sub_(z.unsqueeze(-1))
+                ent[i:i + chunk] = -lp.exp().mul_(lp).sum(-1)
+        ctx.save_for_backward(logits, tokens, lse)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        ent = lse.new_zeros(()) if ent is None else ent  # (autograd needs a tensor in its place)
+        ctx.mark_non_differentiable(ent)
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_ent):
+        logits, tokens, lse = ctx.saved_tensors
+        t, chunk = ctx.temperature, ctx.chunk
+        grad = torch.empty_like(logits)
+        for i in range(0, logits.shape[0], chunk):
+            g = grad_logp[i:i + chunk].float().unsqueeze(-1)  # [n, 1]
+            d = logits[i:i + chunk].to(torch.float32, copy=True).div_(t).sub_(lse[i:i + chunk].unsqueeze(-1)).exp_()
+            d.mul_(-g).scatter_add_(-1, tokens[i:i + chunk].unsqueeze(-1), g)
+            grad[i:i + chunk] = d.div_(t)
+        return grad, None, None, None, None
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0, chunk: int = 512,
+                   entropy: bool = False):
+    """``log softmax(logits / temperature)[..., token]`` at each position: ``[B, T, V], [B, T] -> [B, T]``,
+    float32 and differentiable with respect to ``logits``; with ``entropy=True`` the pair
+    ``(logp, entropy of each position's distribution)``, the entropy without gradient.
 
     ``logits[:, t]`` must be the logits that predict ``tokens[:, t]`` (the caller shifts). Works
-    ``chunk`` rows at a time in float32, so the temporary is ``[chunk, T, V]`` rather than a full
-    log-softmax copy of the batch; the result is differentiable.
+    ``chunk`` positions at a time in float32 and keeps for the backward pass only the logits as
+    given (bf16 stays bf16) and one float per position: no float32 copy of the batch's logits is
+    made, in the forward or the backward pass (``python -m bench.logprobs`` measures the difference).
     """
-    out = []
-    for lg, tk in zip(logits.split(chunk), tokens.split(chunk)):
-        lg = lg.float()
-        picked = lg.gather(-1, tk.unsqueeze(-1)).squeeze(-1)  # [b, T]
-        out.append(picked - torch.logsumexp(lg, dim=-1))
-    return torch.cat(out) if out else logits.new_zeros(tokens.shape, dtype=torch.float32)
-
-
-def token_entropy(logits: torch.Tensor, chunk: int = 4) -> torch.Tensor:
-    """Entropy of the next-token distribution at each position, ``[B, T, V] -> [B, T]``."""
-    out = []
-    for lg in logits.split(chunk):
-        logp = torch.log_softmax(lg.float(), dim=-1)
-        out.append(-(logp.exp() * logp).sum(-1))
-    return torch.cat(out)
+    flat = logits.reshape(-1, logits.shape[-1])  # (a view of the model's contiguous logits)
+    logp, ent = _SelectedLogprobs.apply(flat, tokens.reshape(-1), float(temperature), chunk, entropy)
+    logp = logp.view(tokens.shape)
+    return (logp, ent.view(tokens.shape)) if entropy else logp
 
 
 def loss_denominators(mask: torch.Tensor) -> tuple[float, int]:

@@ -141,10 +141,10 @@ class Learner(CheckpointIO, WeightSyncIO):
             logits = model(**batch["inputs"]).logits  # [b, K, V]
             if "rows" in batch:  # shared prompts: [groups, G * S, V] -> one row of S per completion
                 logits = logits.reshape(-1, batch["slot"], logits.shape[-1])[batch["rows"]]
-            logits = logits.float() / (temperature or self.rollout_cfg["temperature"])
-            logp = grpo.token_logprobs(logits, batch["targets"])
-            ent = grpo.token_entropy(logits.detach()) if grad else None
-        return logp, ent
+            t = temperature or self.rollout_cfg["temperature"]
+            if not grad:
+                return grpo.token_logprobs(logits, batch["targets"], t), None
+            return grpo.token_logprobs(logits, batch["targets"], t, entropy=True)
 
     def _batches(self, items: list[TrainItem], shared: bool = True) -> list[dict]:
         mbs = self.cfg["micro_batch_size"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from learner.grpo import (AGG_MODES, group_advantages, importance_weights, loss_denominators, policy_loss,
-                          token_entropy, token_logprobs)
+                          token_logprobs)
 
 E = math.e
 
@@ -187,19 +187,46 @@ def test_gradient_with_one_iteration_is_plain_policy_gradient_plus_kl(beta):
     assert torch.allclose(logp.grad, expected, rtol=1e-10, atol=1e-14)
 
 
-def test_token_logprobs_and_entropy_match_full_log_softmax():
+def _reference(logits, tokens, temperature):
+    """log-probs and entropy through autograd's full log-softmax, in float64."""
+    full = torch.log_softmax(logits.double() / temperature, -1)
+    return full.gather(-1, tokens[..., None]).squeeze(-1), -(full.exp() * full).sum(-1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_token_logprobs_entropy_and_gradients_equal_the_full_log_softmax(temperature):
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(5, 7, 11, generator=g, requires_grad=True)
+    logits = (3 * torch.randn(5, 7, 11, generator=g)).requires_grad_()
     tokens = torch.randint(0, 11, (5, 7), generator=g)
-    full = torch.log_softmax(logits, -1)
-    expected = full.gather(-1, tokens[..., None]).squeeze(-1)
-    for chunk in (1, 2, 16):
-        got = token_logprobs(logits, tokens, chunk=chunk)
-        assert torch.allclose(got, expected, atol=1e-6)
-    got.sum().backward()  # differentiable
-    assert logits.grad is not None and logits.grad.abs().sum() > 0
-    ent = token_entropy(logits.detach(), chunk=3)
-    assert torch.allclose(ent, -(full.exp() * full).sum(-1).detach(), atol=1e-5)
+    weights = torch.randn(5, 7, generator=g, dtype=torch.float64)  # an arbitrary upstream gradient
+    ref, ref_ent = _reference(logits, tokens, temperature)
+    (ref * weights).sum().backward()
+    expected_grad, logits.grad = logits.grad.clone(), None
+    for chunk in (1, 7, 16, 1000):  # positions at a time (35 here)
+        got, ent = token_logprobs(logits, tokens, temperature, chunk=chunk, entropy=True)
+        assert got.dtype == torch.float32 and not ent.requires_grad
+        assert torch.allclose(got.double(), ref, atol=1e-6) and torch.allclose(ent.double(), ref_ent, atol=1e-5)
+        (got * weights).sum().backward()
+        assert torch.allclose(logits.grad, expected_grad, atol=1e-6), chunk
+        logits.grad = None
+    assert torch.equal(token_logprobs(logits, tokens, temperature, chunk=3), got)  # without entropy: the same
+    assert token_logprobs(logits[:0], tokens[:0]).shape == (0, 7)
+
+
+def test_token_logprobs_of_bf16_logits_keep_a_bf16_gradient_and_match_float32():
+    """The learner's bf16 logits: the result is float32 (computed from the logits in float32), the
+    gradient comes back in bf16, equal to autograd's through a float32 copy up to bf16 rounding."""
+    g = torch.Generator().manual_seed(1)
+    logits = (4 * torch.randn(3, 6, 50, generator=g)).bfloat16().requires_grad_()
+    tokens = torch.randint(0, 50, (3, 6), generator=g)
+    got = token_logprobs(logits, tokens, 0.9)
+    got.sum().backward()
+    fused = logits.grad
+    logits.grad = None
+    ref = torch.log_softmax(logits.float() / 0.9, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    ref.sum().backward()
+    assert got.dtype == torch.float32 and torch.allclose(got, ref, atol=1e-5)
+    assert fused.dtype == torch.bfloat16 and torch.allclose(fused.float(), logits.grad.float(), atol=1e-2, rtol=1e-2)
 
 
 def test_bad_arguments_raise_clear_errors():
