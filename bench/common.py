@@ -9,7 +9,8 @@ import time
 
 
 def machine() -> dict:
-    """What the numbers were measured on."""
+    """What the numbers were measured on, the CPU flags that decide bf16 speed included."""
+    from conf.hardware import cpu_flags
     cpu = "unknown"
     try:
         for line in open("/proc/cpuinfo"):
@@ -19,7 +20,8 @@ def machine() -> dict:
     except OSError:
         pass
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(mem_gb, 1),
+    flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
+    return {"cpu": cpu, "flags": " ".join(flags), "cores": os.cpu_count(), "mem_gib": round(mem_gb, 1),
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
@@ -36,6 +38,8 @@ def best_of(fn, repeats: int = 3) -> float:
 def table(rows: list[dict], columns: list[str]) -> str:
     """A markdown table of ``rows`` restricted to ``columns``."""
     def fmt(v):
+        if v is None:
+            return ""
         if isinstance(v, float):
             return f"{v:,.3g}" if abs(v) < 1000 else f"{v:,.0f}"
         return str(v)

@@ -4,11 +4,15 @@
     python -m bench.e2e                              # sizes 30m and 400m
     python -m bench.e2e --sizes tiny 30m --steps 4 --prompts 2 --generations 4 --max-new-tokens 48
     python -m bench.e2e --sizes 30m --variants async sync      # this project's loops only, against TRL
+    python -m bench.e2e --precision auto fp32        # both sides at auto's precision, then both at fp32
 
 Identical work on both sides: the same random Qwen2.5-VL built from a config, the same synthetic
 REC prompts and images in the same order, G samples per prompt, B prompts per step, the same
 completion cap, number of steps, learning rate, KL weight and rewards (this project's
-``rec_format`` + ``rec_iou``, handed to TRL as reward functions). TRL is used through its
+``rec_format`` + ``rec_iou``, handed to TRL as reward functions), and the same precision: each
+``--precision`` runs both sides at it, ``auto`` meaning what this project's ``auto`` picks on the
+CPU at hand (bf16 where it computes bf16 natively, fp32 elsewhere) -- which is also what a TRL user
+would switch on (``GRPOConfig(bf16=True)`` with the model loaded in bf16). TRL is used through its
 documented API (``GRPOConfig(use_cpu=True)``, HF ``generate``); a subclass only times its
 generation and reward calls. The first step of each system is warm-up and is not counted.
 Reports samples/s (completions trained per second), the ratio, and each system's time split:
@@ -38,6 +42,18 @@ VARIANTS = {  # this project's rows: name -> overrides (the defaults are dtype/t
     "old-defaults": ["trainer.max_staleness=0", "rollout.dtype=bfloat16", "learner.dtype=fp32", "rollout.cpu_threads=1",
                      "learner.cpu_threads=1", "learner.prefix_sharing=false", "learner.off_policy=none"],
 }
+
+
+def precision_of(choice: str) -> str:
+    """``bf16`` or ``fp32``: ``choice`` itself, or for ``auto`` what this project's learner would
+    pick on this machine (``conf.hardware.resolve_dtype``)."""
+    from conf.hardware import resolve_dtype
+    return resolve_dtype(choice, "learner")[0]
+
+
+def dtype_overrides(precision: str) -> list[str]:
+    """Both of this project's roles at ``precision`` (bf16 | fp32)."""
+    return [f"rollout.dtype={'bfloat16' if precision == 'bf16' else 'float32'}", f"learner.dtype={precision}"]
 
 
 def run_ours(model_dir: str, syn: pathlib.Path, out: pathlib.Path, a, overrides: list[str]) -> dict:
@@ -124,11 +140,12 @@ def run_trl(model_dir: str, syn: pathlib.Path, out: pathlib.Path, a) -> dict:
         def on_step_end(self, args, state, control, **kw):
             times["steps"].append(time.perf_counter() - self.t0)
 
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    bf16 = a.precision == "bf16"  # as a TRL user turns bf16 on: the model loaded in it, autocast on
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.bfloat16 if bf16 else torch.float32)
     cfg = GRPOConfig(output_dir=str(out), use_cpu=True, per_device_train_batch_size=a.prompts * a.generations,
                      num_generations=a.generations, max_completion_length=a.max_new_tokens, max_steps=a.steps + 1,
                      learning_rate=a.lr, beta=a.beta, temperature=1.0, logging_steps=1, report_to="none",
-                     save_strategy="no", bf16=False, shuffle_dataset=False, seed=0, dataloader_num_workers=0)
+                     save_strategy="no", bf16=bf16, shuffle_dataset=False, seed=0, dataloader_num_workers=0)
     trainer = Timed(model=model, reward_funcs=[reward("rec_format"), reward("rec_iou")], args=cfg,
                     train_dataset=data, processing_class=processor, callbacks=[StepClock()])
     trainer.train()
@@ -149,7 +166,10 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--beta", type=float, default=0.04)
     ap.add_argument("--system", choices=["both", "ours", "trl"], default="both")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["async", "sync", "old-defaults"],
-                    help="this project's configurations to run (async: the default)")
+                    help="this project's configurations to run (sync: the default on one CPU machine)")
+    ap.add_argument("--precision", nargs="+", choices=["auto", "bf16", "fp32"], default=["auto"],
+                    help="run both systems at each: auto = what this project's auto picks on this CPU "
+                         "(bf16 with native bf16, else fp32); old-defaults keeps its own mixed precision")
     a = ap.parse_args(argv)
     from data.synthetic import generate
     from data.tiny_model import build
@@ -158,39 +178,54 @@ def main(argv=None) -> list[dict]:
         tmp = pathlib.Path(tmp)
         syn = tmp / "syn"
         generate(syn, seed=0, n_train=max(64, a.prompts * (a.steps + 1)), n_val=4, n_ood=4, progress=False)
+        precisions = list(dict.fromkeys(precision_of(c) for c in a.precision))  # auto resolved, once each
         for size in a.sizes:
             model_dir = str(build(tmp / size, seed=0, size=size))
             params = json.loads((pathlib.Path(model_dir) / "BUILD.json").read_text())["parameters"]
-            res = {}
-            systems = [f"ours:{v}" for v in a.variants] if a.system != "trl" else []
-            systems += ["trl"] if a.system != "ours" else []
-            for system in systems:
-                print(f"[{size}] {system} ...", flush=True)
-                if system.startswith("ours:"):
-                    v = system.split(":", 1)[1]
-                    res[system] = run_ours(model_dir, syn, tmp / f"ours-{v}-{size}", a, VARIANTS[v])
-                else:  # a fresh process keeps TRL's threads and memory apart from the next size
-                    res[system] = _trl_subprocess(model_dir, syn, tmp / f"trl-{size}", a)
-            for system, r in res.items():
-                sps = r["samples"] / r["seconds"]
-                name = f"this project, {system.split(':', 1)[1]}" if system.startswith("ours:") else "TRL GRPOTrainer"
-                row = {"size": size, "params_M": params / 1e6, "system": name, "samples_per_s": sps,
-                       "util_%": r.get("util_%"), "lm_tokens": r.get("lm_token_share"),
-                       **{f"{k}_%": 100 * r[k] / r["seconds"] for k in ("generate", "reward", "train", "sync", "other")}}
-                if "trl" in res and system != "trl":
-                    row["x_TRL"] = sps / (res["trl"]["samples"] / res["trl"]["seconds"])
-                if "ours:sync" in res and system.startswith("ours:") and system != "ours:sync":
-                    row["x_sync"] = sps / (res["ours:sync"]["samples"] / res["ours:sync"]["seconds"])
-                rows.append(row)
+            for k, precision in enumerate(precisions):
+                at = argparse.Namespace(**{**vars(a), "precision": precision})
+                variants = [v for v in a.variants if v != "old-defaults" or k == 0]  # its own precision: once
+                systems = [f"ours:{v}" for v in variants] if a.system != "trl" else []
+                systems += ["trl"] if a.system != "ours" else []
+                res = {}
+                for system in systems:
+                    print(f"[{size}, {precision}] {system} ...", flush=True)
+                    if system.startswith("ours:"):
+                        v = system.split(":", 1)[1]
+                        over = VARIANTS[v] if v == "old-defaults" else [*VARIANTS[v], *dtype_overrides(precision)]
+                        res[system] = run_ours(model_dir, syn, tmp / f"ours-{v}-{size}-{precision}", at, over)
+                    else:  # a fresh process keeps TRL's threads and memory apart from the next run
+                        res[system] = _trl_subprocess(model_dir, syn, tmp / f"trl-{size}-{precision}", at)
+                rows += _rows(res, size, params, precision)
     from conf.hardware import describe_cpu
     print(f"\n## End to end vs TRL ({describe_cpu()}, {machine()['date']}): "
           f"B={a.prompts}, G={a.generations}, {a.max_new_tokens} new tokens, {a.steps} timed steps\n")
-    print(table(rows, ["size", "params_M", "system", "samples_per_s", "x_TRL", "x_sync", "util_%", "lm_tokens",
+    print(table(rows, ["size", "params_M", "precision", "system", "samples_per_s", "x_TRL", "x_sync", "util_%", "lm_tokens",
                        "generate_%", "reward_%", "train_%", "sync_%", "other_%"]))
     print("\nlm_tokens: language-model tokens the learner computes per step, as a share of the same batch without "
           "prompt sharing. Asynchronous rows: generate/reward run beside training, so train_% is only the wait for "
-          "the learner after them; util_%: CPU time of every process / (wall time x cores) over the training steps.")
+          "the learner after them; util_%: CPU time of every process / (wall time x cores) over the training steps. "
+          "precision: both systems' (x_TRL compares rows of one precision); old defaults: bf16 engine, fp32 learner.")
     print(f"\nsaved {save('e2e', rows)}")
+    return rows
+
+
+def _rows(res: dict, size: str, params: int, precision: str) -> list[dict]:
+    """Table rows of one size and precision: samples/s, time split, ratios to TRL and to ``sync``."""
+    def sps(system):
+        return res[system]["samples"] / res[system]["seconds"]
+    rows = []
+    for system, r in res.items():
+        name = f"this project, {system.split(':', 1)[1]}" if system.startswith("ours:") else "TRL GRPOTrainer"
+        row = {"size": size, "params_M": params / 1e6, "system": name, "samples_per_s": sps(system),
+               "precision": "bf16/fp32" if system == "ours:old-defaults" else precision,
+               "util_%": r.get("util_%"), "lm_tokens": r.get("lm_token_share"),
+               **{f"{k}_%": 100 * r[k] / r["seconds"] for k in ("generate", "reward", "train", "sync", "other")}}
+        if "trl" in res and system != "trl":
+            row["x_TRL"] = sps(system) / sps("trl")
+        if "ours:sync" in res and system.startswith("ours:") and system != "ours:sync":
+            row["x_sync"] = sps(system) / sps("ours:sync")
+        rows.append(row)
     return rows
 
 
