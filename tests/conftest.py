@@ -12,6 +12,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 OPT_IN = ("slow", "gpu")  # markers a run takes only when its -m expression names them
 
 
+def pytest_configure(config):
+    """The fast tier (a ``-m`` that leaves out ``e2e``) draws fewer random cases: ``tests/budget.py``."""
+    from tests import budget
+    budget.FULL = "not e2e" not in " ".join((config.getoption("markexpr") or "").split())
+
+
 def pytest_collection_modifyitems(config, items):
     """Deselect ``slow`` and ``gpu`` tests unless ``-m`` names them: ``pytest`` and ``pytest -m "not e2e"``
     both leave them out, ``pytest -m slow`` runs them (a default ``-m`` in addopts would be replaced

@@ -223,6 +223,7 @@ def test_non_finite_gradient_is_skipped_under_every_zero_stage(tiny_model, synth
     assert m["skipped_updates"] == 0 and lr.param_checksum(["lm_head"]) != {k: v for k, v in before.items() if "lm_head" in k}
 
 
+@pytest.mark.e2e  # a fresh process with a DeepSpeed learner (~13 s)
 def test_the_learner_listens_on_its_own_address_only(tiny_model):
     """Security: the DeepSpeed rendezvous store, gloo and the weight-sync store listen on the
     address they were given (loopback here), never on every interface (torch's default). Run in a

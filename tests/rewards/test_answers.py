@@ -7,13 +7,14 @@ from hypothesis import given, settings, strategies as st
 
 from rewards import REGISTRY, resolve, score
 from rewards.answers import MAX_CHARS, extract_choice, math_equal, ratio
+from tests.budget import cases
 
 
 def _c(answer: str) -> str:
     return f"<think>looking</think><answer>{answer}</answer>"
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=cases(400), deadline=None)
 @given(st.text(alphabet="abcde xyz", max_size=60), st.text(alphabet="abcde xyz", max_size=60))
 def test_ratio_equals_levenshtein(a, b):
     import Levenshtein

@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from rewards import REGISTRY, parse
 from rewards.coco_ap import coco_ap, reference_coco_ap as pycoco_stats
+from tests.budget import cases
 
 LABELS = ["dog", "cat", "red circle", "car"]
 
@@ -48,11 +49,11 @@ def _case(rng):
     return gt, dts
 
 
-@pytest.mark.parametrize("cases", [600, pytest.param(5000, marks=pytest.mark.slow)])
-def test_native_coco_ap_equals_pycocotools_on_random_cases(cases):
+@pytest.mark.parametrize("n", [600, pytest.param(5000, marks=pytest.mark.slow)])
+def test_native_coco_ap_equals_pycocotools_on_random_cases(n):
     rng = random.Random(1234)
-    checked = 0
-    for _ in range(cases):
+    checked, n = 0, cases(n)
+    for _ in range(n):
         gt, dts = _case(rng)
         gb, gl = [b for b, _ in gt], [lab for _, lab in gt]
         kept = [(b, lab) for b, lab in dts if lab in set(gl)]
@@ -64,7 +65,7 @@ def test_native_coco_ap_equals_pycocotools_on_random_cases(cases):
         for k in range(3):
             assert ours[k] == pytest.approx(ref[k], abs=1e-9), (gt, dts, k)
         checked += 1
-    assert checked > 0.75 * cases  # (the others have no predicted label among the truth's: both say so)
+    assert checked > 0.75 * n  # (the others have no predicted label among the truth's: both say so)
 
 
 def _fenced(items):
@@ -73,7 +74,7 @@ def _fenced(items):
 
 def test_ovd_rewards_equal_vlm_r1_protocol_through_the_full_text_path():
     rng = random.Random(99)
-    for _ in range(400):
+    for _ in range(cases(400)):
         gt, dts = _case(rng)
         sol = _fenced([{"bbox_2d": b, "label": lab} for b, lab in gt])
         comp = "<think>look</think><answer>" + _fenced([{"bbox_2d": b, "label": lab} for b, lab in dts]) + "</answer>"
@@ -100,7 +101,7 @@ REC_FORMAT = re.compile(r"<think>.*?</think>\s*<answer>.*?\{.*\[\d+,\s*\d+,\s*\d
 FORMAT = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=cases(3000), deadline=None)
 @given(fragment_text)
 def test_linear_parsers_equal_vlm_r1_regexes(text):
     assert parse.has_rec_format(text) == (REC_FORMAT.search(text) is not None)
@@ -112,7 +113,7 @@ def test_linear_parsers_equal_vlm_r1_regexes(text):
     assert parse.first_int_box(text) == ([int(g) for g in m.groups()] if m else None)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=cases(1500), deadline=None)
 @given(st.lists(st.sampled_from(["[", "]", "{", "}", " ", '"bbox_2d"', '"label"', "x", "\n"]), max_size=30).map("".join))
 def test_item_list_span_equals_vlm_r1_regex(text):
     from rewards.ovd import _first_item_list_span

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rewards import REGISTRY, score
+from tests.budget import cases
 
 SOLUTIONS = ["[10, 10, 50, 60]", "None", "B", "yes", "3/4", "the red circle",
              '```json\n[{"bbox_2d": [0, 0, 100, 100], "label": "dog"}, {"bbox_2d": [5, 5, 50, 50], "label": "cat"}]\n```']
@@ -23,13 +24,13 @@ def _check(text: str, **info):
             assert fn.low <= v <= fn.high, (name, v)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=cases(300), deadline=None)
 @given(st.text(max_size=300))
 def test_arbitrary_text(text):
     _check(text)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=cases(500), deadline=None)
 @given(st.lists(st.sampled_from(PIECES) | st.text(max_size=4), max_size=60).map("".join),
        st.sampled_from([{}, {"input_size": (28, 28), "image_size": (100, 50)}, {"input_size": (0, 0), "image_size": (1, 1)},
                         {"input_size": "bad"}, {"box_convention": "continuous"}]))

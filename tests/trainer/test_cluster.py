@@ -5,11 +5,14 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from tools.layers import LAYERS
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.e2e  # a fresh process importing the whole stack, vLLM and DeepSpeed included (~15 s)
 def test_every_project_module_is_imported_before_ray_init():
     code = ("import json, sys; from trainer.cluster import import_project; names = import_project(); "
             "print(json.dumps({'names': names, 'loaded': sorted(n for n in names if n in sys.modules)}))")

@@ -30,7 +30,8 @@ def strip(node):
 
 def v1_schema(crd_yaml: pathlib.Path) -> dict:
     import yaml
-    crd = yaml.safe_load(crd_yaml.read_text())
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's: ~10x faster on these 1 MB files
+    crd = yaml.load(crd_yaml.read_text(), Loader=loader)
     return strip(next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"])
 
 
