@@ -115,10 +115,7 @@ class ActorGroup:
 
     def replace(self, i: int):
         """Kill actor ``i`` (dead or hung) and start a fresh one in its bundle; returns the new actor."""
-        try:
-            ray.kill(self.actors[i], no_restart=True)
-        except Exception:  # noqa: BLE001 - already gone is fine
-            pass
+        _kill(self.actors[i])
         self.replacements += 1
         self.actors[i] = self._spawn[i](self.replacements)
         return self.actors[i]
@@ -127,16 +124,21 @@ class ActorGroup:
         """Kill every actor and remove the placement group (what is already gone, or belonged to a
         Ray session that has ended, is skipped)."""
         for a in self.actors:
-            try:
-                ray.kill(a, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+            _kill(a)
         try:
             remove_placement_group(self.pg)
         except Exception:  # noqa: BLE001 - already removed, or its session ended
             pass
         if self in _OPEN:
             _OPEN.remove(self)
+
+
+def _kill(actor) -> None:
+    """Kill ``actor`` for good; one already gone (dead, or of a Ray session that has ended) is fine."""
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # noqa: BLE001 - already gone
+        pass
 
 
 def shutdown_groups(keep=()) -> int:

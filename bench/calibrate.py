@@ -25,14 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import subprocess
-import sys
 import tempfile
 
-from bench.common import machine, save, table
+from bench.common import machine, save, table, timed_run
 from bench.loop_model import Layout, Rates, Workload, predict
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 FIT_POINTS = [  # (G, prompts per step): synchronous, one engine
     (4, 2), (8, 2), (16, 1)]
 CHECKS = {  # name -> overrides (besides G and prompts)
@@ -47,26 +44,11 @@ CHECKS = {  # name -> overrides (besides G and prompts)
 }
 FORWARD_SHARE = 1 / 3  # a forward pass's share of forward + backward
 REWARD_WORKERS = 2
+SETTINGS = ["trainer.max_staleness=0", f"reward.num_workers={REWARD_WORKERS}"]  # (a check row may override)
 
 
-def run(model: str, syn: pathlib.Path, out: pathlib.Path, G: int, prompts: int, steps: int, tokens: int,
-        overrides: list[str]) -> list[dict]:
-    """The metrics rows of a real run's timed steps: all but the first (warm-up) and the last (an
-    asynchronous run has no next batch to generate beside it)."""
-    cmd = [sys.executable, "orchestrator.py", "conf=task/rec", f"model.path={model}", f"data.synthetic.dir={syn}",
-           f"trainer.output_dir={out}", f"trainer.max_steps={steps + 2}", f"trainer.prompts_per_step={prompts}",
-           f"rollout.num_generations={G}", f"rollout.max_new_tokens={tokens}", f"learner.micro_batch_size={G}",
-           "trainer.eval_steps=0", "trainer.save_steps=0", "trainer.report=false", "wandb.mode=disabled",
-           "cluster.include_dashboard=false", "data.shuffle=false", "trainer.max_staleness=0",
-           f"reward.num_workers={REWARD_WORKERS}", *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"run failed ({' '.join(overrides)}):\n{proc.stderr[-3000:]}")
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"time/step_s"' in x]
-    return rows[1:-1]
-
-
-def workload(rows: list[dict], G: int, prompts: int, overrides: list[str], prompt: float | None = None) -> Workload:
+def workload(rows: list[dict], G: int, prompts: int, overrides: list[str], prompt: float | None = None,
+             params_b: float = 0.0) -> Workload:
     """The workload the run had: its mean prompt (or ``prompt``: a run without prompt sharing does
     not count them) and completion lengths and its signal fraction."""
     items = sum(r["items"] for r in rows)
@@ -75,7 +57,7 @@ def workload(rows: list[dict], G: int, prompts: int, overrides: list[str], promp
         prompt = (sum(r["learner/lm_tokens_unshared"] for r in rows) - completion * items) / items
     dynamic = "rollout.dynamic_sampling.enabled=true" in overrides
     signal = sum(r.get("sampling/kept_frac", 1.0) for r in rows) / len(rows) if dynamic else 1.0  # of generated
-    return Workload(prompts=prompts, G=G, prompt_tokens=prompt, completion_tokens=completion, params_b=0.0,
+    return Workload(prompts=prompts, G=G, prompt_tokens=prompt, completion_tokens=completion, params_b=params_b,
                     prefix_sharing="learner.prefix_sharing=false" not in overrides,
                     dynamic_sampling=dynamic, signal_frac=signal)
 
@@ -125,12 +107,13 @@ def main(argv=None) -> list[dict]:
         generate(syn, seed=0, n_train=64, n_val=4, n_ood=4, progress=False)
         model = str(build(tmp / a.size, seed=0, size=a.size))
         params = json.loads((pathlib.Path(model) / "BUILD.json").read_text())["parameters"]
-        points, sync_bytes = [], 0.0
+        points = []
         for i, (G, prompts) in enumerate(FIT_POINTS):
             print(f"fit: G={G}, {prompts} prompts ...", flush=True)
-            r = run(model, syn, tmp / f"fit{i}", G, prompts, a.steps, a.max_new_tokens, [])
+            r = timed_run(model, syn, tmp / f"fit{i}", a.steps, prompts, G, a.max_new_tokens, SETTINGS)
             points.append((workload(r, G, prompts, []), r))
-            sync_bytes = r[-1]["sync/bytes"]
+        sync_bytes = points[-1][1][-1]["sync/bytes"]
+        prompt_tokens = sum(w.prompt_tokens for w, _ in points) / len(points)  # (every run has the same prompts)
         rates = fit(points, sync_bytes)
         from conf.hardware import describe_cpu
         print(f"\n## Rates ({describe_cpu()}, {machine()['date']}; {a.size}, {params / 1e6:.1f}M parameters)\n")
@@ -143,14 +126,14 @@ def main(argv=None) -> list[dict]:
             G, prompts, over = CHECKS[name]
             print(f"check: {name} ...", flush=True)
             try:
-                r = run(model, syn, tmp / name.replace(" ", "_"), G, prompts, a.steps, a.max_new_tokens, over)
+                r = timed_run(model, syn, tmp / name.replace(" ", "_"), a.steps, prompts, G, a.max_new_tokens,
+                              [*SETTINGS, *over])
             except SystemExit as e:  # one failed row is reported; the others go on
                 print(f"  {name}: {str(e)[:400]}", flush=True)
                 rows.append({"row": name, "critical_path": "run failed"})
                 continue
-            prompt_tokens = sum(w.prompt_tokens for w, _ in points) / len(points)  # the same prompts
-            w = workload(r, G, prompts, over, None if "learner/lm_tokens_unshared" in r[0] else prompt_tokens)
-            w = Workload(**{**w.__dict__, "params_b": sync_bytes / w.bytes_per_param / 1e9})
+            w = workload(r, G, prompts, over, None if "learner/lm_tokens_unshared" in r[0] else prompt_tokens,
+                         params_b=sync_bytes / Workload.bytes_per_param / 1e9)
             engines = 2 if "rollout.num_engines=2" in over else 1
             p = predict(w, rates, Layout(engines=engines, learner_ranks=1, reward_workers=REWARD_WORKERS,
                                          staleness=1 if "trainer.max_staleness=1" in over else 0))

@@ -5,12 +5,14 @@ import json
 import os
 import pathlib
 import platform
+import subprocess
+import sys
 import time
 
 
 def machine() -> dict:
     """What the numbers were measured on, the CPU flags that decide bf16 speed included."""
-    from conf.hardware import cpu_flags
+    from conf.hardware import speed_flags
     cpu = "unknown"
     try:
         for line in open("/proc/cpuinfo"):
@@ -20,8 +22,7 @@ def machine() -> dict:
     except OSError:
         pass
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
-    return {"cpu": cpu, "flags": " ".join(flags), "cores": os.cpu_count(), "mem_gib": round(mem_gb, 1),
+    return {"cpu": cpu, "flags": " ".join(speed_flags()), "cores": os.cpu_count(), "mem_gib": round(mem_gb, 1),
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
@@ -55,3 +56,21 @@ def save(name: str, rows: list[dict], out_dir: str | os.PathLike = "bench/result
     out = path / f"{name}.json"
     out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     return out
+
+
+def timed_run(model: str, syn: pathlib.Path, out: pathlib.Path, steps: int, prompts: int, G: int, new_tokens: int,
+              overrides: list[str]) -> list[dict]:
+    """Run ``orchestrator.py conf=task/rec`` for ``steps + 2`` steps on ``model`` and the synthetic data
+    in ``syn`` (no evaluation, checkpoints, report or wandb; data in file order) and return the metrics
+    of steps 2 .. N-1: the first is warm-up, and the last has no next batch to generate beside it
+    (asynchronous), so each returned step of either loop generates one batch and trains one."""
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "orchestrator.py", "conf=task/rec", f"model.path={model}", f"data.synthetic.dir={syn}",
+           f"trainer.output_dir={out}", f"trainer.max_steps={steps + 2}", f"trainer.prompts_per_step={prompts}",
+           f"rollout.num_generations={G}", f"rollout.max_new_tokens={new_tokens}", f"learner.micro_batch_size={G}",
+           "trainer.eval_steps=0", "trainer.save_steps=0", "trainer.report=false", "wandb.mode=disabled",
+           "cluster.include_dashboard=false", "data.shuffle=false", *overrides]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"this project's run failed ({' '.join(overrides)}):\n{proc.stderr[-3000:]}")
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"time/step_s"' in x][1:-1]

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from bench.common import machine, save, table
+from bench.common import machine, save, table, timed_run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -57,19 +57,9 @@ def dtype_overrides(precision: str) -> list[str]:
 
 
 def run_ours(model_dir: str, syn: pathlib.Path, out: pathlib.Path, a, overrides: list[str]) -> dict:
-    """Steps 2 .. N-1 of an N = steps + 2 step run are timed: the first is warm-up, and the last
-    has no next batch to generate beside it (asynchronous), so each timed step of either loop
-    generates one batch and trains one."""
-    cmd = [sys.executable, "orchestrator.py", "conf=task/rec", f"model.path={model_dir}", f"data.synthetic.dir={syn}",
-           f"trainer.output_dir={out}", f"trainer.max_steps={a.steps + 2}", f"trainer.prompts_per_step={a.prompts}",
-           f"rollout.num_generations={a.generations}", f"rollout.max_new_tokens={a.max_new_tokens}",
-           f"learner.lr={a.lr}", f"learner.beta={a.beta}", f"learner.micro_batch_size={a.generations}",
-           "trainer.eval_steps=0", "trainer.save_steps=0", "trainer.report=false", "wandb.mode=disabled",
-           "cluster.include_dashboard=false", "data.shuffle=false", "reward.num_workers=1", *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"this project's run failed:\n{proc.stderr[-3000:]}")
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"time/step_s"' in x][1:-1]
+    """This project's timed steps (``bench.common.timed_run``), summed and split by phase."""
+    rows = timed_run(model_dir, syn, out, a.steps, a.prompts, a.generations, a.max_new_tokens,
+                     [f"learner.lr={a.lr}", f"learner.beta={a.beta}", "reward.num_workers=1", *overrides])
     total = sum(r["time/step_s"] for r in rows)
     split = {k: sum(r[f"time/{k}_s"] for r in rows) for k in ("rollout", "reward", "train", "sync")}
     summary = json.loads((out / "summary.json").read_text())

@@ -99,11 +99,6 @@ class Prediction:
     critical_path: tuple           # the phases whose sum is the step
     bottleneck: str                # the busiest role
 
-    def row(self) -> dict:
-        return {"step_s": self.step_s, "samples_per_s": self.samples_per_s, "generate_s": self.generate_s,
-                "reward_s": self.reward_exposed_s, "train_s": self.train_s, "sync_s": self.sync_s,
-                **{f"busy_{k}": v for k, v in self.busy.items()}, "critical_path": " > ".join(self.critical_path),
-                "bottleneck": self.bottleneck}
 
 
 def refill_factor(w: Workload) -> float:

@@ -129,6 +129,12 @@ def resolve_lora_sync(value: str, gpu: bool) -> tuple[str, str]:
     return "merged", "auto: CPU engines decode about 2x slower with a LoRA adapter than with merged weights"
 
 
+def speed_flags(flags: set[str] | None = None) -> list[str]:
+    """The CPU flags that decide bf16 speed, of those this CPU has (for benchmark records)."""
+    flags = cpu_flags() if flags is None else flags
+    return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+
+
 def describe_cpu() -> str:
     """One line naming the CPU and the flags that decide bf16 speed (for benchmark tables)."""
     name = ""
@@ -137,8 +143,7 @@ def describe_cpu() -> str:
             name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
         pass
-    flags = cpu_flags()
-    marks = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    marks = speed_flags()
     return f"{name or 'unknown CPU'}, {os.cpu_count()} cores, flags: {' '.join(marks) or 'none of avx2/avx512/amx'}"
 
 
