@@ -9,8 +9,9 @@ Pure Python (no Ray, no torch): what the loop does, as arithmetic on measured co
 
 - **Generation.** The step's groups are dealt out to the engines (``ceil(groups / engines)`` each);
   an engine prefills each prompt once (its G samples share the prompt's cache) and then decodes all
-  its sequences together, ``max_seqs`` at a time: one decode step costs ``decode_step_s`` plus
-  ``decode_seq_s`` per running sequence, and a wave of sequences takes ``completion_tokens`` steps.
+  its sequences together, ``max_seqs`` at a time: a wave takes as many decode steps as its longest
+  completion (``longest_tokens``), each costing ``decode_step_s``, plus ``decode_seq_s`` for every
+  token it decodes (``completion_tokens`` per sequence on average).
   Dynamic sampling refills an engine's missing groups in up to ``max_rounds`` further rounds, each
   a generation of its own: with a share ``signal_frac`` of groups keeping a reward spread, round k
   generates ``(1 - signal_frac)^k`` of the engine's first share in expectation (oversampling off,
@@ -19,7 +20,9 @@ Pure Python (no Ray, no torch): what the loop does, as arithmetic on measured co
   scored as it lands, so only the last shard's scoring (``1 / engines`` of it) follows generation.
 - **Training.** Language-model tokens per step: with prompt sharing each group's prompt once plus its
   G completions, without it every sample's prompt and completion; split evenly over the learner
-  ranks, at ``train_tokens_per_s`` per rank for forward + backward, plus one forward pass at
+  ranks, at ``train_tokens_per_s`` per rank for forward + backward, the vision tower at
+  ``vision_s_per_image`` (once per prompt's image with prompt sharing, once per sample's without),
+  plus one forward pass at
   ``forward_tokens_per_s`` for the reference policy (``beta > 0``) and one for old log-probs (when the
   loss needs them), plus ``optimizer_s``, plus the gradient exchange of data parallelism (ring
   all-reduce: ``2 (n-1)/n`` of the gradient bytes; ZeRO-3 also gathers the parameters: ``3 (n-1)/n``).
@@ -27,7 +30,11 @@ Pure Python (no Ray, no torch): what the loop does, as arithmetic on measured co
   reaches every engine).
 - **Schedules.** Synchronous (``staleness`` 0): generate, score, train and sync one after the other.
   Asynchronous (``staleness`` K >= 1): the engines generate step t+K while the learner trains step t,
-  and the weights go out once both are done: ``max(generate + score, train) + sync``. Evaluation
+  and the weights go out once both are done: ``max(generate + score, train) + sync``, when every
+  role has devices of its own. Where the roles share one machine's cores (``Layout.shared_cores``,
+  a CPU box), overlapped work adds up instead: the rates were measured with all cores per phase, so
+  the asynchronous step is the synchronous sum, and several engines take the sum of their work
+  (each paying its own decode steps' fixed part) rather than the slowest one's. Evaluation
   every ``eval_every`` steps adds ``eval_s / eval_every`` to either.
 """
 from __future__ import annotations
@@ -45,6 +52,8 @@ class Workload:
     completion_tokens: float       # mean per sample
     params_b: float                # model parameters, billions (weights synced, gradients exchanged)
     bytes_per_param: int = 2       # bf16 weights and gradients
+    longest_tokens: float = 0.0    # the longest completion of an engine's wave (decode steps); 0: the mean
+    images_per_prompt: int = 1
     beta: float = 0.04             # > 0: a reference-policy forward pass
     old_logp_pass: bool = False    # the loss needs the policy's own log-probs before the update
     prefix_sharing: bool = True
@@ -69,6 +78,7 @@ class Rates:
     sync_bytes_per_s: float        # learner -> engines weight link
     sync_latency_s: float
     allreduce_bytes_per_s: float = float("inf")  # between learner ranks
+    vision_s_per_image: float = 0.0  # a learner rank's vision tower, forward + backward, per image
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,7 @@ class Layout:
     staleness: int = 0             # trainer.max_staleness: 0 synchronous, K >= 1 asynchronous
     zero_stage: int = 2
     devices_per_engine: int = 1    # tensor parallel size (the rates are per engine at this size)
+    shared_cores: bool = False     # every role on one machine's cores (a CPU box): overlapped work adds up
 
     @property
     def devices(self) -> int:
@@ -109,24 +120,33 @@ def refill_factor(w: Workload) -> float:
     return sum((1 - w.signal_frac) ** k for k in range(w.max_rounds + 1))
 
 
-def generate_seconds(w: Workload, r: Rates, engines: int) -> float:
-    """The slowest engine's expected time for its share of the step's groups, refills included.
+def generate_seconds(w: Workload, r: Rates, engines: int, shared_cores: bool = False) -> float:
+    """The slowest engine's expected time for its share of the step's groups, refills included; on
+    shared cores, the engines' work added up (each pays its own decode steps' fixed part)."""
+    if shared_cores:
+        shares = [w.prompts // engines + (i < w.prompts % engines) for i in range(engines)]
+        return sum(engine_seconds(w, r, n) for n in shares if n)
+    return engine_seconds(w, r, math.ceil(w.prompts / engines - 1e-9))
+
+
+def engine_seconds(w: Workload, r: Rates, n: int) -> float:
+    """One engine's expected time for ``n`` groups, refills included.
 
     Its first round decodes its ``n`` groups' sequences in waves of ``max_seqs``. Refill round k
     happens when any of the ``n`` slots still lacks a group with spread (probability
     ``1 - (1 - q^k)^n``, ``q = 1 - signal_frac``) and then pays a decode step's fixed part for each
     token; its sequences (``n q^k G`` expected) pay their per-sequence part and prefill."""
-    n = math.ceil(w.prompts / engines - 1e-9)
+    longest = w.longest_tokens or w.completion_tokens
     seqs, total = n * w.G, n * w.prompt_tokens / r.prefill_tokens_per_s
     while seqs > 0:
         wave = min(seqs, r.max_seqs)
-        total += w.completion_tokens * (r.decode_step_s + r.decode_seq_s * wave)
+        total += longest * r.decode_step_s + w.completion_tokens * r.decode_seq_s * wave
         seqs -= wave
     if w.dynamic_sampling:
         q = 1 - w.signal_frac
         for k in range(1, w.max_rounds + 1):
             happens, groups = 1 - (1 - q ** k) ** n, n * q ** k
-            total += (happens * w.completion_tokens * r.decode_step_s
+            total += (happens * longest * r.decode_step_s
                       + groups * (w.G * w.completion_tokens * r.decode_seq_s + w.prompt_tokens / r.prefill_tokens_per_s))
     return total
 
@@ -138,16 +158,25 @@ def lm_tokens(w: Workload) -> float:
     return w.prompts * w.G * (w.prompt_tokens + w.completion_tokens)
 
 
+def vision_images(w: Workload) -> float:
+    """Images the learner's vision tower encodes per step (all ranks): each prompt's once with prompt
+    sharing, each sample's without."""
+    return w.prompts * w.images_per_prompt * (1 if w.prefix_sharing else w.G)
+
+
 def train_seconds(w: Workload, r: Rates, ranks: int, zero_stage: int) -> float:
-    """One learner rank's step: its share of the tokens, the extra forward passes, the optimizer and
-    the exchange of gradients (and, under ZeRO-3, parameters) between ranks."""
+    """One learner rank's step: its share of the tokens and images, the extra forward passes, the
+    optimizer and the exchange of gradients (and, under ZeRO-3, parameters) between ranks. A forward
+    pass over the images costs the vision tower's forward + backward scaled like the tokens' passes."""
     tokens = lm_tokens(w) / ranks
     forwards = (w.beta > 0) + w.old_logp_pass
+    vision = vision_images(w) / ranks * r.vision_s_per_image * (1 + forwards * r.train_tokens_per_s
+                                                                / r.forward_tokens_per_s)
     comm = 0.0
     if ranks > 1:
         volume = (3 if zero_stage == 3 else 2) * (ranks - 1) / ranks * w.params_b * 1e9 * w.bytes_per_param
         comm = volume / r.allreduce_bytes_per_s
-    return tokens / r.train_tokens_per_s + forwards * tokens / r.forward_tokens_per_s + r.optimizer_s + comm
+    return tokens / r.train_tokens_per_s + forwards * tokens / r.forward_tokens_per_s + vision + r.optimizer_s + comm
 
 
 def predict(w: Workload, r: Rates, layout: Layout) -> Prediction:
@@ -156,14 +185,14 @@ def predict(w: Workload, r: Rates, layout: Layout) -> Prediction:
         raise ValueError("engines, learner ranks, reward workers, prompts and G must each be at least 1")
     if not 0 <= w.signal_frac <= 1:
         raise ValueError(f"signal_frac must be in [0, 1], got {w.signal_frac}")
-    gen = generate_seconds(w, r, layout.engines)
+    gen = generate_seconds(w, r, layout.engines, layout.shared_cores)
     reward = w.prompts * refill_factor(w) * w.G * r.reward_s_per_sample / layout.reward_workers
     reward_exposed = reward / layout.engines
     train = train_seconds(w, r, layout.learner_ranks, layout.zero_stage)
     sync = r.sync_latency_s + w.params_b * 1e9 * w.bytes_per_param / r.sync_bytes_per_s
     ev = w.eval_s / w.eval_every if w.eval_every else 0.0
     rollout_side = gen + reward_exposed
-    if layout.staleness == 0:
+    if layout.staleness == 0 or layout.shared_cores:
         step = rollout_side + train + sync + ev
         path = ("generate", "reward", "train", "sync")
     else:

@@ -75,3 +75,32 @@ def test_evaluation_is_amortised_and_bad_layouts_are_refused():
         predict(W, R, Layout(engines=0, learner_ranks=1))
     with pytest.raises(ValueError, match="signal_frac"):
         predict(Workload(**{**W.__dict__, "signal_frac": 1.5}), R, Layout(1, 1))
+
+
+def test_a_wave_decodes_as_long_as_its_longest_completion():
+    long_tail = Workload(**{**W.__dict__, "longest_tokens": 9})
+    # prefill 0.2; 9 decode steps x 0.1 fixed + 8 sequences x 5 tokens x 0.01 = 0.9 + 0.4
+    assert generate_seconds(long_tail, R, 1) == pytest.approx(1.5)
+    assert generate_seconds(W, R, 1) == pytest.approx(1.1)  # longest 0: the mean, 5 steps
+
+
+def test_the_vision_tower_runs_per_prompt_with_sharing_and_per_sample_without():
+    seen = Rates(**{**R.__dict__, "vision_s_per_image": 0.1})
+    # sharing: 2 images x 0.1 x (1 + a reference pass at 60/120 of the cost) = 0.3 on top of 1.6
+    assert train_seconds(W, seen, 1, 2) == pytest.approx(1.9)
+    unshared = Workload(**{**W.__dict__, "prefix_sharing": False})
+    # 8 images x 0.1 x 1.5 = 1.2, and 120 tokens: 2.0 + 1.0 + 0.1
+    assert train_seconds(unshared, seen, 1, 2) == pytest.approx(4.3)
+    two_images = Workload(**{**W.__dict__, "images_per_prompt": 2, "beta": 0.0})  # 4 images x 0.1, no reference
+    assert train_seconds(two_images, seen, 2, 2) == pytest.approx(0.5 + 0.2 + 0.1 + 0.2)  # per rank: half of each
+
+
+def test_on_shared_cores_an_asynchronous_step_is_the_sum_of_its_work():
+    own = predict(W, R, Layout(engines=1, learner_ranks=1, reward_workers=2, staleness=1))
+    shared = predict(W, R, Layout(engines=1, learner_ranks=1, reward_workers=2, staleness=1, shared_cores=True))
+    assert own.step_s == pytest.approx(1.75) and shared.step_s == pytest.approx(3.05)  # 1.1 + 0.2 + 1.6 + 0.15
+    assert shared.critical_path == ("generate", "reward", "train", "sync")
+    # two engines on the same cores: each decodes its prompt (0.1 prefill + 5 x (0.1 + 0.04)), one after the other
+    assert generate_seconds(W, R, 2, shared_cores=True) == pytest.approx(2 * 0.8)
+    three = Workload(**{**W.__dict__, "prompts": 3})  # shares 2 + 1: (0.2 + 0.9) + 0.8
+    assert generate_seconds(three, R, 2, shared_cores=True) == pytest.approx(1.9)
