@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import pathlib
 import statistics
 import tempfile
@@ -123,7 +124,7 @@ def measure(size: str, steps: int, new_tokens: int, checks: list[str], tmp: path
     from data.tiny_model import build
     model = str(build(tmp / size, seed=0, size=size))
     record = {"size": size, "params": json.loads((pathlib.Path(model) / "BUILD.json").read_text())["parameters"],
-              "fit": [], "checks": {}}
+              "cores": os.cpu_count(), "fit": [], "checks": {}}
     for i, (G, prompts, over) in enumerate(FIT_POINTS):
         print(f"{size} fit: G={G}, {prompts} prompts {' '.join(over)} ...", flush=True)
         record["fit"].append(timed_run(model, syn, tmp / f"{size}-fit{i}", steps, prompts, G, new_tokens,
@@ -157,7 +158,7 @@ def evaluate(record: dict) -> tuple[dict, list[dict]]:
         G, prompts, over = CHECKS[name]
         w = workload(r, G, prompts, over, prompt_tokens, params_b=params_b)
         p = predict(w, rates, Layout(engines=2 if "rollout.num_engines=2" in over else 1, learner_ranks=1,
-                                     reward_workers=REWARD_WORKERS, shared_cores=True,
+                                     reward_workers=REWARD_WORKERS, shared_cores=record["cores"],
                                      staleness=1 if "trainer.max_staleness=1" in over else 0))
         m = measured(r)
         out.append({"size": size, "row": name, "step_pred": p.step_s, "step_meas": m["step"],
@@ -181,7 +182,8 @@ def main(argv=None) -> list[dict]:
     from conf.hardware import describe_cpu
     if a.replay:
         saved = json.loads(pathlib.Path(a.replay).read_text())
-        records, where = saved["rows"], f"{saved['machine']['cpu']} ({saved['machine']['flags']}), {saved['machine']['date']}"
+        records = [{"cores": saved["machine"]["cores"], **r} for r in saved["rows"]]
+        where = f"{saved['machine']['cpu']} ({saved['machine']['flags']}), {saved['machine']['date']}"
     else:
         from data.synthetic import generate
         records, where = [], f"{describe_cpu()}, {machine()['date']}"

@@ -31,10 +31,11 @@ Pure Python (no Ray, no torch): what the loop does, as arithmetic on measured co
 - **Schedules.** Synchronous (``staleness`` 0): generate, score, train and sync one after the other.
   Asynchronous (``staleness`` K >= 1): the engines generate step t+K while the learner trains step t,
   and the weights go out once both are done: ``max(generate + score, train) + sync``, when every
-  role has devices of its own. Where the roles share one machine's cores (``Layout.shared_cores``,
-  a CPU box), overlapped work adds up instead: the rates were measured with all cores per phase, so
-  the asynchronous step is the synchronous sum, and several engines take the sum of their work
-  (each paying its own decode steps' fixed part) rather than the slowest one's. Evaluation
+  role has devices of its own. Where the roles share one machine's cores (``Layout.shared_cores``:
+  how many, a CPU box), overlapped work adds up instead (the rates were measured with every core
+  per phase): the asynchronous step is the synchronous sum, and several engines add up their
+  prefill and per-token compute, while their decode steps' fixed part (one core's work each) runs
+  side by side on the cores the learner leaves free (all of them when synchronous). Evaluation
   every ``eval_every`` steps adds ``eval_s / eval_every`` to either.
 """
 from __future__ import annotations
@@ -89,7 +90,7 @@ class Layout:
     staleness: int = 0             # trainer.max_staleness: 0 synchronous, K >= 1 asynchronous
     zero_stage: int = 2
     devices_per_engine: int = 1    # tensor parallel size (the rates are per engine at this size)
-    shared_cores: bool = False     # every role on one machine's cores (a CPU box): overlapped work adds up
+    shared_cores: int = 0          # > 0: every role on this many cores of one machine (a CPU box)
 
     @property
     def devices(self) -> int:
@@ -120,35 +121,40 @@ def refill_factor(w: Workload) -> float:
     return sum((1 - w.signal_frac) ** k for k in range(w.max_rounds + 1))
 
 
-def generate_seconds(w: Workload, r: Rates, engines: int, shared_cores: bool = False) -> float:
-    """The slowest engine's expected time for its share of the step's groups, refills included; on
-    shared cores, the engines' work added up (each pays its own decode steps' fixed part)."""
-    if shared_cores:
-        shares = [w.prompts // engines + (i < w.prompts % engines) for i in range(engines)]
-        return sum(engine_seconds(w, r, n) for n in shares if n)
-    return engine_seconds(w, r, math.ceil(w.prompts / engines - 1e-9))
+def generate_seconds(w: Workload, r: Rates, engines: int, lanes: int = 0) -> float:
+    """The step's generation, refills included: with devices of its own per engine (``lanes`` 0),
+    the slowest engine's time for its share of the groups. On shared cores, ``lanes`` engines at a
+    time run their decode steps' fixed part (one core's work each: scheduling, sampling, Python)
+    side by side, while the prefill and per-token compute of all engines share the cores and add up."""
+    if not lanes:
+        return sum(engine_seconds(w, r, math.ceil(w.prompts / engines - 1e-9)))
+    shares = [n for n in (w.prompts // engines + (i < w.prompts % engines) for i in range(engines)) if n]
+    fixed = max(engine_seconds(w, r, n)[0] for n in shares)
+    return fixed * math.ceil(len(shares) / lanes) + sum(engine_seconds(w, r, n)[1] for n in shares)
 
 
-def engine_seconds(w: Workload, r: Rates, n: int) -> float:
-    """One engine's expected time for ``n`` groups, refills included.
+def engine_seconds(w: Workload, r: Rates, n: int) -> tuple[float, float]:
+    """One engine's expected time for ``n`` groups, refills included, as (its decode steps' fixed
+    part, its prefill and per-token part).
 
     Its first round decodes its ``n`` groups' sequences in waves of ``max_seqs``. Refill round k
     happens when any of the ``n`` slots still lacks a group with spread (probability
     ``1 - (1 - q^k)^n``, ``q = 1 - signal_frac``) and then pays a decode step's fixed part for each
     token; its sequences (``n q^k G`` expected) pay their per-sequence part and prefill."""
     longest = w.longest_tokens or w.completion_tokens
-    seqs, total = n * w.G, n * w.prompt_tokens / r.prefill_tokens_per_s
+    seqs, fixed, work = n * w.G, 0.0, n * w.prompt_tokens / r.prefill_tokens_per_s
     while seqs > 0:
         wave = min(seqs, r.max_seqs)
-        total += longest * r.decode_step_s + w.completion_tokens * r.decode_seq_s * wave
+        fixed += longest * r.decode_step_s
+        work += w.completion_tokens * r.decode_seq_s * wave
         seqs -= wave
     if w.dynamic_sampling:
         q = 1 - w.signal_frac
         for k in range(1, w.max_rounds + 1):
             happens, groups = 1 - (1 - q ** k) ** n, n * q ** k
-            total += (happens * longest * r.decode_step_s
-                      + groups * (w.G * w.completion_tokens * r.decode_seq_s + w.prompt_tokens / r.prefill_tokens_per_s))
-    return total
+            fixed += happens * longest * r.decode_step_s
+            work += groups * (w.G * w.completion_tokens * r.decode_seq_s + w.prompt_tokens / r.prefill_tokens_per_s)
+    return fixed, work
 
 
 def lm_tokens(w: Workload) -> float:
@@ -185,7 +191,10 @@ def predict(w: Workload, r: Rates, layout: Layout) -> Prediction:
         raise ValueError("engines, learner ranks, reward workers, prompts and G must each be at least 1")
     if not 0 <= w.signal_frac <= 1:
         raise ValueError(f"signal_frac must be in [0, 1], got {w.signal_frac}")
-    gen = generate_seconds(w, r, layout.engines, layout.shared_cores)
+    lanes = 0  # engines' fixed parts side by side: on devices of their own, all; on shared cores, what is free
+    if layout.shared_cores:
+        lanes = max(1, layout.shared_cores - (layout.learner_ranks if layout.staleness else 0))
+    gen = generate_seconds(w, r, layout.engines, lanes)
     reward = w.prompts * refill_factor(w) * w.G * r.reward_s_per_sample / layout.reward_workers
     reward_exposed = reward / layout.engines
     train = train_seconds(w, r, layout.learner_ranks, layout.zero_stage)

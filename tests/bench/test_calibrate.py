@@ -42,7 +42,7 @@ def test_the_fit_recovers_the_rates_that_made_the_steps():
         assert getattr(got, name) == pytest.approx(getattr(TRUE, name), rel=1e-6), name
     # and a check row predicted from the fitted rates is the step the true rates make
     w = calibrate.workload(_rows(8, 2, [], lengths), 8, 2, [], PROMPT)
-    layout = Layout(engines=1, learner_ranks=1, reward_workers=calibrate.REWARD_WORKERS, shared_cores=True)
+    layout = Layout(engines=1, learner_ranks=1, reward_workers=calibrate.REWARD_WORKERS, shared_cores=2)
     assert predict(w, got, layout).step_s == pytest.approx(predict(w, TRUE, layout).step_s, rel=1e-6)
 
 
@@ -57,7 +57,7 @@ def test_nnls_keeps_every_coefficient_non_negative():
 
 def test_a_saved_calibration_replays_into_rates_and_checked_rows():
     lengths = [(30.0, 48.0), (41.0, 48.0), (25.5, 40.0)]
-    record = {"size": "toy", "params": 1e6, "fit": [_rows(G, n, over, lengths) for G, n, over in calibrate.FIT_POINTS],
+    record = {"size": "toy", "params": 1e6, "cores": 2, "fit": [_rows(G, n, over, lengths) for G, n, over in calibrate.FIT_POINTS],
               "checks": {name: _rows(*calibrate.CHECKS[name], [(30.0, 48.0)] * 3)  # (measured: the median step)
                          for name in ("sync G4", "sync G16", "sync G8 no sharing")} | {"async G8": None}}
     rates, rows = calibrate.evaluate(record)

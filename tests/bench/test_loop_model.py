@@ -97,10 +97,16 @@ def test_the_vision_tower_runs_per_prompt_with_sharing_and_per_sample_without():
 
 def test_on_shared_cores_an_asynchronous_step_is_the_sum_of_its_work():
     own = predict(W, R, Layout(engines=1, learner_ranks=1, reward_workers=2, staleness=1))
-    shared = predict(W, R, Layout(engines=1, learner_ranks=1, reward_workers=2, staleness=1, shared_cores=True))
+    shared = predict(W, R, Layout(engines=1, learner_ranks=1, reward_workers=2, staleness=1, shared_cores=2))
     assert own.step_s == pytest.approx(1.75) and shared.step_s == pytest.approx(3.05)  # 1.1 + 0.2 + 1.6 + 0.15
     assert shared.critical_path == ("generate", "reward", "train", "sync")
-    # two engines on the same cores: each decodes its prompt (0.1 prefill + 5 x (0.1 + 0.04)), one after the other
-    assert generate_seconds(W, R, 2, shared_cores=True) == pytest.approx(2 * 0.8)
-    three = Workload(**{**W.__dict__, "prompts": 3})  # shares 2 + 1: (0.2 + 0.9) + 0.8
-    assert generate_seconds(three, R, 2, shared_cores=True) == pytest.approx(1.9)
+    # two engines, one prompt each: fixed part 5 x 0.1 = 0.5 each, prefill + tokens 0.1 + 5 x 0.01 x 4 = 0.3 each;
+    # on one free core the fixed parts queue (1.0 + 0.6), on two they run side by side (0.5 + 0.6)
+    assert generate_seconds(W, R, 2, lanes=1) == pytest.approx(1.6)
+    assert generate_seconds(W, R, 2, lanes=2) == pytest.approx(1.1) == generate_seconds(W, R, 1, lanes=2)
+    three = Workload(**{**W.__dict__, "prompts": 3})  # shares 2 + 1: fixed 0.5 each, work 0.6 + 0.3
+    assert generate_seconds(three, R, 2, lanes=1) == pytest.approx(1.9)
+    assert generate_seconds(three, R, 2, lanes=2) == pytest.approx(1.4)
+    sync2 = predict(W, R, Layout(engines=2, learner_ranks=1, reward_workers=2, shared_cores=2))  # the learner waits
+    asyn2 = predict(W, R, Layout(engines=2, learner_ranks=1, reward_workers=2, staleness=1, shared_cores=2))
+    assert sync2.generate_s == pytest.approx(1.1) and asyn2.generate_s == pytest.approx(1.6)  # the learner takes a core
