@@ -1,13 +1,16 @@
 """Rollout throughput: the project's vLLM rollout engine against Hugging Face ``generate``.
 
     python -m bench.rollout [--sizes tiny 30m 300m] [--prompts 16] [--G 8] [--tokens 64]
+    python -m bench.rollout --sizes tiny 30m --dtypes bfloat16 float32 --engines eager compiled
 
 Same model (random Qwen2.5-VL built from a config at each size), same synthetic REC prompts and
 images, same G and completion length (EOS ignored so every completion has exactly ``--tokens``
-tokens), sampling at temperature 1. Reports completion tokens/s of each (best of 2 warm runs),
-the ratio, and the fraction of this machine's compute roofline each reaches: 2 x parameters x
-tokens/s against the bf16 matmul FLOP/s the benchmark measures itself. Writes
-bench/results/rollout.json.
+tokens), sampling at temperature 1, both in the same precision (``--dtypes``). The engine runs
+eager (``rollout.enforce_eager: true``, the default) and, with ``--engines ... compiled``, with
+vLLM's torch.compile graph (``enforce_eager: false``; its start-up, compilation included, is
+reported, from an empty compile cache). Reports completion tokens/s of each (best of 2 warm runs), the ratio to HF, and the
+fraction of this machine's compute roofline each reaches: 2 x parameters x tokens/s against the
+bf16 matmul FLOP/s the benchmark measures itself. Writes bench/results/rollout.json.
 """
 from __future__ import annotations
 
@@ -41,11 +44,16 @@ def _prompts(n: int):
     return load_prompts(cfg.data.train_files, cfg.data.image_folders, "rec")[0][:n]
 
 
-def run_vllm(model_dir: str, prompts, G: int, tokens: int) -> float:
+def run_vllm(model_dir: str, prompts, G: int, tokens: int, dtype: str = "bfloat16",
+             compiled: bool = False) -> tuple[float, float]:
+    """(best tokens/s, engine start-up seconds)."""
     import conf
     from actors.rollout import RolloutEngine
-    cfg = conf.OmegaConf.to_container(conf.load([f"rollout.num_generations={G}", f"rollout.max_new_tokens={tokens}"]).rollout)
+    cfg = conf.OmegaConf.to_container(conf.load([f"rollout.num_generations={G}", f"rollout.max_new_tokens={tokens}",
+                                                 f"rollout.dtype={dtype}", f"rollout.enforce_eager={not compiled}"]).rollout)
+    t0 = time.perf_counter()
     engine = RolloutEngine(model_dir, cfg, seed=0)
+    start = time.perf_counter() - t0
     from vllm import SamplingParams
     params = SamplingParams(n=G, temperature=1.0, max_tokens=tokens, min_tokens=tokens, ignore_eos=True)
     reqs = [engine._request(p) for p in prompts]
@@ -56,17 +64,17 @@ def run_vllm(model_dir: str, prompts, G: int, tokens: int) -> float:
         n = sum(len(c.token_ids) for o in outs for c in o.outputs)
         best = max(best, n / (time.perf_counter() - t0))
     del engine
-    return best
+    return best, start
 
 
-def run_hf(model_dir: str, prompts, G: int, tokens: int) -> float:
+def run_hf(model_dir: str, prompts, G: int, tokens: int, dtype: str = "bfloat16") -> float:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from data.images import open_rgb
     from data.prompts import messages
     proc = AutoProcessor.from_pretrained(model_dir)
     proc.tokenizer.padding_side = "left"
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
     texts = [proc.apply_chat_template(messages(p.question, 1, "rec"), add_generation_prompt=True, tokenize=False) for p in prompts]
     inputs = proc(text=texts, images=[open_rgb(p.images[0]) for p in prompts], return_tensors="pt", padding=True)
     best = 0.0
@@ -86,6 +94,9 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--G", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--dtypes", nargs="+", default=["bfloat16"], choices=["bfloat16", "float32"],
+                    help="each system runs in each of these")
+    ap.add_argument("--engines", nargs="+", default=["eager"], choices=["eager", "compiled"])
     args = ap.parse_args(argv)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
@@ -94,18 +105,24 @@ def main(argv=None) -> list[dict]:
     prompts = _prompts(args.prompts)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["VLLM_CACHE_ROOT"] = str(pathlib.Path(tmp) / "vllm")  # compiled: start-up with a cold cache
         for size in args.sizes:
             model_dir = str(build(pathlib.Path(tmp) / size, seed=0, size=size))
             import json
             params = json.loads((pathlib.Path(model_dir) / "BUILD.json").read_text())["parameters"]
-            hf = run_hf(model_dir, prompts, args.G, args.tokens)
-            vl = run_vllm(model_dir, prompts, args.G, args.tokens)
-            for name, tps in (("HF generate (baseline)", hf), ("vLLM rollout engine", vl)):
-                rows.append({"size": size, "parameters": params, "system": name, "tokens_per_s": tps,
-                             "x_vs_hf": tps / hf, "roofline_frac": 2 * params * tps / flops})
+            for dtype in args.dtypes:
+                hf = run_hf(model_dir, prompts, args.G, args.tokens, dtype)
+                got = [("HF generate (baseline)", hf, None)]
+                for kind in args.engines:
+                    tps, start = run_vllm(model_dir, prompts, args.G, args.tokens, dtype, kind == "compiled")
+                    got.append((f"vLLM rollout engine, {kind}", tps, start))
+                for name, tps, start in got:
+                    rows.append({"size": size, "parameters": params, "dtype": dtype, "system": name,
+                                 "tokens_per_s": tps, "x_vs_hf": tps / hf, "roofline_frac": 2 * params * tps / flops,
+                                 "start_s": start})
     print(f"## Rollout ({machine()['cpu']}, {machine()['date']}; {args.prompts} prompts x G={args.G} x "
           f"{args.tokens} tokens; bf16 matmul {flops / 1e9:.0f} GFLOP/s)\n")
-    print(table(rows, ["size", "parameters", "system", "tokens_per_s", "x_vs_hf", "roofline_frac"]))
+    print(table(rows, ["size", "parameters", "dtype", "system", "tokens_per_s", "x_vs_hf", "roofline_frac", "start_s"]))
     print(f"\nsaved {save('rollout', rows)}")
     return rows
 
