@@ -8,9 +8,10 @@ images, same G and completion length (EOS ignored so every completion has exactl
 tokens), sampling at temperature 1, both in the same precision (``--dtypes``). The engine runs
 eager (``rollout.enforce_eager: true``, the default) and, with ``--engines ... compiled``, with
 vLLM's torch.compile graph (``enforce_eager: false``; its start-up, compilation included, is
-reported, from an empty compile cache). Reports completion tokens/s of each (best of 2 warm runs), the ratio to HF, and the
-fraction of this machine's compute roofline each reaches: 2 x parameters x tokens/s against the
-bf16 matmul FLOP/s the benchmark measures itself. Writes bench/results/rollout.json.
+reported, from an empty compile cache). Reports completion tokens/s of each (best of 2 warm
+runs), the ratio to HF, and the fraction of this machine's compute roofline each reaches:
+2 x parameters x tokens/s against the bf16 matmul FLOP/s the benchmark measures itself. Writes
+bench/results/rollout.json.
 """
 from __future__ import annotations
 
