@@ -129,8 +129,8 @@ def generate_seconds(w: Workload, r: Rates, engines: int, lanes: int = 0) -> flo
     if not lanes:
         return sum(engine_seconds(w, r, math.ceil(w.prompts / engines - 1e-9)))
     shares = [n for n in (w.prompts // engines + (i < w.prompts % engines) for i in range(engines)) if n]
-    fixed = max(engine_seconds(w, r, n)[0] for n in shares)
-    return fixed * math.ceil(len(shares) / lanes) + sum(engine_seconds(w, r, n)[1] for n in shares)
+    parts = [engine_seconds(w, r, n) for n in shares]
+    return max(f for f, _ in parts) * math.ceil(len(parts) / lanes) + sum(v for _, v in parts)
 
 
 def engine_seconds(w: Workload, r: Rates, n: int) -> tuple[float, float]:

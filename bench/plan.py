@@ -132,9 +132,10 @@ def plans(w: Workload, gpu: dict, model: dict, eff: dict, gpus: int, gpus_per_no
             for ranks in divisors(w.prompts * w.G):
                 if engines * tp + ranks > gpus:
                     break
-                stage = next((z for z in (2, 3) if learner_gb(model, ranks, z, w.beta, eff) <= gpu["memory_gb"]), None)
-                if stage is None:
+                fits = [(z, gb) for z in (2, 3) if (gb := learner_gb(model, ranks, z, w.beta, eff)) <= gpu["memory_gb"]]
+                if not fits:
                     continue
+                stage, rank_gb = fits[0]
                 one_node = engines * tp + ranks <= gpus_per_node  # the weight sync stays on NVLink
                 rates = Rates(**engine, **learner_rates(gpu, model, eff, ranks, gpus_per_node, image_patches),
                               reward_s_per_sample=eff["reward_s_per_sample"], sync_latency_s=eff["sync_latency_s"],
@@ -142,8 +143,7 @@ def plans(w: Workload, gpu: dict, model: dict, eff: dict, gpus: int, gpus_per_no
                 for k in staleness:
                     lo = Layout(engines=engines, learner_ranks=ranks, reward_workers=reward_workers, staleness=k,
                                 zero_stage=stage, devices_per_engine=tp)
-                    out.append(Plan(lo, predict(w, rates, lo), rates, learner_gb(model, ranks, stage, w.beta, eff),
-                                    gpus_per_node))
+                    out.append(Plan(lo, predict(w, rates, lo), rates, rank_gb, gpus_per_node))
     top = max((p.prediction.samples_per_s for p in out), default=0.0)
     near = lambda p: p.prediction.samples_per_s >= (1 - tolerance) * top
     return sorted(out, key=lambda p: (not near(p), p.layout.devices if near(p) else 0, -p.prediction.samples_per_s))
