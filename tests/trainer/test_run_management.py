@@ -29,6 +29,11 @@ def warm_model():
 COMMON = ["conf=task/rec", "trainer.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=40",
           "learner.lr=2e-4", "trainer.eval_steps=0", "trainer.report=false", "wandb.mode=disabled",
           "cluster.include_dashboard=false",
+          # fp32 engines: a run whose engine was replaced is compared with one whose engine was not, and the
+          # loss (off_policy=bypass) is anchored on the engine's log-probs; in bf16 a fresh engine gave the
+          # same tokens with log-probs off by ~1e-4 in 1 of ~10 CI runs (one rounding flip, amplified by
+          # bf16), moving a near-zero loss by 10%; in fp32 such a flip stays far inside the tolerance below
+          "rollout.dtype=float32",
           # a reward rule that moves mid-run on a logged metric (here the step, so that it moves for sure):
           # rec_iou counts double once a row with step > 1.5 is logged; resumed runs must replay it
           "reward.schedules.rec_iou.weight={kind: on_metric, metric: step, above: 1.5, patience: 1, values: [1.0, 2.0]}"]
