@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
         "mode=sft", *scene, f"model.path={resolve_model_path('builtin:tiny-qwen3-vl-one-shape', 0)}",
         f"trainer.max_steps={args.sft_steps}", "trainer.prompts_per_step=16", "learner.micro_batch_size=16",
         "trainer.epochs=100", "learner.lr=1e-3", "learner.lr_schedule=cosine", "learner.warmup_steps=10",
-        "trainer.eval_steps=0"], "checkpoints", log)
+        "trainer.eval_steps=0", "trainer.save_steps=0"], "checkpoints", log)
     hf = sorted((sft / "checkpoints").glob("step_*"))[-1] / "hf"
     arms = {}
     for arm, extra in (("no triggers", ["reward.triggers=[]"]), ("default triggers", [])):

@@ -1,22 +1,30 @@
 """The learning experiment: from one warm start and the same prompts, continued SFT against GRPO,
-each evaluated in-domain (``rec_val``) and out-of-domain (``rec_val_ood``), as in VLM-R1's
-RefCOCO vs LISA-Grounding comparison; then OVD trained with ``ovd_odlength`` against ``ovd_map``
-alone (VLM-R1's box-padding hack).
+each evaluated in domain (``rec_val``) and on out-of-domain splits -- ``rec_val_ood`` (two or three
+shapes, relation phrasings never seen) and one split per shift of appearance or geometry
+(``data.scenes.SHIFTS``: smaller or larger shapes than any trained, an unseen image size, dark
+backgrounds, unseen colours, shapes in the corners) -- as in VLM-R1's RefCOCO vs LISA-Grounding
+comparison; optionally OVD trained with ``ovd_odlength`` against ``ovd_map`` alone.
 
-    python -m bench.learning                         # the full experiment (see docs/learning.md for its time)
-    python -m bench.learning --seeds 0 --steps 20 --ovd-steps 10   # a quick look
-    python -m bench.learning --ovd-steps 0           # REC only
+    python -m bench.learning                         # REC, 3 seeds, every split (see docs/learning.md for its time)
+    python -m bench.learning --seeds 0 --steps 20 --split-images 40 --curve-every 10 --sft-lrs 1e-4   # a quick look
+    python -m bench.learning --equal-time            # also SFT for as long as GRPO took (first seed)
+    python -m bench.learning --ovd-steps 300         # also OVD from conf=ovd's warm start
     python -m bench.learning --legacy --steps 200 --prompts-per-step 4 --ovd-steps 100 --ovd-arms odlength map \
         --out outputs/learning                       # the earlier Qwen2.5-VL testbed (builtin:tiny, default scene)
 
-Every stage is one ``orchestrator.py`` command, printed as it starts, so the experiment is also
-the recipe for doing it by hand. A stage whose results already exist is skipped: an interrupted
-experiment continues where it stopped (``--fresh`` starts over). Writes, under ``--out``:
-``learning.md`` (the tables), ``learning.json`` (every number) and ``learning.png`` (curves).
+SFT is given its best chance: its learning rate is swept on the first seed (``--sft-lrs``) and the
+one with the best in-domain val accuracy is used for every seed; the sweep is reported. Every stage
+is one ``orchestrator.py`` command, printed as it starts, so the experiment is also the recipe for
+doing it by hand. A stage whose results already exist is skipped: an interrupted experiment
+continues where it stopped (``--fresh`` starts over). Writes, under ``--out``: ``learning.md`` (the
+tables), ``learning.json`` (every number) and ``curves_<split>.svg`` (accuracy against step of
+either arm, mean and standard-error band over the seeds, with the warm start and the constant-box
+floor as lines).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import pathlib
@@ -59,12 +67,17 @@ def run_stage(name: str, out: pathlib.Path, overrides: list[str], done_file: str
     return run_dir
 
 
-def split_metrics(records: list[dict]) -> dict:
-    """REC accuracy / mean IoU per split (ids ``rec-val-N`` / ``rec-val_ood-N``), with the
-    per-image values kept for standard errors across seeds."""
+def split_tags(shifts) -> dict[str, str]:
+    """Split name -> the id tag of its rows (``rec-val-N``, ``rec-val_ood-N``, ``rec-val_small-N``...)."""
+    return {"in": "-val-", "ood": "-val_ood-", **{name: f"-val_{name}-" for name in shifts}}
+
+
+def split_metrics(records: list[dict], tags: dict[str, str] | None = None, ids: set | None = None) -> dict:
+    """REC accuracy / mean IoU per split, with the per-image values kept for standard errors across
+    seeds; ``ids``: only those rows (a curve's fixed subset)."""
     out = {}
-    for split, tag in (("in", "-val-"), ("ood", "-val_ood-")):
-        recs = [r for r in records if tag in r["id"]]
+    for split, tag in (tags or split_tags(())).items():
+        recs = [r for r in records if tag in r["id"] and (ids is None or r["id"] in ids)]
         out[split] = {"hit": [float(r["hit"]) for r in recs], "iou": [float(r["iou"]) for r in recs]}
     return out
 
@@ -86,18 +99,84 @@ def rows_of(run_dir: pathlib.Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
 
 
+def checkpoint_hf(run_dir: pathlib.Path, step: int) -> pathlib.Path:
+    return run_dir / "checkpoints" / f"step_{step:06d}" / "hf"
+
+
+class Experiment:
+    """The REC stages and where their results are; each stage runs once (``run_stage``)."""
+
+    def __init__(self, args, out: pathlib.Path, log: list):
+        import conf
+        from data.scenes import SCENES, data_dir_name
+        from data.synthetic import generate
+        from data.tiny_model import cache_root, resolve_model_path
+        self.args, self.out, self.log = args, out, log
+        self.scene = ["data.synthetic.scene=default"] if args.legacy else []  # conf=rec: one_shape
+        scene_name = "default" if args.legacy else conf.load(["conf=rec"]).data.synthetic.scene
+        self.syn = cache_root() / data_dir_name(0, scene_name)
+        self.tags = split_tags(args.shifts)
+        shifted = out / "shifts"  # the shift splits (deterministic: written again only if missing)
+        names = {f"val_{n}" for n in args.shifts}
+        if any(not (shifted / f"rec_{n}.jsonl").exists() for n in names):
+            generate(shifted, seed=0, n_train=0, n_val=0, n_ood=args.split_images, tasks=("rec",),
+                     spec=SCENES[scene_name], shifts=tuple(args.shifts), splits=names, progress=False)
+        self.files = [(self.syn / "rec_val.jsonl", self.syn), (self.syn / "rec_val_ood.jsonl", self.syn)] + \
+            [(shifted / f"rec_val_{n}.jsonl", shifted) for n in args.shifts]
+        self.val_all = [f"data.val_files={':'.join(str(f) for f, _ in self.files)}",
+                        f"data.val_image_folders={':'.join(str(d) for _, d in self.files)}"]
+        self.val_in = [f"data.val_files={self.files[0][0]}", f"data.val_image_folders={self.syn}"]
+        self.warm = resolve_model_path("builtin:tiny" if args.legacy else conf.load(["conf=rec"]).model.path, 0)
+
+    def stage(self, name, overrides, done_file) -> pathlib.Path:
+        return run_stage(name, self.out, overrides, done_file, self.log)
+
+    def evaluate(self, name: str, model: pathlib.Path | str, val: list, samples: int | None = None) -> list[dict]:
+        """Greedy answers of ``model`` (``mode=eval``) on ``val``; ``samples``: the fixed random subset."""
+        cap = [f"eval.max_samples={samples}"] if samples else []
+        d = self.stage(name, ["mode=eval", "conf=rec", *self.scene, f"model.path={model}", *val, *cap], "eval_results.json")
+        return eval_records(d / "eval_results.json")
+
+    def common(self, seed: int, steps: int) -> list[str]:
+        a = self.args
+        every = a.curve_every or steps
+        return ["conf=rec", *self.scene, f"seed={seed}", f"model.path={self.warm}", f"trainer.max_steps={steps}",
+                f"trainer.prompts_per_step={a.prompts_per_step}",
+                f"trainer.save_steps={every}", f"trainer.keep_checkpoints={steps // every + 1}"]
+
+    def grpo(self, seed: int, k: int, name: str) -> pathlib.Path:
+        a = self.args
+        every = a.curve_every or a.steps
+        return self.stage(name, [*self.common(seed, a.steps), f"learner.lr={a.grpo_lr}", f"learner.beta={a.beta}",
+                                 f"rollout.num_generations={a.generations}", *self.val_all,
+                                 f"trainer.max_staleness={k}", f"trainer.eval_steps={every}",
+                                 f"eval.train_samples={a.curve_images}"], "summary.json")
+
+    def sft(self, seed: int, lr: float, steps: int, name: str) -> pathlib.Path:
+        return self.stage(name, ["mode=sft", *self.common(seed, steps), f"learner.lr={lr}", "learner.beta=0"],
+                          "checkpoints")
+
+
 def main(argv=None) -> dict:
+    from data.scenes import SHIFTS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=300, help="training steps of each REC arm")
     ap.add_argument("--prompts-per-step", type=int, default=8, help="B (both arms see the same B x steps prompts)")
     ap.add_argument("--generations", type=int, default=8, help="G of GRPO")
     ap.add_argument("--grpo-lr", type=float, default=1e-4)
-    ap.add_argument("--sft-lr", type=float, default=1e-4)
+    ap.add_argument("--sft-lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3],
+                    help="SFT learning rates swept on the first seed; the best in-domain val accuracy is used for all")
     ap.add_argument("--beta", type=float, default=0.0, help="KL weight of GRPO")
-    ap.add_argument("--warm-steps", type=int, default=0,
-                    help="extra REC supervised steps on top of the embedded warm start before the arms (0: as is)")
-    ap.add_argument("--ovd-steps", type=int, default=300, help="training steps of each OVD run (0: skip OVD)")
+    ap.add_argument("--shifts", nargs="*", default=list(SHIFTS), choices=list(SHIFTS),
+                    help="out-of-domain shift splits evaluated besides rec_val and rec_val_ood")
+    ap.add_argument("--split-images", type=int, default=300, help="images of each shift split")
+    ap.add_argument("--curve-every", type=int, default=150, help="a curve point every N steps (0: none)")
+    ap.add_argument("--curve-images", type=int, default=480,
+                    help="the fixed random subset of all val images a curve point is measured on")
+    ap.add_argument("--equal-time", action="store_true",
+                    help="also SFT (first seed) for as many steps as take GRPO's training time")
+    ap.add_argument("--ovd-steps", type=int, default=0, help="training steps of each OVD run (0: skip OVD)")
     ap.add_argument("--ovd-arms", nargs="+", default=["odlength"], choices=["odlength", "map"],
                     help="OVD rewards: format + odLength (conf=ovd), and format + plain mAP (the box-padding hack)")
     ap.add_argument("--staleness", type=int, nargs="+", default=[0],
@@ -108,80 +187,138 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="outputs/learning")
     ap.add_argument("--fresh", action="store_true", help="delete --out first")
     args = ap.parse_args(argv)
+    if args.curve_every and args.steps % args.curve_every:
+        ap.error("--steps must be a multiple of --curve-every")
     out = prepare_out(args.out, args.fresh)
     t_start = time.perf_counter()
-    import conf
-    from data.tiny_model import cache_root, resolve_model_path
-    rec = "conf=rec"
-    scene = ["data.synthetic.scene=default"] if args.legacy else []  # conf=rec / conf=ovd: one_shape
-    from data.scenes import data_dir_name
-    syn = cache_root() / data_dir_name(0, "default" if args.legacy else "one_shape")
-    val2 = f"data.val_files={syn}/rec_val.jsonl:{syn}/rec_val_ood.jsonl"
     log: list[dict] = []
-    S, B = args.steps, args.prompts_per_step
+    x = Experiment(args, out, log)
+    S, tags = args.steps, x.tags
+    every = args.curve_every or S
+    points = list(range(0, S + 1, every))
 
-    warm = resolve_model_path("builtin:tiny" if args.legacy else conf.load(["conf=rec"]).model.path, 0)
-    if args.warm_steps:
-        d = run_stage("warm", out, ["mode=sft", rec, *scene, f"model.path={warm}", f"trainer.max_steps={args.warm_steps}",
-                                    "trainer.prompts_per_step=16", "learner.micro_batch_size=16", "learner.lr=1e-3",
-                                    "learner.lr_schedule=cosine", "seed=100"], "checkpoints", log)
-        warm = str(sorted((d / "checkpoints").glob("step_*"))[-1] / "hf")
-    # OVD's own warm start (conf=ovd's model), or the shared one of the earlier testbed
-    ovd_warm = warm if args.legacy else resolve_model_path(conf.load(["conf=ovd"]).model.path, 0) if args.ovd_steps else None
-    base_dir = run_stage("base_eval", out, ["mode=eval", rec, *scene, f"model.path={warm}", val2], "eval_results.json", log)
-    results = {"base": split_metrics(eval_records(base_dir / "eval_results.json")), "sft": [], "grpo": [], "curves": {}}
+    base_records = x.evaluate("base_eval", x.warm, x.val_all)
+    results = {"base": split_metrics(base_records, tags), "sft": [], "grpo": [], "curves": {}, "curve": {},
+               "floor": floors(x.files, tags), "sft_sweep": {}}
+    first = args.seeds[0]
+    # SFT's learning rate: swept on the first seed, chosen on in-domain val accuracy
+    for lr in args.sft_lrs:
+        s = x.sft(first, lr, S, f"sft_rec_s{first}_lr{lr:g}")
+        rec = x.evaluate(f"sft_rec_s{first}_lr{lr:g}_val", checkpoint_hf(s, S), x.val_in)
+        results["sft_sweep"][f"{lr:g}"] = mean_se([float(r["hit"]) for r in rec])
+    sft_lr = max(args.sft_lrs, key=lambda lr: results["sft_sweep"][f"{lr:g}"][0])
+    results["sft_lr"] = sft_lr
+    print(f"SFT learning rate: {sft_lr:g} (in-domain val accuracy of each: {results['sft_sweep']})", flush=True)
 
+    subset_ids = None
     for seed in args.seeds:
-        common = [rec, *scene, f"seed={seed}", f"model.path={warm}", f"trainer.max_steps={S}",
-                  f"trainer.prompts_per_step={B}", f"trainer.save_steps={S}", "trainer.keep_checkpoints=1"]
         for k in args.staleness:  # the first is the GRPO arm of the tables; others are compared to it
             name = f"grpo_rec_s{seed}" + (f"_k{k}" if k != args.staleness[0] else "")
-            g = run_stage(name, out, [*common, f"learner.lr={args.grpo_lr}", f"learner.beta={args.beta}",
-                                      f"rollout.num_generations={args.generations}", val2, f"trainer.max_staleness={k}",
-                                      f"trainer.eval_steps={S}", "eval.train_samples=100000"], "summary.json", log)
-            results.setdefault(f"grpo_k{k}", []).append(split_metrics(eval_records(g / "eval" / f"step_{S:06d}.json")))
+            g = x.grpo(seed, k, name)
+            final = x.evaluate(f"{name}_eval", checkpoint_hf(g, S), x.val_all)
+            results.setdefault(f"grpo_k{k}", []).append(split_metrics(final, tags))
             results["curves"][name] = [{k: r.get(k) for k in ("step", "reward/rec_iou", "reward/rec_format", "accuracy")}
                                        for r in rows_of(g) if "reward/rec_iou" in r]
+            if k == args.staleness[0]:
+                recs = {p: eval_records(g / "eval" / f"step_{p:06d}.json") for p in points[1:-1]}
+                subset_ids = subset_ids or {r["id"] for r in eval_records(g / "eval" / "step_000000.json")}
+                recs.update({0: base_records, S: final})
+                results["curve"].setdefault("grpo", []).append(
+                    {p: split_metrics(recs[p], tags, subset_ids) for p in points})
         g = out / f"grpo_rec_s{seed}"
         results["grpo"] = results[f"grpo_k{args.staleness[0]}"]
-        s = run_stage(f"sft_rec_s{seed}", out, ["mode=sft", *common, f"learner.lr={args.sft_lr}", "learner.beta=0"],
-                      "checkpoints", log)
-        hf = sorted((s / "checkpoints").glob("step_*"))[-1] / "hf"
-        e = run_stage(f"sft_rec_s{seed}_eval", out, ["mode=eval", rec, *scene, f"model.path={hf}", val2],
-                      "eval_results.json", log)
-        results["sft"].append(split_metrics(eval_records(e / "eval_results.json")))
+        name = f"sft_rec_s{seed}_lr{sft_lr:g}"
+        s = x.sft(seed, sft_lr, S, name)
+        final = x.evaluate(f"{name}_eval", checkpoint_hf(s, S), x.val_all)
+        results["sft"].append(split_metrics(final, tags))
+        recs = {p: x.evaluate(f"{name}_eval{p}", checkpoint_hf(s, p), x.val_all, args.curve_images) for p in points[1:-1]}
+        recs.update({0: base_records, S: final})
+        results["curve"].setdefault("sft", []).append({p: split_metrics(recs[p], tags, subset_ids) for p in points})
         # the two arms saw the same prompts (same seed, B and sampler)
         grpo_ids = [i for r in rows_of(g) for i in r.get("prompt_ids", [])]
         sft_ids = [i for r in rows_of(s) for i in r.get("prompt_ids", [])]
         assert grpo_ids == sft_ids, "the SFT and GRPO arms did not see the same prompts"
+        if args.equal_time and seed == first:
+            grpo_s = sum(r["time/step_s"] for r in rows_of(g) if "time/step_s" in r)
+            sft_step = [r["time/step_s"] for r in rows_of(s) if "time/step_s" in r]
+            n = max(S, round(grpo_s / (sum(sft_step) / len(sft_step)) / every) * every)
+            e = x.sft(seed, sft_lr, n, f"sft_rec_s{seed}_lr{sft_lr:g}_equal_time")
+            results["sft_equal_time"] = {"steps": n, "grpo_train_s": round(grpo_s, 1),
+                                         "sft_train_s": round(sum(r["time/step_s"] for r in rows_of(e) if "time/step_s" in r), 1),
+                                         "metrics": split_metrics(x.evaluate(f"sft_rec_s{seed}_equal_time_eval",
+                                                                             checkpoint_hf(e, n), x.val_all), tags)}
 
-        if args.ovd_steps:
-            ovd = ["conf=ovd", *scene, f"seed={seed}", f"model.path={ovd_warm}", f"trainer.max_steps={args.ovd_steps}",
-                   f"trainer.prompts_per_step={B}", f"learner.lr={args.grpo_lr}", f"learner.beta={args.beta}",
-                   f"trainer.save_steps={args.ovd_steps}", "trainer.keep_checkpoints=1",
-                   f"trainer.eval_steps={args.ovd_steps}", "eval.train_samples=100000"]
-            arms = {"odlength": ["reward.funcs.ovd_map=0"],  # ovd_map logged, weight 0
-                    "map": ["reward.funcs.ovd_odlength=0", "reward.funcs.ovd_map=1"]}
-            for name, funcs in ((a, arms[a]) for a in args.ovd_arms):
-                d = run_stage(f"ovd_{name}_s{seed}", out, [*ovd, *funcs], "summary.json", log)
-                first = json.loads((d / "eval" / "step_000000.json").read_text())["metrics"]
-                last = json.loads((d / "eval" / f"step_{args.ovd_steps:06d}.json").read_text())["metrics"]
-                results["curves"][f"ovd_{name}_s{seed}"] = [
-                    {k: r.get(k) for k in ("step", "reward/ovd_odlength", "reward/ovd_map", "boxes/pred_per_answer",
-                                            "boxes/gt_per_answer")} for r in rows_of(d) if "reward/ovd_map" in r]
-                results.setdefault(f"ovd_{name}", []).append({"eval_first": first, "eval_last": last})
-
+    if args.ovd_steps:
+        ovd_part(args, out, log, results)
     results["stages"] = log
     results["minutes"] = round((time.perf_counter() - t_start) / 60, 1)
     results["args"] = vars(args)
     md = tables(results, args)
     (out / "learning.md").write_text(md + "\n")
     (out / "learning.json").write_text(json.dumps(results))
-    plot(results, out / "learning.png")
+    charts = write_curves(results, args, out)
     print("\n" + md)
     print(f"\n{results['minutes']} minutes (stages run now: {sum(x['seconds'] for x in log) / 60:.1f}); "
-          f"{out / 'learning.md'}, {out / 'learning.png'}")
+          f"{out / 'learning.md'}; curves: {', '.join(str(c) for c in charts)}")
     return results
+
+
+@functools.lru_cache(maxsize=None)  # (bench.testbed prints its table after every variant)
+def constant_box(data: pathlib.Path, name: str = "rec_val.jsonl") -> dict:
+    """The no-localisation floor of a val set (``data / name``): the single box (in image-relative
+    coordinates, on a 1/20 grid) that scores best when answered for every image, its accuracy and
+    mean IoU. A model that answers one box everywhere reaches this without looking."""
+    import numpy as np
+    from PIL import Image
+    gts = []
+    for line in (data / name).read_text().splitlines():
+        row = json.loads(line)
+        with Image.open(data / row["image"]) as im:
+            w, h = im.size
+        x1, y1, x2, y2 = json.loads(row["conversations"][1]["value"])
+        gts.append((x1 / w, y1 / h, x2 / w, y2 / h))
+    g = np.array(gts)  # [n, 4]
+    v = np.linspace(0, 1, 21)
+    xs = np.array([(a, b) for a in v for b in v if b > a])  # [m, 2] (lo, hi)
+    cand = np.array([(x[0], y[0], x[1], y[1]) for x in xs for y in xs])  # [M, 4]
+    ix = np.clip(np.minimum(cand[:, None, 2], g[None, :, 2]) - np.maximum(cand[:, None, 0], g[None, :, 0]), 0, None)
+    iy = np.clip(np.minimum(cand[:, None, 3], g[None, :, 3]) - np.maximum(cand[:, None, 1], g[None, :, 1]), 0, None)
+    inter = ix * iy
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    iou = inter / (area(cand)[:, None] + area(g)[None, :] - inter)
+    acc = (iou > 0.5).mean(1)
+    best = int(acc.argmax())
+    return {"box": [round(float(c), 2) for c in cand[best]], "acc": float(acc[best]), "iou": float(iou[best].mean())}
+
+
+def floors(files: list, tags: dict) -> dict:
+    """The constant-box floor of each split (``bench.testbed.constant_box``): the best one box answered
+    for every image, found on the split itself."""
+    return {split: constant_box(folder, f.name) for split, (f, folder) in zip(tags, files)}
+
+
+def ovd_part(args, out: pathlib.Path, log: list, results: dict) -> None:
+    """OVD GRPO from conf=ovd's warm start (or the earlier testbed's), one run per seed and reward arm."""
+    import conf
+    from data.tiny_model import resolve_model_path
+    scene = ["data.synthetic.scene=default"] if args.legacy else []
+    ovd_warm = resolve_model_path("builtin:tiny" if args.legacy else conf.load(["conf=ovd"]).model.path, 0)
+    B = args.prompts_per_step
+    for seed in args.seeds:
+        ovd = ["conf=ovd", *scene, f"seed={seed}", f"model.path={ovd_warm}", f"trainer.max_steps={args.ovd_steps}",
+               f"trainer.prompts_per_step={B}", f"learner.lr={args.grpo_lr}", f"learner.beta={args.beta}",
+               f"trainer.save_steps={args.ovd_steps}", "trainer.keep_checkpoints=1",
+               f"trainer.eval_steps={args.ovd_steps}", "eval.train_samples=100000"]
+        arms = {"odlength": ["reward.funcs.ovd_map=0"],  # ovd_map logged, weight 0
+                "map": ["reward.funcs.ovd_odlength=0", "reward.funcs.ovd_map=1"]}
+        for name, funcs in ((a, arms[a]) for a in args.ovd_arms):
+            d = run_stage(f"ovd_{name}_s{seed}", out, [*ovd, *funcs], "summary.json", log)
+            first = json.loads((d / "eval" / "step_000000.json").read_text())["metrics"]
+            last = json.loads((d / "eval" / f"step_{args.ovd_steps:06d}.json").read_text())["metrics"]
+            results["curves"][f"ovd_{name}_s{seed}"] = [
+                {k: r.get(k) for k in ("step", "reward/ovd_odlength", "reward/ovd_map", "boxes/pred_per_answer",
+                                        "boxes/gt_per_answer")} for r in rows_of(d) if "reward/ovd_map" in r]
+            results.setdefault(f"ovd_{name}", []).append({"eval_first": first, "eval_last": last})
 
 
 def _pool(arm: list[dict], split: str, key: str) -> list[float]:
@@ -193,31 +330,59 @@ def _fmt(values: list[float], scale: float = 1.0) -> str:
     return f"{m * scale:.3f} ± {se * scale:.3f}"
 
 
+SPLIT_LABELS = {"in": "in domain", "ood": "2-3 shapes, new phrasings", "small": "smaller shapes",
+                "large": "larger shapes", "image_size": "unseen image size", "dark_background": "dark background",
+                "new_colours": "unseen colours", "corners": "corners"}
+
+
+def diff_se(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of ``a`` minus mean of ``b``, and its standard error (independent arms)."""
+    (ma, sa), (mb, sb) = mean_se(a), mean_se(b)
+    return ma - mb, math.sqrt(sa ** 2 + sb ** 2)
+
+
 def tables(res: dict, args) -> str:
+    splits = list(split_tags(args.shifts))
     n_seeds = len(args.seeds)
-    lines = [f"REC: accuracy (IoU > 0.5) and mean IoU, greedy, mean ± standard error over "
-             f"{n_seeds} seed(s) x images; {args.steps} steps x {args.prompts_per_step} prompts per arm",
-             "", "| model | in-domain acc | in-domain mIoU | out-of-domain acc | out-of-domain mIoU |", "|---|---|---|---|---|"]
-    arms = [("warm start (base)", [res["base"]]), ("continued SFT", res["sft"]), ("GRPO", res["grpo"])]
+    head = "| model | " + " | ".join(SPLIT_LABELS.get(s, s) for s in splits) + " |"
+    rule = "|---" * (len(splits) + 1) + "|"
+    arms = [("warm start (base)", [res["base"]]), (f"continued SFT (lr {res['sft_lr']:g})", res["sft"]),
+            ("GRPO", res["grpo"])]
+    if res.get("sft_equal_time"):
+        e = res["sft_equal_time"]
+        arms.append((f"SFT at GRPO's wall clock ({e['steps']} steps, seed {args.seeds[0]})", [e["metrics"]]))
+    lines = [f"REC: greedy accuracy (IoU > 0.5), mean ± standard error over {n_seeds} seed(s) x the split's images; "
+             f"{args.steps} steps x {args.prompts_per_step} prompts per arm", "", head, rule]
     for label, arm in arms:
-        lines.append(f"| {label} | " + " | ".join(_fmt(_pool(arm, s, k)) for s in ("in", "ood") for k in ("hit", "iou")) + " |")
-    d = lambda arm, s, k: mean_se(_pool(arm, s, k))[0]  # noqa: E731
-    lines += ["", f"GRPO - base, in-domain: accuracy {100 * (d(res['grpo'], 'in', 'hit') - d([res['base']], 'in', 'hit')):+.1f} "
-              f"points (target +15), mean IoU {d(res['grpo'], 'in', 'iou') - d([res['base']], 'in', 'iou'):+.3f} (target +0.10)",
-              f"GRPO - SFT, out-of-domain: accuracy {100 * (d(res['grpo'], 'ood', 'hit') - d(res['sft'], 'ood', 'hit')):+.1f} "
-              f"points, mean IoU {d(res['grpo'], 'ood', 'iou') - d(res['sft'], 'ood', 'iou'):+.3f} (target > 0)"]
+        lines.append(f"| {label} | " + " | ".join(_fmt(_pool(arm, s, "hit")) for s in splits) + " |")
+    lines.append("| constant-box floor | " + " | ".join(f"{res['floor'][s]['acc']:.3f}" for s in splits) + " |")
+    diffs = {s: diff_se(_pool(res["grpo"], s, "hit"), _pool(res["sft"], s, "hit")) for s in splits}
+    lines.append("| **GRPO - SFT** (in standard errors) | " + " | ".join(
+        f"{100 * d:+.1f} pts ({d / se:+.1f})" if se else f"{100 * d:+.1f} pts" for d, se in diffs.values()) + " |")
+    lines += ["", "Mean IoU, same runs:", "", head, rule]
+    for label, arm in arms:
+        lines.append(f"| {label} | " + " | ".join(_fmt(_pool(arm, s, "iou")) for s in splits) + " |")
+    lines.append("| constant-box floor | " + " | ".join(f"{res['floor'][s]['iou']:.3f}" for s in splits) + " |")
+    won = [s for s in splits if s not in ("in", "ood") and diffs[s][1] and diffs[s][0] > 2 * diffs[s][1]]
+    d_in, se_in = diffs["in"]
+    lines += ["", f"GRPO ahead of SFT by more than two standard errors on {len(won)} of the {len(splits) - 2} shift "
+              f"splits ({', '.join(won) or 'none'}; target: at least 2), and in domain by {100 * d_in:+.1f} points "
+              f"({d_in / se_in:+.1f} standard errors)." if se_in else ""]
+    lines += ["", f"SFT learning-rate sweep (seed {args.seeds[0]}, {args.steps} steps, in-domain val accuracy): " +
+              ", ".join(f"lr {lr}: {m:.3f} ± {se:.3f}" for lr, (m, se) in res["sft_sweep"].items())]
+    if res.get("sft_equal_time"):
+        e = res["sft_equal_time"]
+        lines.append(f"Equal wall clock: GRPO trained for {e['grpo_train_s']:.0f} s; SFT for {e['steps']} steps, "
+                     f"{e['sft_train_s']:.0f} s.")
     if len(args.staleness) > 1:
         lines += ["", "GRPO at each trainer.max_staleness (same seeds, prompts and steps):", "",
-                  "| max_staleness | in-domain acc | in-domain mIoU | out-of-domain acc | out-of-domain mIoU |",
-                  "|---|---|---|---|---|"]
+                  "| max_staleness | in-domain acc | in-domain mIoU |", "|---|---|---|"]
         for k in args.staleness:
             arm = res[f"grpo_k{k}"]
-            lines.append(f"| {k} | " + " | ".join(_fmt(_pool(arm, s, m)) for s in ("in", "ood") for m in ("hit", "iou")) + " |")
+            lines.append(f"| {k} | " + " | ".join(_fmt(_pool(arm, "in", m)) for m in ("hit", "iou")) + " |")
         k0, k1 = args.staleness[0], args.staleness[1]
-        for s, m in (("in", "hit"), ("in", "iou")):
-            a, b = _pool(res[f"grpo_k{k0}"], s, m), _pool(res[f"grpo_k{k1}"], s, m)
-            diff = mean_se(a)[0] - mean_se(b)[0]
-            se = math.sqrt(mean_se(a)[1] ** 2 + mean_se(b)[1] ** 2)
+        for m in ("hit", "iou"):
+            diff, se = diff_se(_pool(res[f"grpo_k{k0}"], "in", m), _pool(res[f"grpo_k{k1}"], "in", m))
             lines.append(f"max_staleness {k0} - {k1}, in-domain {'accuracy' if m == 'hit' else 'mean IoU'}: "
                          f"{diff:+.3f} ({f'{diff / se:+.1f} standard errors' if se else 'both arms identical'}; "
                          "target: within 2)")
@@ -231,6 +396,7 @@ def tables(res: dict, args) -> str:
                   "| val mAP | val AP50 | val recall@0.5 | val boxes per answer |", "|---|---|---|---|---|---|---|---|---|"]
         for name in ovd:
             curves = [c for k, c in res["curves"].items() if k.startswith(f"ovd_{name}_s")]
+
             def fl(key):  # first-10 / last-10 mean over seeds
                 a = [sum(r[key] for r in c[:10]) / len(c[:10]) for c in curves]
                 b = [sum(r[key] for r in c[-10:]) / len(c[-10:]) for c in curves]
@@ -246,31 +412,74 @@ def tables(res: dict, args) -> str:
     return "\n".join(lines)
 
 
-def _smooth(xs: list[float], k: int = 10) -> list[float]:
-    return [sum(xs[max(0, i - k + 1):i + 1]) / len(xs[max(0, i - k + 1):i + 1]) for i in range(len(xs))]
+def curve_series(res: dict, arm: str, split: str) -> list[tuple[int, float, float]]:
+    """(step, mean, standard error) of ``arm``'s accuracy on ``split`` at each curve point, pooled over
+    the seeds and the curve subset's images."""
+    per_seed = res["curve"].get(arm, [])
+    steps = sorted({int(p) for c in per_seed for p in c})
+    return [(p, *mean_se([v for c in per_seed for v in (c.get(p) or c.get(str(p)))[split]["hit"]])) for p in steps]
 
 
-def plot(res: dict, path: pathlib.Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    panels = [("REC GRPO: sampled IoU reward", "grpo_rec", "reward/rec_iou"),
-              ("OVD: sampled boxes per answer", "ovd_", "boxes/pred_per_answer"),
-              ("OVD: sampled ovd_odlength", "ovd_", "reward/ovd_odlength"),
-              ("OVD: sampled ovd_map", "ovd_", "reward/ovd_map")]
-    panels = [p for p in panels if any(n.startswith(p[1]) and rows for n, rows in res["curves"].items())]  # skipped runs: no panel
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 3.6), squeeze=False)
-    axes = axes[0]
-    for ax, (title, prefix, key) in zip(axes, panels):
-        for name, rows in res["curves"].items():
-            if name.startswith(prefix) and rows:
-                ax.plot([r["step"] for r in rows], _smooth([r[key] for r in rows]), label=name)
-        ax.set_title(title + " (10-step mean)", fontsize=9)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def curve_svg(series: dict[str, list[tuple[int, float, float]]], lines: dict[str, float], title: str,
+              subtitle: str = "") -> str:
+    """Accuracy against step as standalone SVG: each series a line with its +-1 standard-error band,
+    each of ``lines`` a dashed horizontal line."""
+    W, H, L, B, T, R = 560, 340, 56, 46, 56, 170
+    pts = [p for s in series.values() for p in s]
+    top = min(1.0, math.ceil((max([m + e for _, m, e in pts] + list(lines.values()) + [0.1]) + 0.05) * 10) / 10)
+    x_max = max((p for p, _, _ in pts), default=1) or 1
+    x = lambda step: L + step / x_max * (W - L - R)  # noqa: E731
+    y = lambda v: H - B - v / top * (H - B - T)  # noqa: E731
+    colours = {"GRPO": "#1f77b4", "SFT": "#ff7f0e"}
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>', f'<text x="{L}" y="20" font-size="14">{title}</text>',
+           f'<text x="{L}" y="38" fill="#555">{subtitle}</text>',
+           f'<line x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}" stroke="black"/>',
+           f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H - B}" stroke="black"/>',
+           f'<text x="{(L + W - R) / 2}" y="{H - 10}" text-anchor="middle">training step</text>',
+           f'<text x="14" y="{(T + H - B) / 2}" transform="rotate(-90 14 {(T + H - B) / 2})" '
+           'text-anchor="middle">accuracy (IoU &gt; 0.5)</text>']
+    for p in sorted({p for p, _, _ in pts}):
+        out.append(f'<text x="{x(p):.1f}" y="{H - B + 16}" text-anchor="middle">{p}</text>')
+    for k in range(6):
+        v = top * k / 5
+        out.append(f'<text x="{L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.2f}</text>')
+        out.append(f'<line x1="{L}" y1="{y(v):.1f}" x2="{W - R}" y2="{y(v):.1f}" stroke="#e4e4e4"/>')
+    j = 0
+    for name, s in series.items():
+        c = colours.get(name, "#2ca02c")
+        band = [(x(p), y(m + e)) for p, m, e in s] + [(x(p), y(m - e)) for p, m, e in reversed(s)]
+        out.append(f'<polygon points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in band)}" fill="{c}" fill-opacity="0.18"/>')
+        out.append(f'<polyline points="{" ".join(f"{x(p):.1f},{y(m):.1f}" for p, m, _ in s)}" fill="none" '
+                   f'stroke="{c}" stroke-width="2"/>')
+        out.append(f'<line x1="{W - R + 10}" y1="{T + 18 * j}" x2="{W - R + 34}" y2="{T + 18 * j}" stroke="{c}" '
+                   f'stroke-width="2"/><text x="{W - R + 40}" y="{T + 18 * j + 4}">{name} (± 1 SE)</text>')
+        j += 1
+    for (name, v), c in zip(lines.items(), ("#555", "#d62728")):
+        out.append(f'<line x1="{L}" y1="{y(v):.1f}" x2="{W - R}" y2="{y(v):.1f}" stroke="{c}" stroke-dasharray="5,4"/>')
+        out.append(f'<line x1="{W - R + 10}" y1="{T + 18 * j}" x2="{W - R + 34}" y2="{T + 18 * j}" stroke="{c}" '
+                   f'stroke-dasharray="5,4"/><text x="{W - R + 40}" y="{T + 18 * j + 4}">{name}</text>')
+        j += 1
+    return "\n".join(out + ["</svg>"]) + "\n"
+
+
+def write_curves(res: dict, args, out: pathlib.Path) -> list[pathlib.Path]:
+    """One ``curves_<split>.svg`` per split (none without curve points)."""
+    paths = []
+    if not res["curve"]:
+        return paths
+    n = len(args.seeds)
+    for split in split_tags(args.shifts):
+        series = {"GRPO": curve_series(res, "grpo", split), "SFT": curve_series(res, "sft", split)}
+        lines = {"warm start": mean_se(res["base"][split]["hit"])[0], "constant-box floor": res["floor"][split]["acc"]}
+        first = res["curve"]["grpo"][0]
+        k = len((first.get(0) or first.get("0"))[split]["hit"])
+        svg = curve_svg(series, lines, f"REC, {SPLIT_LABELS.get(split, split)}",
+                        f"points: {n} seed(s) x a fixed {k} of its images; lines: all of them; SFT lr {res['sft_lr']:g}")
+        path = out / f"curves_{split}.svg"
+        path.write_text(svg)
+        paths.append(path)
+    return paths
 
 
 if __name__ == "__main__":

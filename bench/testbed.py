@@ -16,12 +16,11 @@ under ``--out``.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import pathlib
 import time
 
-from bench.learning import eval_records, mean_se, prepare_out, run_stage
+from bench.learning import constant_box, eval_records, mean_se, prepare_out, run_stage
 
 
 # name -> (scene overrides, model overrides, warm-start overrides)
@@ -64,34 +63,6 @@ VARIANTS = {
     "qwen3_two_84px": ({"sizes": (84,), "side": (24, 48), "shapes": (1, 2)}, {"family": "qwen3_vl"},
                        {"tasks": "rec", "steps": 2000}),
 }
-
-
-@functools.lru_cache(maxsize=None)  # the table is printed after every variant
-def constant_box(data: pathlib.Path) -> dict:
-    """The no-localisation floor of a val set: the single box (in image-relative coordinates, on a
-    1/20 grid) that scores best when answered for every image, its accuracy and mean IoU. A model
-    that answers one box everywhere reaches this without looking."""
-    import numpy as np
-    from PIL import Image
-    gts = []
-    for line in (data / "rec_val.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        with Image.open(data / row["image"]) as im:
-            w, h = im.size
-        x1, y1, x2, y2 = json.loads(row["conversations"][1]["value"])
-        gts.append((x1 / w, y1 / h, x2 / w, y2 / h))
-    g = np.array(gts)  # [n, 4]
-    v = np.linspace(0, 1, 21)
-    xs = np.array([(a, b) for a in v for b in v if b > a])  # [m, 2] (lo, hi)
-    cand = np.array([(x[0], y[0], x[1], y[1]) for x in xs for y in xs])  # [M, 4]
-    ix = np.clip(np.minimum(cand[:, None, 2], g[None, :, 2]) - np.maximum(cand[:, None, 0], g[None, :, 0]), 0, None)
-    iy = np.clip(np.minimum(cand[:, None, 3], g[None, :, 3]) - np.maximum(cand[:, None, 1], g[None, :, 1]), 0, None)
-    inter = ix * iy
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    iou = inter / (area(cand)[:, None] + area(g)[None, :] - inter)
-    acc = (iou > 0.5).mean(1)
-    best = int(acc.argmax())
-    return {"box": [round(float(c), 2) for c in cand[best]], "acc": float(acc[best]), "iou": float(iou[best].mean())}
 
 
 def distinct_boxes(records: list[dict]) -> int:

@@ -22,6 +22,10 @@ multi-image GUI defect task).
 
 Splits: ``train`` and ``val`` (in-domain: same phrasings, 1-3 shapes), and ``val_ood``
 (out-of-domain: 4-6 shapes, so more distractors, and relation phrasings never used in train).
+``shifts`` adds one out-of-domain split per named shift of appearance or geometry
+(``data.scenes.SHIFTS``: ``small`` / ``large`` shapes, an ``image_size`` never seen, a
+``dark_background``, ``new_colours``, shapes in the ``corners``), written as ``{task}_val_{shift}``
+with the in-domain shape count and phrasings: the task is the one learnt, only the look changes.
 """
 from __future__ import annotations
 
@@ -36,12 +40,18 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-from data.scenes import DEFAULT_SCENE, SCENES, Scene
+from data.scenes import DEFAULT_SCENE, SCENES, SHIFTS, Scene, shifted
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
            "yellow": (230, 200, 30), "purple": (140, 60, 180), "orange": (240, 130, 20)}
+# the ``new_colours`` shift: colours (and names) that no training image or question has
+PALETTES = {"base": COLOURS, "new": {"cyan": (30, 200, 210), "pink": (245, 120, 190), "brown": (125, 75, 35),
+                                     "olive": (120, 130, 30)}}
 SHAPES = ("circle", "square", "triangle", "diamond")
-BACKGROUNDS = [(245, 245, 245), (225, 225, 215), (200, 210, 225), (235, 225, 240), (190, 190, 190)]
+# the ``dark_background`` shift: backgrounds far darker than any light training tint
+BACKGROUND_SETS = {"light": [(245, 245, 245), (225, 225, 215), (200, 210, 225), (235, 225, 240), (190, 190, 190)],
+                   "dark": [(25, 25, 30), (45, 30, 30), (25, 45, 35), (30, 35, 60)]}
+BACKGROUNDS = BACKGROUND_SETS["light"]
 REC_QUESTION = "Please provide the bounding box coordinate of the region this sentence describes: {expr}."
 OVD_QUESTION = ("Please carefully check the image and detect the following objects: [{cats}]. "
                 "Output each detected target's bbox coordinates in JSON format. The format of the bbox "
@@ -80,7 +90,8 @@ class Shape:
 
 def _draw(draw: ImageDraw.ImageDraw, s: Shape, alpha: float = 1.0) -> None:
     x1, y1, x2, y2 = s.box
-    fill = COLOURS[s.colour] + ((round(255 * alpha),) if alpha < 1 else ())
+    rgb = COLOURS.get(s.colour) or PALETTES["new"][s.colour]
+    fill = rgb + ((round(255 * alpha),) if alpha < 1 else ())
     if s.kind == "circle":
         draw.ellipse(s.box, fill=fill)
     elif s.kind == "square":
@@ -98,16 +109,20 @@ def _scene(rng: random.Random, n_shapes: int, spec: Scene = DEFAULT_SCENE) -> tu
         if len(shapes) == n_shapes:
             break
         side = rng.randint(spec.side[0], min(spec.side[1], min(w, h) - 2))
-        x1, y1 = rng.randint(0, w - side - 1), rng.randint(0, h - side - 1)
+        if spec.placement == "corners":  # the box touches a corner (within 2 px)
+            x1 = rng.choice([rng.randint(0, 2), w - side - 1 - rng.randint(0, 2)])
+            y1 = rng.choice([rng.randint(0, 2), h - side - 1 - rng.randint(0, 2)])
+        else:
+            x1, y1 = rng.randint(0, w - side - 1), rng.randint(0, h - side - 1)
         box = [x1, y1, x1 + side, y1 + side]
-        cand = Shape(rng.choice(SHAPES), rng.choice(list(COLOURS)), box)
+        cand = Shape(rng.choice(SHAPES), rng.choice(list(PALETTES[spec.palette])), box)
         if any(o.name == cand.name for o in shapes):
             continue  # names are unique within an image so every object can be referred to
         overlap = max((_overlap(box, o.box) for o in shapes), default=0.0)
         if overlap > 0.3 or (overlap > 0 and rng.random() < 0.6):
             continue  # a few light overlaps, never hiding most of a shape
         shapes.append(cand)
-    return w, h, rng.choice(BACKGROUNDS), shapes
+    return w, h, rng.choice(BACKGROUND_SETS[spec.backgrounds]), shapes
 
 
 def _overlap(a, b) -> float:
@@ -179,19 +194,24 @@ def _background(w: int, h: int, bg: tuple, spec: Scene) -> Image.Image:
 
 def generate(out_dir: str | os.PathLike, seed: int = 0, n_train: int = 2000, n_val: int = 300,
              n_ood: int = 300, tasks=("rec", "ovd"), progress: bool = True,
-             spec: Scene = DEFAULT_SCENE) -> dict[str, pathlib.Path]:
+             spec: Scene = DEFAULT_SCENE, shifts=(), splits=None) -> dict[str, pathlib.Path]:
     """Write images and ``{task}_{split}.jsonl`` under ``out_dir``; returns the file paths.
+    ``shifts`` (names of ``data.scenes.SHIFTS``) add a ``val_{shift}`` split each, of ``n_ood``
+    rows; ``splits`` (names) writes only those of the splits planned.
 
     Deterministic: the same arguments give byte-identical files. Splits use disjoint seeds."""
     out = pathlib.Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     files = {}
-    plan = [("train", n_train, False), ("val", n_val, False), ("val_ood", n_ood, True)]
+    plan = [("train", n_train, False, spec), ("val", n_val, False, spec), ("val_ood", n_ood, True, spec)]
+    plan += [(f"val_{name}", n_ood, False, shifted(spec, name)) for name in shifts]
     for t_i, task in enumerate(tasks):
-        for s_i, (split, n, ood) in enumerate(plan):
+        for s_i, (split, n, ood, sp) in enumerate(plan):
+            if splits is not None and split not in splits:
+                continue
             rng = random.Random(f"{seed}-{task}-{split}")
             path = out / f"{task}_{split}.jsonl"
-            rows = [_row(rng, task, split, i, ood, out, spec) for i in _progress(range(n), f"{task}/{split}", progress)]
+            rows = [_row(rng, task, split, i, ood, out, sp) for i in _progress(range(n), f"{task}/{split}", progress)]
             tmp = path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
             tmp.replace(path)
@@ -299,10 +319,12 @@ def main(argv=None) -> None:
     ap.add_argument("--n-ood", type=int, default=300)
     ap.add_argument("--tasks", nargs="+", default=["rec", "ovd"], choices=TASKS)
     ap.add_argument("--scene", default="default", choices=list(SCENES))
+    ap.add_argument("--shifts", nargs="*", default=[], choices=list(SHIFTS),
+                    help="out-of-domain shift splits to add ({task}_val_{shift}.jsonl, --n-ood rows each)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     files = generate(args.out, args.seed, args.n_train, args.n_val, args.n_ood, tasks=tuple(args.tasks),
-                     spec=SCENES[args.scene])
+                     spec=SCENES[args.scene], shifts=tuple(args.shifts))
     for k, p in files.items():
         print(f"{k:14s} {sum(1 for _ in open(p)):6d} rows  {p}")
     print(f"generated in {time.perf_counter() - t0:.1f} s")

@@ -229,8 +229,8 @@ def warm_start(base: pathlib.Path, out: pathlib.Path, seed: int = 0, steps: int 
            # this 1M model's warm start slower (4.7 vs 3.0 min) and left it without a single
            # overlapping box (val mean IoU 0.000 vs 0.018; python -m bench.testbed --dtype bf16)
            "learner.dtype=fp32",
-           "trainer.eval_steps=0", "trainer.report=false", "wandb.mode=disabled", "cluster.include_dashboard=false",
-           f"trainer.output_dir={work}"]
+           "trainer.eval_steps=0", "trainer.save_steps=0", "trainer.report=false", "wandb.mode=disabled",
+           "cluster.include_dashboard=false", f"trainer.output_dir={work}"]
     subprocess.run(cmd, check=True, cwd=repo)
     hf = work / "checkpoints" / f"step_{steps:06d}" / "hf"
     info = json.loads((base / "BUILD.json").read_text())

@@ -3,7 +3,8 @@
 - ``mode=eval``: greedy answers over ``data.val_files`` from the rollout engines; a JSON file of
   every answer and a printed table.
 - ``mode=sft``: supervised fine-tuning on the reference answers with the same learner, config and
-  loaders (the warm start of the embedded default); the policy is saved in HF format.
+  loaders (the warm start of the embedded default); the policy is saved in HF format at the end and
+  every ``trainer.save_steps`` (0: only at the end), as in training.
 """
 from __future__ import annotations
 
@@ -45,12 +46,16 @@ def sft_loop(cfg, model_path: str, train: list, out_dir: pathlib.Path, env: dict
     history = []
     bar = progress(range(steps), desc="sft")
     for step in bar:
+        t0 = time.perf_counter()
         batch = [train[i] for i in sampler.next()]
         row = {"step": step + 1, **learners.get(learners.call_sharded("sft_step", batch), f"sft step {step + 1}")[0],
-               "prompt_ids": [p.id for p in batch]}
+               "prompt_ids": [p.id for p in batch], "time/step_s": time.perf_counter() - t0}
         history.append(row)
         monitor.log(row)
         bar.set_postfix(loss=f"{row['sft_loss']:.3f}", acc=f"{row['token_acc']:.2f}")
+        every = cfg.trainer.save_steps
+        if every and (step + 1) % every == 0 and step + 1 < steps:  # (the last step's is saved below)
+            checkpoint.save(out_dir, step + 1, learners, sampler, history, cfg.trainer.keep_checkpoints)
     monitor.close()
     final = checkpoint.save(out_dir, steps, learners, sampler, history, cfg.trainer.keep_checkpoints)
     print(f"\nsft done: {steps} steps; loss {history[0]['sft_loss']:.3f} -> {history[-1]['sft_loss']:.3f}; "

@@ -131,3 +131,55 @@ def test_qa_rows_load_with_their_methods_and_their_answers_are_right(tmp_path):
         what = q.split("What colour is ")[1].split("?")[0]
         named = [s for s in shapes if what == f"the {s.kind}"] or [max(shapes, key=lambda s: s.area)]
         assert len(named) == 1 and named[0].colour == colour, (q, a, shapes)
+
+
+def test_shift_splits_change_one_thing_deterministically_and_share_nothing_with_training(tmp_path):
+    """The out-of-domain shifts (``data.scenes.SHIFTS``, the learning benchmark's splits): the same
+    bytes from the same seed, no image or id shared with train or val, the in-domain shape count,
+    and exactly the named shift -- sides outside the trained range, an unseen image size, dark
+    backgrounds, unseen colours, boxes in the corners -- which no training row shows."""
+    from PIL import Image
+
+    from data.scenes import SCENES, SHIFTS
+    from data.synthetic import BACKGROUND_SETS, COLOURS
+    spec, names = SCENES["one_shape"], tuple(SHIFTS)
+    for d in ("a", "b"):
+        generate(tmp_path / d, seed=0, n_train=200, n_val=20, n_ood=40, tasks=("rec",), spec=spec, shifts=names,
+                 progress=False)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    root = tmp_path / "a"
+
+    def rows(split):
+        out = []
+        for line in open(root / f"rec_{split}.jsonl"):
+            r = json.loads(line)
+            img = Image.open(root / r["image"]).convert("RGB")
+            x1, y1, x2, y2 = box = json.loads(r["conversations"][1]["value"])
+            out.append({"id": r["id"], "bytes": (root / r["image"]).read_bytes(), "size": img.size, "box": box,
+                        "side": x2 - x1, "shape_rgb": img.getpixel(((x1 + x2) // 2, (y1 + y2) // 2)),
+                        "background": img.getpixel((0 if x1 > 0 else img.width - 1, 0)),  # outside the box
+                        "corner": min(x1, img.width - 1 - x2) <= 2 and min(y1, img.height - 1 - y2) <= 2})
+        return out
+
+    train, val = rows("train"), rows("val")
+    seen_bytes, seen_ids = {r["bytes"] for r in train + val}, {r["id"] for r in train + val}
+    sides = {r["side"] for r in train}
+    assert spec.side[0] <= min(sides) and max(sides) <= spec.side[1]
+    light, colours = set(BACKGROUND_SETS["light"]), set(COLOURS.values())
+    for name in names:
+        split = rows(f"val_{name}")
+        assert len(split) == 40 and not {r["bytes"] for r in split} & seen_bytes and not {r["id"] for r in split} & seen_ids
+        s = [r["side"] for r in split]
+        if name == "small":
+            assert max(s) < min(sides)
+        elif name == "large":
+            assert min(s) > max(sides)
+        else:
+            assert min(sides) <= min(s) and max(s) <= max(sides), name
+        assert {r["size"] for r in split} == ({(126, 126)} if name == "image_size" else {(84, 84)}), name
+        bgs = {r["background"] for r in split}
+        assert (bgs.isdisjoint(light) and max(map(sum, bgs)) < 200) if name == "dark_background" else bgs <= light, name
+        shape_rgb = {r["shape_rgb"] for r in split}
+        assert (shape_rgb.isdisjoint(colours) and len(shape_rgb) > 1) if name == "new_colours" else shape_rgb <= colours
+        assert all(r["corner"] for r in split) if name == "corners" else sum(r["corner"] for r in split) < 0.2 * len(split)
+    assert sum(r["corner"] for r in train) < 0.1 * len(train)  # training rarely puts a shape there
