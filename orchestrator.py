@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
                 roles = create_roles(run_cfg, model_path, env, survivors=roles)
                 return train_loop(run_cfg, why, roles, train, val, out_dir, resume)
             except (ray.exceptions.RayActorError, RoleHung) as e:  # a learner rank died or gave no answer
-                if not checkpoint.restartable(e, cfg.mode, out_dir, restart, cfg.trainer.max_restarts):
+                if not checkpoint.restartable(e, out_dir, restart, cfg.trainer.max_restarts):
                     raise
                 resume = "auto"
                 # the learner ranks go (a hung one too), the engines and reward workers stay; Ray stays up

@@ -180,12 +180,12 @@ def atomic_write(path: pathlib.Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def restartable(error: BaseException, mode: str, out_dir: pathlib.Path, restart: int, max_restarts: int) -> bool:
-    """After an actor died or hung (``RayActorError``, ``RoleHung``): True when it was a learner rank
-    of a training run with restarts left (the learner ranks are then started afresh, the engines
-    reconnected, and the run resumes from the last complete checkpoint), False for any other (re-raise it). With no restart left: stop, saying
-    how to continue."""
-    if role_of(error) != "learner" or mode != "train":
+def restartable(error: BaseException, out_dir: pathlib.Path, restart: int, max_restarts: int) -> bool:
+    """After an actor of a training run died or hung (``RayActorError``, ``RoleHung``): True when it
+    was a learner rank and restarts are left (the learner ranks are then started afresh, the engines
+    reconnected, and the run resumes from the last complete checkpoint), False for any other role
+    (re-raise it). With no restart left: stop, saying how to continue."""
+    if role_of(error) != "learner":
         return False
     last = latest(out_dir)
     where = f"the last complete checkpoint is {last}" if last else "no checkpoint was written yet"
