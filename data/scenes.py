@@ -20,7 +20,7 @@ class Scene:
     a background whose tint encodes the pixel's position (brightness across, blue-yellow down), a
     stand-in for the absolute position sense a pretrained vision tower has and a random tiny one
     lacks. With ``alpha`` < 1 the code shows through the shapes too. ``palette`` and ``backgrounds``
-    name the shape colours and background tints (``data.synthetic.PALETTES`` / ``BACKGROUNDS``), and
+    name the shape colours and background tints (``data.synthetic.PALETTES`` / ``BACKGROUND_SETS``), and
     ``placement`` where shapes go (``uniform``, or ``corners``: each box touching a corner of the
     image); the out-of-domain shifts (``SHIFTS``) change them."""
     sizes: tuple = SIZES
