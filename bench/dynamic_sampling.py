@@ -22,7 +22,8 @@ import argparse
 import json
 import pathlib
 
-from bench.learning import mean_se, prepare_out, rows_of, run_stage
+from bench.learning import prepare_out, rows_of, run_stage
+from bench.rec_stats import mean_se
 
 
 def arm_figures(run_dir: pathlib.Path, G: int) -> dict:

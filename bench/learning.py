@@ -24,14 +24,15 @@ floor as lines).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import math
 import pathlib
 import shutil
 import subprocess
 import sys
 import time
+
+from bench.charts import curve_svg
+from bench.rec_stats import constant_box, diff_se, mean_se, split_metrics, split_tags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 QUIET = ["trainer.report=false", "wandb.mode=disabled", "cluster.include_dashboard=false"]
@@ -65,30 +66,6 @@ def run_stage(name: str, out: pathlib.Path, overrides: list[str], done_file: str
     log.append({"stage": name, "seconds": round(time.perf_counter() - t0, 1)})
     print(f"[{name}] {log[-1]['seconds']} s", flush=True)
     return run_dir
-
-
-def split_tags(shifts) -> dict[str, str]:
-    """Split name -> the id tag of its rows (``rec-val-N``, ``rec-val_ood-N``, ``rec-val_small-N``...)."""
-    return {"in": "-val-", "ood": "-val_ood-", **{name: f"-val_{name}-" for name in shifts}}
-
-
-def split_metrics(records: list[dict], tags: dict[str, str] | None = None, ids: set | None = None) -> dict:
-    """REC accuracy / mean IoU per split, with the per-image values kept for standard errors across
-    seeds; ``ids``: only those rows (a curve's fixed subset)."""
-    out = {}
-    for split, tag in (tags or split_tags(())).items():
-        recs = [r for r in records if tag in r["id"] and (ids is None or r["id"] in ids)]
-        out[split] = {"hit": [float(r["hit"]) for r in recs], "iou": [float(r["iou"]) for r in recs]}
-    return out
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    m = sum(values) / n
-    var = sum((v - m) ** 2 for v in values) / max(n - 1, 1)
-    return m, math.sqrt(var / n)
 
 
 def eval_records(path: pathlib.Path) -> list[dict]:
@@ -263,34 +240,6 @@ def main(argv=None) -> dict:
     return results
 
 
-@functools.lru_cache(maxsize=None)  # (bench.testbed prints its table after every variant)
-def constant_box(data: pathlib.Path, name: str = "rec_val.jsonl") -> dict:
-    """The no-localisation floor of a val set (``data / name``): the single box (in image-relative
-    coordinates, on a 1/20 grid) that scores best when answered for every image, its accuracy and
-    mean IoU. A model that answers one box everywhere reaches this without looking."""
-    import numpy as np
-    from PIL import Image
-    gts = []
-    for line in (data / name).read_text().splitlines():
-        row = json.loads(line)
-        with Image.open(data / row["image"]) as im:
-            w, h = im.size
-        x1, y1, x2, y2 = json.loads(row["conversations"][1]["value"])
-        gts.append((x1 / w, y1 / h, x2 / w, y2 / h))
-    g = np.array(gts)  # [n, 4]
-    v = np.linspace(0, 1, 21)
-    xs = np.array([(a, b) for a in v for b in v if b > a])  # [m, 2] (lo, hi)
-    cand = np.array([(x[0], y[0], x[1], y[1]) for x in xs for y in xs])  # [M, 4]
-    ix = np.clip(np.minimum(cand[:, None, 2], g[None, :, 2]) - np.maximum(cand[:, None, 0], g[None, :, 0]), 0, None)
-    iy = np.clip(np.minimum(cand[:, None, 3], g[None, :, 3]) - np.maximum(cand[:, None, 1], g[None, :, 1]), 0, None)
-    inter = ix * iy
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    iou = inter / (area(cand)[:, None] + area(g)[None, :] - inter)
-    acc = (iou > 0.5).mean(1)
-    best = int(acc.argmax())
-    return {"box": [round(float(c), 2) for c in cand[best]], "acc": float(acc[best]), "iou": float(iou[best].mean())}
-
-
 def floors(files: list, tags: dict) -> dict:
     """The constant-box floor of each split (``bench.testbed.constant_box``): the best one box answered
     for every image, found on the split itself."""
@@ -333,12 +282,6 @@ def _fmt(values: list[float], scale: float = 1.0) -> str:
 SPLIT_LABELS = {"in": "in domain", "ood": "2-3 shapes, new phrasings", "small": "smaller shapes",
                 "large": "larger shapes", "image_size": "unseen image size", "dark_background": "dark background",
                 "new_colours": "unseen colours", "corners": "corners"}
-
-
-def diff_se(a: list[float], b: list[float]) -> tuple[float, float]:
-    """Mean of ``a`` minus mean of ``b``, and its standard error (independent arms)."""
-    (ma, sa), (mb, sb) = mean_se(a), mean_se(b)
-    return ma - mb, math.sqrt(sa ** 2 + sb ** 2)
 
 
 def tables(res: dict, args) -> str:
@@ -418,49 +361,6 @@ def curve_series(res: dict, arm: str, split: str) -> list[tuple[int, float, floa
     per_seed = res["curve"].get(arm, [])
     steps = sorted({int(p) for c in per_seed for p in c})
     return [(p, *mean_se([v for c in per_seed for v in (c.get(p) or c.get(str(p)))[split]["hit"]])) for p in steps]
-
-
-def curve_svg(series: dict[str, list[tuple[int, float, float]]], lines: dict[str, float], title: str,
-              subtitle: str = "") -> str:
-    """Accuracy against step as standalone SVG: each series a line with its +-1 standard-error band,
-    each of ``lines`` a dashed horizontal line."""
-    W, H, L, B, T, R = 560, 340, 56, 46, 56, 170
-    pts = [p for s in series.values() for p in s]
-    top = min(1.0, math.ceil((max([m + e for _, m, e in pts] + list(lines.values()) + [0.1]) + 0.05) * 10) / 10)
-    x_max = max((p for p, _, _ in pts), default=1) or 1
-    x = lambda step: L + step / x_max * (W - L - R)  # noqa: E731
-    y = lambda v: H - B - v / top * (H - B - T)  # noqa: E731
-    colours = {"GRPO": "#1f77b4", "SFT": "#ff7f0e"}
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
-           f'<rect width="{W}" height="{H}" fill="white"/>', f'<text x="{L}" y="20" font-size="14">{title}</text>',
-           f'<text x="{L}" y="38" fill="#555">{subtitle}</text>',
-           f'<line x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}" stroke="black"/>',
-           f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H - B}" stroke="black"/>',
-           f'<text x="{(L + W - R) / 2}" y="{H - 10}" text-anchor="middle">training step</text>',
-           f'<text x="14" y="{(T + H - B) / 2}" transform="rotate(-90 14 {(T + H - B) / 2})" '
-           'text-anchor="middle">accuracy (IoU &gt; 0.5)</text>']
-    for p in sorted({p for p, _, _ in pts}):
-        out.append(f'<text x="{x(p):.1f}" y="{H - B + 16}" text-anchor="middle">{p}</text>')
-    for k in range(6):
-        v = top * k / 5
-        out.append(f'<text x="{L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.2f}</text>')
-        out.append(f'<line x1="{L}" y1="{y(v):.1f}" x2="{W - R}" y2="{y(v):.1f}" stroke="#e4e4e4"/>')
-    j = 0
-    for name, s in series.items():
-        c = colours.get(name, "#2ca02c")
-        band = [(x(p), y(m + e)) for p, m, e in s] + [(x(p), y(m - e)) for p, m, e in reversed(s)]
-        out.append(f'<polygon points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in band)}" fill="{c}" fill-opacity="0.18"/>')
-        out.append(f'<polyline points="{" ".join(f"{x(p):.1f},{y(m):.1f}" for p, m, _ in s)}" fill="none" '
-                   f'stroke="{c}" stroke-width="2"/>')
-        out.append(f'<line x1="{W - R + 10}" y1="{T + 18 * j}" x2="{W - R + 34}" y2="{T + 18 * j}" stroke="{c}" '
-                   f'stroke-width="2"/><text x="{W - R + 40}" y="{T + 18 * j + 4}">{name} (± 1 SE)</text>')
-        j += 1
-    for (name, v), c in zip(lines.items(), ("#555", "#d62728")):
-        out.append(f'<line x1="{L}" y1="{y(v):.1f}" x2="{W - R}" y2="{y(v):.1f}" stroke="{c}" stroke-dasharray="5,4"/>')
-        out.append(f'<line x1="{W - R + 10}" y1="{T + 18 * j}" x2="{W - R + 34}" y2="{T + 18 * j}" stroke="{c}" '
-                   f'stroke-dasharray="5,4"/><text x="{W - R + 40}" y="{T + 18 * j + 4}">{name}</text>')
-        j += 1
-    return "\n".join(out + ["</svg>"]) + "\n"
 
 
 def write_curves(res: dict, args, out: pathlib.Path) -> list[pathlib.Path]:

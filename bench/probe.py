@@ -126,7 +126,7 @@ def main(argv=None):
     ap.add_argument("--rope-theta", type=float, default=20.0)
     ap.add_argument("--out", default="/tmp/probe")
     args = ap.parse_args(argv)
-    from bench.learning import constant_box
+    from bench.rec_stats import constant_box
     from data.scenes import Scene
     from data.synthetic import generate
     from data.tiny_model import BUILD_VERSION, build

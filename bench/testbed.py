@@ -20,7 +20,8 @@ import json
 import pathlib
 import time
 
-from bench.learning import constant_box, eval_records, mean_se, prepare_out, run_stage
+from bench.learning import eval_records, prepare_out, run_stage
+from bench.rec_stats import constant_box, mean_se
 
 
 # name -> (scene overrides, model overrides, warm-start overrides)

@@ -51,7 +51,6 @@ SHAPES = ("circle", "square", "triangle", "diamond")
 # the ``dark_background`` shift: backgrounds far darker than any light training tint
 BACKGROUND_SETS = {"light": [(245, 245, 245), (225, 225, 215), (200, 210, 225), (235, 225, 240), (190, 190, 190)],
                    "dark": [(25, 25, 30), (45, 30, 30), (25, 45, 35), (30, 35, 60)]}
-BACKGROUNDS = BACKGROUND_SETS["light"]
 REC_QUESTION = "Please provide the bounding box coordinate of the region this sentence describes: {expr}."
 OVD_QUESTION = ("Please carefully check the image and detect the following objects: [{cats}]. "
                 "Output each detected target's bbox coordinates in JSON format. The format of the bbox "

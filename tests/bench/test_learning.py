@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.learning import curve_series, diff_se, mean_se, split_metrics, split_tags, tables, write_curves
+from bench.learning import curve_series, tables, write_curves
+from bench.rec_stats import diff_se, mean_se, split_metrics, split_tags
 
 
 def _records(split: str, hits: list[int]) -> list[dict]:
