@@ -154,8 +154,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--equal-time", action="store_true",
                     help="also SFT (first seed) for as many steps as take GRPO's training time")
     ap.add_argument("--ovd-steps", type=int, default=0, help="training steps of each OVD run (0: skip OVD)")
-    ap.add_argument("--ovd-arms", nargs="+", default=["odlength"], choices=["odlength", "map"],
-                    help="OVD rewards: format + odLength (conf=ovd), and format + plain mAP (the box-padding hack)")
+    ap.add_argument("--ovd-arms", nargs="+", default=["odlength"], choices=list(OVD_ARMS),
+                    help="OVD arms: conf=ovd as shipped (odlength) and one lever moved each: the reward "
+                         "(map: plain mAP, the box-padding hack; f1; iou; giou), the learning rate, dynamic sampling")
+    ap.add_argument("--ovd-seeds", type=int, default=None, help="OVD runs on the first N of --seeds (default: all)")
     ap.add_argument("--staleness", type=int, nargs="+", default=[0],
                     help="trainer.max_staleness of the GRPO arm (the first) and of the arms compared with it")
     ap.add_argument("--legacy", action="store_true",
@@ -246,22 +248,38 @@ def floors(files: list, tags: dict) -> dict:
     return {split: constant_box(folder, f.name) for split, (f, folder) in zip(tags, files)}
 
 
+# OVD arms: conf=ovd as shipped (format + ovd_odlength, the hack triggers on) with one lever moved.
+# Every arm logs ovd_odlength and ovd_map (weight 0 where they are not trained on) for the table.
+_OVD_ONLY = ["reward.funcs.ovd_odlength=0", "reward.funcs.ovd_map=0"]
+OVD_ARMS = {
+    "odlength": ("format + ovd_odlength (conf=ovd)", ["reward.funcs.ovd_map=0"]),
+    "map": ("format + ovd_map (no length penalty)", ["reward.funcs.ovd_odlength=0", "reward.funcs.ovd_map=1"]),
+    "f1": ("format + ovd_f1", [*_OVD_ONLY, "reward.funcs.ovd_f1=1"]),
+    "iou": ("format + ovd_iou", [*_OVD_ONLY, "reward.funcs.ovd_iou=1"]),
+    "giou": ("format + ovd_giou", [*_OVD_ONLY, "reward.funcs.ovd_giou=1"]),
+    "iou_odlength": ("format + ovd_iou + ovd_odlength", ["reward.funcs.ovd_map=0", "reward.funcs.ovd_iou=1"]),
+    "iou_lr3e-4": ("format + ovd_iou, lr 3e-4", [*_OVD_ONLY, "reward.funcs.ovd_iou=1", "learner.lr=3e-4"]),
+    "iou_dynamic": ("format + ovd_iou, dynamic sampling", [*_OVD_ONLY, "reward.funcs.ovd_iou=1",
+                                                          "rollout.dynamic_sampling.enabled=true",
+                                                          "rollout.dynamic_sampling.metric=ovd_iou"]),
+    "odlength_lr3e-4": ("format + ovd_odlength, lr 3e-4", ["reward.funcs.ovd_map=0", "learner.lr=3e-4"]),
+}
+
+
 def ovd_part(args, out: pathlib.Path, log: list, results: dict) -> None:
-    """OVD GRPO from conf=ovd's warm start (or the earlier testbed's), one run per seed and reward arm."""
+    """OVD GRPO from conf=ovd's warm start (or the earlier testbed's), one run per seed and arm."""
     import conf
     from data.tiny_model import resolve_model_path
     scene = ["data.synthetic.scene=default"] if args.legacy else []
     ovd_warm = resolve_model_path("builtin:tiny" if args.legacy else conf.load(["conf=ovd"]).model.path, 0)
     B = args.prompts_per_step
-    for seed in args.seeds:
+    for seed in args.seeds[:args.ovd_seeds]:
         ovd = ["conf=ovd", *scene, f"seed={seed}", f"model.path={ovd_warm}", f"trainer.max_steps={args.ovd_steps}",
                f"trainer.prompts_per_step={B}", f"learner.lr={args.grpo_lr}", f"learner.beta={args.beta}",
                f"trainer.save_steps={args.ovd_steps}", "trainer.keep_checkpoints=1",
                f"trainer.eval_steps={args.ovd_steps}", "eval.train_samples=100000"]
-        arms = {"odlength": ["reward.funcs.ovd_map=0"],  # ovd_map logged, weight 0
-                "map": ["reward.funcs.ovd_odlength=0", "reward.funcs.ovd_map=1"]}
-        for name, funcs in ((a, arms[a]) for a in args.ovd_arms):
-            d = run_stage(f"ovd_{name}_s{seed}", out, [*ovd, *funcs], "summary.json", log)
+        for name in args.ovd_arms:
+            d = run_stage(f"ovd_{name}_s{seed}", out, [*ovd, *OVD_ARMS[name][1]], "summary.json", log)
             first = json.loads((d / "eval" / "step_000000.json").read_text())["metrics"]
             last = json.loads((d / "eval" / f"step_{args.ovd_steps:06d}.json").read_text())["metrics"]
             results["curves"][f"ovd_{name}_s{seed}"] = [
@@ -329,14 +347,14 @@ def tables(res: dict, args) -> str:
             lines.append(f"max_staleness {k0} - {k1}, in-domain {'accuracy' if m == 'hit' else 'mean IoU'}: "
                          f"{diff:+.3f} ({f'{diff / se:+.1f} standard errors' if se else 'both arms identical'}; "
                          "target: within 2)")
-    ovd = [a for a in ("odlength", "map") if res.get(f"ovd_{a}")]
+    ovd = [a for a in OVD_ARMS if res.get(f"ovd_{a}")]
     if ovd:
         n = len(res[f"ovd_{ovd[0]}"])
         lines += ["", f"OVD: GRPO for {args.ovd_steps} steps from {'builtin:tiny' if args.legacy else 'conf=ovd'}'s warm start; sampled answers (mean of the "
                   f"first / last 10 steps, over {n} seed(s)); greedy on the val images before / after (each seed's "
                   "value, comma-separated)", "",
                   "| rewards | boxes per answer (sampled) | ground-truth boxes | ovd_odlength (sampled) | ovd_map (sampled) "
-                  "| val mAP | val AP50 | val recall@0.5 | val boxes per answer |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| val mAP | x warm start | val AP50 | val recall@0.5 | val boxes per answer |", "|---|---|---|---|---|---|---|---|---|---|"]
         for name in ovd:
             curves = [c for k, c in res["curves"].items() if k.startswith(f"ovd_{name}_s")]
 
@@ -346,11 +364,13 @@ def tables(res: dict, args) -> str:
                 return f"{sum(a) / len(a):.3f} -> {sum(b) / len(b):.3f}"
             ev = res[f"ovd_{name}"]
             seeds = lambda key, when, f=".3f": ", ".join(format(e[when][key], f) for e in ev)  # noqa: E731
-            label = "format + ovd_odlength" if name == "odlength" else "format + ovd_map"
+            label = OVD_ARMS[name][0]
+            gain = lambda ev: (f"{sum(e['eval_last']['mAP'] for e in ev) / s:.1f}x"  # noqa: E731
+                               if (s := sum(e['eval_first']['mAP'] for e in ev)) else "-")
             lines.append(f"| {label} | {fl('boxes/pred_per_answer')} | {fl('boxes/gt_per_answer')} | "
                          f"{fl('reward/ovd_odlength')} | {fl('reward/ovd_map')} | " +
-                         " | ".join(f"{seeds(k, 'eval_first')} -> {seeds(k, 'eval_last')}"
-                                    for k in ("mAP", "AP50", "recall@0.5")) +
+                         " | ".join(f"{seeds(k, 'eval_first')} -> {seeds(k, 'eval_last')}" +
+                                    (f" | {gain(ev)}" if k == "mAP" else "") for k in ("mAP", "AP50", "recall@0.5")) +
                          f" | {seeds('boxes_per_answer', 'eval_first', '.2f')} -> {seeds('boxes_per_answer', 'eval_last', '.2f')} |")
     return "\n".join(lines)
 

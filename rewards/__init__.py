@@ -27,6 +27,8 @@ ovd_precision          [0, 1]     matched / predicted boxes, one-to-one at ``iou
 ovd_recall             [0, 1]     matched / ground-truth boxes, one-to-one at ``iou_threshold``
 ovd_f1                 [0, 1]     harmonic mean of ``ovd_precision`` and ``ovd_recall``
 ovd_count              (0, 1]     ``base ** |n_pred - n_gt|`` (V-Triune's size penalty, base 0.6)
+ovd_iou                [0, 1]     summed IoU of same-label boxes matched one-to-one / max(n_pred, n_gt)
+ovd_giou               [0, 1]     as ``ovd_iou`` with ``(1 + GIoU) / 2`` per pair (ranks misses too)
 answer                 [0, 1]     VLM-R1's ``default``: math-equal, else number / letter / fuzzy
 mcq                    {0, 1}     the answer's option letter is the solution's
 yes_no                 {0, 1}     the first yes/no of the answer is the solution's
@@ -37,7 +39,7 @@ all_match              {0, 1}     cleaned answer == cleaned solution (VLM-R1's G
 fuzzy                  [0, 1]     indel similarity of the cleaned texts (``Levenshtein.ratio``)
 =====================  =========  ==========================================================
 
-The six from ``rec_giou`` are in ``rewards.grounding``, the last eight (answers that are not
+The eight from ``rec_giou`` are in ``rewards.grounding``, the last eight (answers that are not
 boxes, with their deliberate differences from VLM-R1) in ``rewards.answers``; their parameters (``iou_threshold``, ``base``) are
 set per reward with ``reward.params`` (``RewardFn.params`` lists each one's defaults).
 
@@ -115,6 +117,8 @@ REGISTRY: dict[str, RewardFn] = {
                  params={"iou_threshold": 0.5}),
         RewardFn("ovd_f1", grounding.ovd_f1_detail, 0.0, 1.0, accuracy=True, params={"iou_threshold": 0.5}),
         RewardFn("ovd_count", grounding.ovd_count_detail, 0.0, 1.0, accuracy=False, params={"base": 0.6}),
+        RewardFn("ovd_iou", grounding.ovd_iou_detail, 0.0, 1.0, accuracy=True),
+        RewardFn("ovd_giou", grounding.ovd_giou_detail, 0.0, 1.0, accuracy=True),
         RewardFn("answer", answers.default_detail, 0.0, 1.0, accuracy=True),
         RewardFn("mcq", answers.mcq_detail, 0.0, 1.0, accuracy=True),
         RewardFn("yes_no", answers.yes_no_detail, 0.0, 1.0, accuracy=True),

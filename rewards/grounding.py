@@ -161,3 +161,49 @@ def ovd_count_detail(completion: str, solution: str, base: float = 0.6, **info):
         return 0.0, failure
     n_pred = sum(1 for it in items if isinstance(it, dict) and parse.coords4(it.get("bbox_2d")) is not None)
     return float(base) ** abs(n_pred - len(gts)), failure
+
+
+def _ovd_soft(completion: str, solution: str, info: dict, measure):
+    """Dense OVD localisation: predicted and ground-truth boxes of the same label are paired
+    one-to-one, greedily by ``measure`` (a pair score in [0, 1]), and the pairs' scores are summed
+    and divided by ``max(n_claims, n_gt)``: a box a little closer scores a little more (unlike mAP,
+    which pays nothing below IoU 0.5), an extra box dilutes the sum (no padding), a missing one
+    scores 0. ``None`` where nothing is asked for scores 1, any claim there 0."""
+    answer, gts, items, failure = ovd._pred(completion, solution)
+    if answer is None:
+        return 0.0, failure
+    if not gts:
+        return (1.0 if not items and failure is None else 0.0), failure
+    preds = []
+    for it in items[:MAX_MATCHED_PREDICTIONS]:
+        box = parse.coords4(it.get("bbox_2d")) if isinstance(it, dict) else None
+        label = it.get("label") if isinstance(it, dict) else None
+        if box is not None and isinstance(label, str):
+            preds.append((maybe_rescale(box, info), label))
+    pairs = sorted(((measure(pb, parse.coords4(g["bbox_2d"])), i, j) for i, (pb, pl) in enumerate(preds)
+                    for j, g in enumerate(gts) if g["label"] == pl), reverse=True)
+    used_p, used_g, total = set(), set(), 0.0
+    for value, i, j in pairs:
+        if i not in used_p and j not in used_g:
+            used_p.add(i)
+            used_g.add(j)
+            total += value
+    return total / max(len(items), len(gts)), failure
+
+
+def ovd_iou_detail(completion: str, solution: str, **info):
+    """OVD's counterpart of ``rec_iou``: the summed IoU of same-label (prediction, ground truth)
+    pairs matched one-to-one, over ``max(n_pred, n_gt)``; 1.0 for ``None`` when nothing is there.
+
+    >>> box = lambda b, lab: f'{{"bbox_2d": {b}, "label": "{lab}"}}'
+    >>> gt = '```json\\n[' + box([0, 0, 10, 10], 'cat') + ']\\n```'
+    >>> ovd_iou_detail('<answer>```json\\n[' + box([0, 0, 10, 20], 'cat') + ']\\n```</answer>', gt)
+    (0.5, None)
+    """
+    return _ovd_soft(completion, solution, info, lambda a, b: iou(a, b, "continuous"))
+
+
+def ovd_giou_detail(completion: str, solution: str, **info):
+    """As ``ovd_iou`` with ``(1 + GIoU) / 2`` per pair, so a box that misses its target still
+    scores by how near it is (0.5 touching, towards 0 far away)."""
+    return _ovd_soft(completion, solution, info, lambda a, b: (1.0 + giou(a, b)) / 2.0)

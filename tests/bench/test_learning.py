@@ -74,3 +74,20 @@ def test_curves_are_drawn_from_the_pooled_seeds(tmp_path):
     assert svg.count("<polyline") == 2 and svg.count("<polygon") == 2 and "constant-box floor" in svg
     ys = [float(v) for v in re.findall(r",([\d.]+)", re.search(r'<polyline points="([^"]+)"', svg).group(1))]
     assert ys[0] > ys[1]  # GRPO's line rises (SVG y grows downwards)
+
+
+def test_ovd_table_names_each_lever_and_its_gain_over_the_warm_start():
+    args = SimpleNamespace(shifts=["small", "corners"], seeds=[0, 1], steps=10, prompts_per_step=8, staleness=[0],
+                           ovd_steps=20, legacy=False)
+    res = _results([1] * 35 + [0] * 5, [1] * 10 + [0] * 30)
+    row = lambda m: {"mAP": m, "AP50": 2 * m, "recall@0.5": 3 * m, "boxes_per_answer": 1.0}  # noqa: E731
+    curve = [{"step": i, "reward/ovd_odlength": 0.1, "reward/ovd_map": 0.2, "boxes/pred_per_answer": 1.0,
+              "boxes/gt_per_answer": 0.7} for i in range(20)]
+    for arm, after in (("odlength", (0.02, 0.02)), ("iou", (0.05, 0.07))):
+        res[f"ovd_{arm}"] = [{"eval_first": row(0.01), "eval_last": row(a)} for a in after]
+        res["curves"] = {**res.get("curves", {}), **{f"ovd_{arm}_s{s}": curve for s in (0, 1)}}
+    md = tables(res, args)
+    lines = {line.split(" | ")[0]: line for line in md.splitlines() if line.startswith("| format")}
+    assert set(lines) == {"| format + ovd_odlength (conf=ovd)", "| format + ovd_iou"}
+    assert "| 0.010, 0.010 -> 0.050, 0.070 | 6.0x |" in lines["| format + ovd_iou"]
+    assert "| 2.0x |" in lines["| format + ovd_odlength (conf=ovd)"]

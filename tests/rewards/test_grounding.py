@@ -70,10 +70,10 @@ def test_ovd_precision_recall_f1_by_hand():
 def test_ovd_none_is_scored_explicitly():
     cat = sol([CAT([0, 0, 10, 10])])
     said_none = "<think>x</think><answer>None</answer>"
-    for name in ("ovd_precision", "ovd_recall", "ovd_f1", "ovd_count"):
+    for name in ("ovd_precision", "ovd_recall", "ovd_f1", "ovd_count", "ovd_iou", "ovd_giou"):
         assert REGISTRY[name](said_none, "None") == 1.0, name  # absent and said so
         assert REGISTRY[name](ovd([]), "None") == 1.0, name
-    for name in ("ovd_precision", "ovd_recall", "ovd_f1"):
+    for name in ("ovd_precision", "ovd_recall", "ovd_f1", "ovd_iou", "ovd_giou"):
         assert REGISTRY[name](ovd([CAT([0, 0, 10, 10])]), "None") == 0.0, name  # a box where nothing is
         assert REGISTRY[name](said_none, cat) == 0.0, name  # None where something is
         assert REGISTRY[name]("<answer>I see a cat</answer>", "None") == 0.0, name  # no list is not None
@@ -101,8 +101,38 @@ def test_whole_image_box_scores_below_a_tight_box():
     assert REGISTRY["rec_giou"](rec([0, 0, 640, 480]), "[100, 100, 150, 150]") < \
         REGISTRY["rec_giou"](rec([98, 100, 150, 152]), "[100, 100, 150, 150]")
     gt = sol([CAT([100, 100, 150, 150])])
-    for name in ("ovd_f1", "ovd_precision", "ovd_recall"):
+    for name in ("ovd_f1", "ovd_precision", "ovd_recall", "ovd_iou", "ovd_giou"):
         assert REGISTRY[name](ovd([CAT([0, 0, 640, 480])]), gt) < REGISTRY[name](ovd([CAT([98, 100, 150, 152])]), gt)
+
+
+def test_ovd_iou_and_giou_by_hand_and_dense_below_the_map_threshold():
+    gt = sol([CAT([0, 0, 10, 10]), DOG([50, 50, 60, 60])])
+    # cat: IoU 0.5 (the pair to keep), a worse cat box left over; the dog missed; a stray bird
+    c = ovd([CAT([0, 0, 10, 20]), CAT([0, 0, 10, 40]), {"bbox_2d": [50, 50, 60, 60], "label": "bird"}])
+    assert REGISTRY["ovd_iou"](c, gt) == pytest.approx(0.5 / 3)  # max(3 claims, 2 targets)
+    assert REGISTRY["ovd_giou"](c, gt) == pytest.approx((1 + 0.5) / 2 / 3)  # hull = union: GIoU = IoU
+    # one target, boxes sliding away: mAP-based rewards are 0 below IoU 0.5, these still rank them
+    one = sol([CAT([0, 0, 10, 10])])
+    slid = [ovd([CAT([dx, 0, dx + 10, 10])]) for dx in (4, 6, 8, 12, 20)]  # IoU 0.43, 0.25, 0.11, 0, 0
+    assert [REGISTRY["ovd_odlength"](x, one) for x in slid] == [0.0] * 5
+    ious = [REGISTRY["ovd_iou"](x, one) for x in slid]
+    assert ious[0] == pytest.approx(6 / 14) and ious[0] > ious[1] > ious[2] > ious[3] == ious[4] == 0.0
+    gious = [REGISTRY["ovd_giou"](x, one) for x in slid]
+    assert all(a > b for a, b in zip(gious, gious[1:])) and gious[-1] > 0.0
+    # padding: past one box per target every extra box dilutes (a claim for a missed target is not
+    # padding: it scores its IoU, and under GIoU something however far off)
+    gts = [CAT([0, 0, 10, 10]), CAT([30, 30, 40, 40]), DOG([60, 0, 70, 10])]
+    full = [CAT([0, 0, 10, 10]), CAT([30, 30, 40, 41]), DOG([60, 0, 70, 11])]
+    for name in ("ovd_iou", "ovd_giou"):
+        before = REGISTRY[name](ovd(full), sol(gts))
+        for extra in (full[0], CAT([0, 0, 100, 100]), DOG([60, 0, 70, 10])):
+            assert REGISTRY[name](ovd(full + [extra]), sol(gts)) < before, (name, extra)
+        missed = REGISTRY[name](ovd(full[:2]), sol(gts))
+        assert (REGISTRY[name](ovd(full[:2] + [DOG([0, 20, 10, 30])]), sol(gts)) > missed) == (name == "ovd_giou")
+    # the label must be the target's; boxes are rescaled from the model's frame like the other rewards
+    assert REGISTRY["ovd_iou"](ovd([DOG([0, 0, 10, 10])]), one) == 0.0
+    assert REGISTRY["ovd_iou"](ovd([CAT([0, 0, 100, 100])]), one, input_size=(1000, 1000),
+                               image_size=(100, 100)) == pytest.approx(1.0)
 
 
 def test_matching_is_one_to_one_maximal_and_independent_of_prediction_order():
@@ -125,7 +155,7 @@ def test_matching_is_one_to_one_maximal_and_independent_of_prediction_order():
 def test_thousands_of_boxes_score_quickly_and_in_range():
     gt = sol([CAT([i * 10, 0, i * 10 + 8, 8]) for i in range(50)])
     flood = ovd([CAT([i % 500, 0, i % 500 + 8, 8]) for i in range(5000)])
-    for name in ("ovd_f1", "ovd_precision", "ovd_count"):
+    for name in ("ovd_f1", "ovd_precision", "ovd_count", "ovd_iou", "ovd_giou"):
         assert 0.0 <= REGISTRY[name](flood, gt) < 0.05, name  # 5000 claims against 50 targets
     # recall alone rewards a flood (why it is offered beside precision and F1); only the first
     # MAX_MATCHED_PREDICTIONS = 200 claims are matched, covering the first 21 targets
