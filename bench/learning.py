@@ -3,12 +3,14 @@ each evaluated in domain (``rec_val``) and on out-of-domain splits -- ``rec_val_
 shapes, relation phrasings never seen) and one split per shift of appearance or geometry
 (``data.scenes.SHIFTS``: smaller or larger shapes than any trained, an unseen image size, dark
 backgrounds, unseen colours, shapes in the corners) -- as in VLM-R1's RefCOCO vs LISA-Grounding
-comparison; optionally OVD trained with ``ovd_odlength`` against ``ovd_map`` alone.
+comparison; optionally OVD GRPO from ``conf=ovd``'s warm start, as shipped and with one lever moved per
+arm (``OVD_ARMS``: the reward, the learning rate, dynamic sampling).
 
     python -m bench.learning                         # REC, 3 seeds, every split (see docs/learning.md for its time)
     python -m bench.learning --seeds 0 --steps 20 --split-images 40 --curve-every 10 --sft-lrs 1e-4   # a quick look
     python -m bench.learning --equal-time            # also SFT for as long as GRPO took (first seed)
     python -m bench.learning --ovd-steps 300         # also OVD from conf=ovd's warm start
+    python -m bench.learning --ovd-steps 300 --ovd-seeds 1 --ovd-arms odlength iou giou f1 iou_lr3e-4   # OVD's levers
     python -m bench.learning --legacy --steps 200 --prompts-per-step 4 --ovd-steps 100 --ovd-arms odlength map \
         --out outputs/learning                       # the earlier Qwen2.5-VL testbed (builtin:tiny, default scene)
 
@@ -217,16 +219,10 @@ def main(argv=None) -> dict:
         grpo_ids = [i for r in rows_of(g) for i in r.get("prompt_ids", [])]
         sft_ids = [i for r in rows_of(s) for i in r.get("prompt_ids", [])]
         assert grpo_ids == sft_ids, "the SFT and GRPO arms did not see the same prompts"
-        if args.equal_time and seed == first:
-            grpo_s = sum(r["time/step_s"] for r in rows_of(g) if "time/step_s" in r)
-            sft_step = [r["time/step_s"] for r in rows_of(s) if "time/step_s" in r]
-            n = max(S, round(grpo_s / (sum(sft_step) / len(sft_step)) / every) * every)
-            e = x.sft(seed, sft_lr, n, f"sft_rec_s{seed}_lr{sft_lr:g}_equal_time")
-            results["sft_equal_time"] = {"steps": n, "grpo_train_s": round(grpo_s, 1),
-                                         "sft_train_s": round(sum(r["time/step_s"] for r in rows_of(e) if "time/step_s" in r), 1),
-                                         "metrics": split_metrics(x.evaluate(f"sft_rec_s{seed}_equal_time_eval",
-                                                                             checkpoint_hf(e, n), x.val_all), tags)}
-
+    if args.equal_time:
+        results["sft_equal_time"] = equal_time(x, [out / f"grpo_rec_s{sd}" for sd in args.seeds],
+                                               [out / f"sft_rec_s{sd}_lr{sft_lr:g}" for sd in args.seeds],
+                                               first, sft_lr, every, tags)
     if args.ovd_steps:
         ovd_part(args, out, log, results)
     results["stages"] = log
@@ -240,6 +236,34 @@ def main(argv=None) -> dict:
     print(f"\n{results['minutes']} minutes (stages run now: {sum(x['seconds'] for x in log) / 60:.1f}); "
           f"{out / 'learning.md'}; curves: {', '.join(str(c) for c in charts)}")
     return results
+
+
+def _step_times(run_dir: pathlib.Path) -> list[float]:
+    return [r["time/step_s"] for r in rows_of(run_dir) if "time/step_s" in r]
+
+
+def equal_time_steps(grpo_runs: list[list[float]], sft_runs: list[list[float]], every: int) -> tuple[int, float]:
+    """(SFT steps, seconds): the steps SFT takes in a GRPO run's training time, both arms' step times
+    pooled over their runs and taken at the median; a multiple of ``every``, never fewer than SFT's own."""
+    import statistics
+    budget = statistics.median(t for r in grpo_runs for t in r) * sum(map(len, grpo_runs)) / len(grpo_runs)
+    sft_step = statistics.median(t for r in sft_runs for t in r)
+    return max(max(map(len, sft_runs)), round(budget / sft_step / every) * every), budget
+
+
+def equal_time(x: Experiment, grpo_dirs: list, sft_dirs: list, seed: int, lr: float, every: int, tags: dict) -> dict:
+    """SFT (``seed``) for as long as a GRPO run trains: GRPO's steps x its median step time over SFT's
+    median step time, both pooled over the seeds' runs (medians, as the step times of one run drift by
+    2x on a shared machine), rounded to the curve interval; evaluated on every split."""
+    import statistics
+    grpo_t = [_step_times(d) for d in grpo_dirs]
+    n, budget = equal_time_steps(grpo_t, [_step_times(d) for d in sft_dirs], every)
+    e = x.sft(seed, lr, n, f"sft_rec_s{seed}_lr{lr:g}_steps{n}")
+    metrics = split_metrics(x.evaluate(f"sft_rec_s{seed}_lr{lr:g}_steps{n}_eval", checkpoint_hf(e, n), x.val_all), tags)
+    took = _step_times(e)
+    return {"steps": n, "grpo_train_s": round(budget, 1), "sft_train_s": round(statistics.median(took) * len(took), 1),
+            "grpo_train_s_total": round(sum(map(sum, grpo_t)) / len(grpo_t), 1), "sft_train_s_total": round(sum(took), 1),
+            "metrics": metrics}
 
 
 def floors(files: list, tags: dict) -> dict:
@@ -333,8 +357,9 @@ def tables(res: dict, args) -> str:
               ", ".join(f"lr {lr}: {m:.3f} ± {se:.3f}" for lr, (m, se) in res["sft_sweep"].items())]
     if res.get("sft_equal_time"):
         e = res["sft_equal_time"]
-        lines.append(f"Equal wall clock: GRPO trained for {e['grpo_train_s']:.0f} s; SFT for {e['steps']} steps, "
-                     f"{e['sft_train_s']:.0f} s.")
+        lines.append(f"Equal wall clock: a GRPO run trained for {e['grpo_train_s']:.0f} s, SFT for {e['steps']} steps, "
+                     f"{e['sft_train_s']:.0f} s (median step time x steps; summed, with the machine's pauses: GRPO's mean "
+                     f"{e.get('grpo_train_s_total', e['grpo_train_s']):.0f} s and {e.get('sft_train_s_total', e['sft_train_s']):.0f} s).")
     if len(args.staleness) > 1:
         lines += ["", "GRPO at each trainer.max_staleness (same seeds, prompts and steps):", "",
                   "| max_staleness | in-domain acc | in-domain mIoU |", "|---|---|---|"]

@@ -91,3 +91,12 @@ def test_ovd_table_names_each_lever_and_its_gain_over_the_warm_start():
     assert set(lines) == {"| format + ovd_odlength (conf=ovd)", "| format + ovd_iou"}
     assert "| 0.010, 0.010 -> 0.050, 0.070 | 6.0x |" in lines["| format + ovd_iou"]
     assert "| 2.0x |" in lines["| format + ovd_odlength (conf=ovd)"]
+
+
+def test_equal_time_takes_median_step_times_pooled_over_the_seeds():
+    from bench.learning import equal_time_steps
+    grpo = [[2.0] * 9 + [60.0], [2.0] * 10]  # one 60 s pause does not count: median 2 s x 10 steps
+    sft = [[0.2] * 9 + [5.0], [0.25] * 10]   # pooled median 0.25 (the 10th and 11th of 20) -> 20 s / 0.25 s
+    assert equal_time_steps(grpo, sft, 10) == (80, 20.0)
+    assert equal_time_steps(grpo, sft, 30) == (90, 20.0)   # 80 / 30 = 2.67 -> 3 x 30
+    assert equal_time_steps([[0.1] * 10], [[1.0] * 10], 10)[0] == 10  # never fewer steps than SFT's own
