@@ -344,6 +344,12 @@ def tables(res: dict, args) -> str:
     diffs = {s: diff_se(_pool(res["grpo"], s, "hit"), _pool(res["sft"], s, "hit")) for s in splits}
     lines.append("| **GRPO - SFT** (in standard errors) | " + " | ".join(
         f"{100 * d:+.1f} pts ({d / se:+.1f})" if se else f"{100 * d:+.1f} pts" for d, se in diffs.values()) + " |")
+    if n_seeds > 1:  # the seeds' spread, which the pooled standard error does not show
+        per_seed = {sp: [100 * (mean_se(g[sp]["hit"])[0] - mean_se(f[sp]["hit"])[0]) for g, f in zip(res["grpo"], res["sft"])]
+                    for sp in splits}
+        lines.append("| GRPO - SFT, each seed (pts; their mean ± standard error) | " + " | ".join(
+            ", ".join(f"{v:+.1f}" for v in per_seed[sp]) + " ({:+.1f} ± {:.1f})".format(*mean_se(per_seed[sp]))
+            for sp in splits) + " |")
     lines += ["", "Mean IoU, same runs:", "", head, rule]
     for label, arm in arms:
         lines.append(f"| {label} | " + " | ".join(_fmt(_pool(arm, s, "iou")) for s in splits) + " |")

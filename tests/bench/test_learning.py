@@ -57,6 +57,12 @@ def test_the_verdict_counts_shift_splits_won_by_more_than_two_standard_errors(tm
     d, se = diff_se([1.0] * 30 + [0.0] * 10, [1.0] * 20 + [0.0] * 20)
     assert f"{100 * d:+.1f} pts ({d / se:+.1f})" in row and "+62.5 pts" in row
     assert "lr 0.0003: 0.500 ± 0.050" in md and "continued SFT (lr 0.0003)" in md
+    assert "each seed" not in md  # one seed: no spread to show
+    two = _results([1] * 35 + [0] * 5, [1] * 10 + [0] * 30)
+    two["grpo"], two["sft"] = two["grpo"] * 2, [two["sft"][0], two["grpo"][0]]  # seed 2: SFT as good as GRPO
+    row = next(line for line in tables(two, SimpleNamespace(**{**vars(args), "seeds": [0, 1]})).splitlines()
+               if "each seed" in line)
+    assert "| +25.0, +0.0 (+12.5 ± 12.5) |" in row  # in domain: 0.75 - 0.5, then 0
     lost = tables(_results([1] * 10 + [0] * 30, [1] * 10 + [0] * 30), args)
     assert "on 0 of the 2 shift splits (none;" in lost
 
