@@ -91,7 +91,7 @@ def train_loop(cfg, why: dict, roles: tuple, train: list, val: list, out_dir: pa
     engines, learners, scorers = roles
     chosen = describe_choices(cfg, engines.engines.info, learners.info, why)
     sampler = PromptSampler(len(train), B, cfg.seed, cfg.data.shuffle, cfg.trainer.epochs)
-    max_steps = min(cfg.trainer.max_steps, sampler.steps_available())
+    max_steps = sampler.steps_for(cfg.trainer.max_steps)
     start, history, waiting = checkpoint.resume(resume, out_dir, learners, engines, sampler, train, K)
     rc = cfg.reward
     rules = RuleSchedule(validate_funcs(dict(rc.funcs)), validate_params(conf.plain(rc.params)),

@@ -132,8 +132,11 @@ class Experiment:
                                  f"eval.train_samples={a.curve_images}"], "summary.json")
 
     def sft(self, seed: int, lr: float, steps: int, name: str) -> pathlib.Path:
-        return self.stage(name, ["mode=sft", *self.common(seed, steps), f"learner.lr={lr}", "learner.beta=0"],
-                          "checkpoints")
+        # epochs never the limit (conf=rec's 10 hold 2,500 steps of 8 prompts; the order does not depend
+        # on them); done when the last step's checkpoint is there (an interrupted run is run again)
+        return self.stage(name, ["mode=sft", *self.common(seed, steps), f"learner.lr={lr}", "learner.beta=0",
+                                 "trainer.epochs=1000"],
+                          f"checkpoints/step_{steps:06d}/hf")
 
 
 def main(argv=None) -> dict:
@@ -287,6 +290,7 @@ OVD_ARMS = {
                                                           "rollout.dynamic_sampling.enabled=true",
                                                           "rollout.dynamic_sampling.metric=ovd_iou"]),
     "odlength_lr3e-4": ("format + ovd_odlength, lr 3e-4", ["reward.funcs.ovd_map=0", "learner.lr=3e-4"]),
+    "odlength_lr1e-3": ("format + ovd_odlength, lr 1e-3", ["reward.funcs.ovd_map=0", "learner.lr=1e-3"]),
 }
 
 

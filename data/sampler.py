@@ -23,6 +23,17 @@ class PromptSampler:
     def steps_available(self) -> int:
         return (self.n // self.batch_size) * self.epochs
 
+    def steps_for(self, max_steps: int) -> int:
+        """``max_steps``, or fewer when the epochs run out first -- said in one line, as a run that
+        stops short of what was asked should not be silent."""
+        available = self.steps_available()
+        if max_steps > available:
+            print(f"trainer.max_steps={max_steps}, but {self.epochs} epoch(s) of {self.n} prompts at "
+                  f"{self.batch_size} a step give {available} steps: training {available} "
+                  f"(raise trainer.epochs to {-(-max_steps // (self.n // self.batch_size))} for all {max_steps})",
+                  flush=True)
+        return min(max_steps, available)
+
     def next(self) -> list[int] | None:
         """The next batch, or None when the epochs are used up (a short epoch tail is dropped)."""
         if self.pos + self.batch_size > self.n:

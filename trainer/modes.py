@@ -42,7 +42,7 @@ def sft_loop(cfg, model_path: str, train: list, out_dir: pathlib.Path, env: dict
     learners = create_learners(cfg, model_path, B // cfg.learner.world_size, env)
     sampler = PromptSampler(len(train), B, cfg.seed, cfg.data.shuffle, cfg.trainer.epochs)
     monitor = Monitor(out_dir, cfg.wandb, plain(cfg))
-    steps = min(cfg.trainer.max_steps, sampler.steps_available())
+    steps = sampler.steps_for(cfg.trainer.max_steps)
     history = []
     bar = progress(range(steps), desc="sft")
     for step in bar:
