@@ -102,6 +102,18 @@ def max_matching(edges: list[list[int]], n_right: int) -> int:
 MAX_MATCHED_PREDICTIONS = 200
 
 
+def _claims(items: list, info: dict) -> list[tuple[list, str]]:
+    """(box in original pixels, label) of the first ``MAX_MATCHED_PREDICTIONS`` items that have a
+    4-number box and a string label."""
+    out = []
+    for it in items[:MAX_MATCHED_PREDICTIONS]:
+        box = parse.coords4(it.get("bbox_2d")) if isinstance(it, dict) else None
+        label = it.get("label") if isinstance(it, dict) else None
+        if box is not None and isinstance(label, str):
+            out.append((maybe_rescale(box, info), label))
+    return out
+
+
 def _ovd_counts(completion: str, solution: str, iou_threshold: float, info: dict):
     """(true positives, claimed items, ground truths, failure) for an OVD answer.
 
@@ -112,12 +124,7 @@ def _ovd_counts(completion: str, solution: str, iou_threshold: float, info: dict
     answer, gts, items, failure = ovd._pred(completion, solution)
     if answer is None:
         return 0, 0, len(gts), failure
-    preds = []
-    for it in items[:MAX_MATCHED_PREDICTIONS]:
-        box = parse.coords4(it.get("bbox_2d")) if isinstance(it, dict) else None
-        label = it.get("label") if isinstance(it, dict) else None
-        if box is not None and isinstance(label, str):
-            preds.append((maybe_rescale(box, info), label))
+    preds = _claims(items, info)
     gt_boxes = [(parse.coords4(g["bbox_2d"]), g["label"]) for g in gts]
     edges = [[j for j, (gb, gl) in enumerate(gt_boxes) if gl == pl and iou(pb, gb, "continuous") >= iou_threshold]
              for pb, pl in preds]
@@ -174,12 +181,7 @@ def _ovd_soft(completion: str, solution: str, info: dict, measure):
         return 0.0, failure
     if not gts:
         return (1.0 if not items and failure is None else 0.0), failure
-    preds = []
-    for it in items[:MAX_MATCHED_PREDICTIONS]:
-        box = parse.coords4(it.get("bbox_2d")) if isinstance(it, dict) else None
-        label = it.get("label") if isinstance(it, dict) else None
-        if box is not None and isinstance(label, str):
-            preds.append((maybe_rescale(box, info), label))
+    preds = _claims(items, info)
     pairs = sorted(((measure(pb, parse.coords4(g["bbox_2d"])), i, j) for i, (pb, pl) in enumerate(preds)
                     for j, g in enumerate(gts) if g["label"] == pl), reverse=True)
     used_p, used_g, total = set(), set(), 0.0
