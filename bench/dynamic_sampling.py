@@ -22,7 +22,7 @@ import argparse
 import json
 import pathlib
 
-from bench.learning import prepare_out, rows_of, run_stage
+from bench.stages import prepare_out, rows_of, run_stage
 from bench.rec_stats import mean_se
 
 

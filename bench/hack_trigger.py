@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench.learning import prepare_out, rows_of, run_stage
+from bench.stages import prepare_out, rows_of, run_stage
 
 EVAL_KEYS = ("eval/mAP", "eval/AP50", "eval/recall@0.5", "eval/boxes_per_answer")
 

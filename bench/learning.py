@@ -28,59 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import shutil
-import subprocess
-import sys
 import time
 
 from bench.charts import curve_svg
+from bench.ovd_arms import OVD_ARMS, ovd_part, ovd_table
 from bench.rec_stats import constant_box, diff_se, mean_se, split_metrics, split_tags
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-QUIET = ["trainer.report=false", "wandb.mode=disabled", "cluster.include_dashboard=false"]
-
-
-def prepare_out(out: str, fresh: bool) -> pathlib.Path:
-    """An experiment's output folder (under the repo), emptied first with ``fresh``; the repo is put
-    on the import path, as the stages run ``orchestrator.py`` from it."""
-    path = (REPO / out).resolve()
-    if fresh:
-        shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(REPO))
-    return path
-
-
-def run_stage(name: str, out: pathlib.Path, overrides: list[str], done_file: str, log: list) -> pathlib.Path:
-    """``orchestrator.py overrides`` into ``out/name`` unless ``done_file`` exists there already."""
-    run_dir = out / name
-    if (run_dir / done_file).exists():
-        print(f"[{name}] done already ({run_dir / done_file})", flush=True)
-        return run_dir
-    shutil.rmtree(run_dir, ignore_errors=True)
-    cmd = [sys.executable, "orchestrator.py", *overrides, f"trainer.output_dir={run_dir}", *QUIET]
-    print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
-    t0 = time.perf_counter()
-    with open(out / f"{name}.log", "w") as f:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0 or not (run_dir / done_file).exists():
-        raise SystemExit(f"[{name}] failed (exit {proc.returncode}); see {out / f'{name}.log'}")
-    log.append({"stage": name, "seconds": round(time.perf_counter() - t0, 1)})
-    print(f"[{name}] {log[-1]['seconds']} s", flush=True)
-    return run_dir
-
-
-def eval_records(path: pathlib.Path) -> list[dict]:
-    return json.loads(path.read_text())["records"]
-
-
-def rows_of(run_dir: pathlib.Path) -> list[dict]:
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-
-
-def checkpoint_hf(run_dir: pathlib.Path, step: int) -> pathlib.Path:
-    return run_dir / "checkpoints" / f"step_{step:06d}" / "hf"
-
+from bench.stages import checkpoint_hf, eval_records, prepare_out, rows_of, run_stage
 
 class Experiment:
     """The REC stages and where their results are; each stage runs once (``run_stage``)."""
@@ -275,47 +228,6 @@ def floors(files: list, tags: dict) -> dict:
     return {split: constant_box(folder, f.name) for split, (f, folder) in zip(tags, files)}
 
 
-# OVD arms: conf=ovd as shipped (format + ovd_odlength, the hack triggers on) with one lever moved.
-# Every arm logs ovd_odlength and ovd_map (weight 0 where they are not trained on) for the table.
-_OVD_ONLY = ["reward.funcs.ovd_odlength=0", "reward.funcs.ovd_map=0"]
-OVD_ARMS = {
-    "odlength": ("format + ovd_odlength (conf=ovd)", ["reward.funcs.ovd_map=0"]),
-    "map": ("format + ovd_map (no length penalty)", ["reward.funcs.ovd_odlength=0", "reward.funcs.ovd_map=1"]),
-    "f1": ("format + ovd_f1", [*_OVD_ONLY, "reward.funcs.ovd_f1=1"]),
-    "iou": ("format + ovd_iou", [*_OVD_ONLY, "reward.funcs.ovd_iou=1"]),
-    "giou": ("format + ovd_giou", [*_OVD_ONLY, "reward.funcs.ovd_giou=1"]),
-    "iou_odlength": ("format + ovd_iou + ovd_odlength", ["reward.funcs.ovd_map=0", "reward.funcs.ovd_iou=1"]),
-    "iou_lr3e-4": ("format + ovd_iou, lr 3e-4", [*_OVD_ONLY, "reward.funcs.ovd_iou=1", "learner.lr=3e-4"]),
-    "iou_dynamic": ("format + ovd_iou, dynamic sampling", [*_OVD_ONLY, "reward.funcs.ovd_iou=1",
-                                                          "rollout.dynamic_sampling.enabled=true",
-                                                          "rollout.dynamic_sampling.metric=ovd_iou"]),
-    "odlength_lr3e-4": ("format + ovd_odlength, lr 3e-4", ["reward.funcs.ovd_map=0", "learner.lr=3e-4"]),
-    "odlength_lr1e-3": ("format + ovd_odlength, lr 1e-3", ["reward.funcs.ovd_map=0", "learner.lr=1e-3"]),
-}
-
-
-def ovd_part(args, out: pathlib.Path, log: list, results: dict) -> None:
-    """OVD GRPO from conf=ovd's warm start (or the earlier testbed's), one run per seed and arm."""
-    import conf
-    from data.tiny_model import resolve_model_path
-    scene = ["data.synthetic.scene=default"] if args.legacy else []
-    ovd_warm = resolve_model_path("builtin:tiny" if args.legacy else conf.load(["conf=ovd"]).model.path, 0)
-    B = args.prompts_per_step
-    for seed in args.seeds[:args.ovd_seeds]:
-        ovd = ["conf=ovd", *scene, f"seed={seed}", f"model.path={ovd_warm}", f"trainer.max_steps={args.ovd_steps}",
-               f"trainer.prompts_per_step={B}", f"learner.lr={args.grpo_lr}", f"learner.beta={args.beta}",
-               f"trainer.save_steps={args.ovd_steps}", "trainer.keep_checkpoints=1",
-               f"trainer.eval_steps={args.ovd_steps}", "eval.train_samples=100000"]
-        for name in args.ovd_arms:
-            d = run_stage(f"ovd_{name}_s{seed}", out, [*ovd, *OVD_ARMS[name][1]], "summary.json", log)
-            first = json.loads((d / "eval" / "step_000000.json").read_text())["metrics"]
-            last = json.loads((d / "eval" / f"step_{args.ovd_steps:06d}.json").read_text())["metrics"]
-            results["curves"][f"ovd_{name}_s{seed}"] = [
-                {k: r.get(k) for k in ("step", "reward/ovd_odlength", "reward/ovd_map", "boxes/pred_per_answer",
-                                        "boxes/gt_per_answer")} for r in rows_of(d) if "reward/ovd_map" in r]
-            results.setdefault(f"ovd_{name}", []).append({"eval_first": first, "eval_last": last})
-
-
 def _pool(arm: list[dict], split: str, key: str) -> list[float]:
     return [v for m in arm for v in m[split][key]]
 
@@ -382,31 +294,7 @@ def tables(res: dict, args) -> str:
             lines.append(f"max_staleness {k0} - {k1}, in-domain {'accuracy' if m == 'hit' else 'mean IoU'}: "
                          f"{diff:+.3f} ({f'{diff / se:+.1f} standard errors' if se else 'both arms identical'}; "
                          "target: within 2)")
-    ovd = [a for a in OVD_ARMS if res.get(f"ovd_{a}")]
-    if ovd:
-        n = len(res[f"ovd_{ovd[0]}"])
-        lines += ["", f"OVD: GRPO for {args.ovd_steps} steps from {'builtin:tiny' if args.legacy else 'conf=ovd'}'s warm start; sampled answers (mean of the "
-                  f"first / last 10 steps, over {n} seed(s)); greedy on the val images before / after (each seed's "
-                  "value, comma-separated)", "",
-                  "| rewards | boxes per answer (sampled) | ground-truth boxes | ovd_odlength (sampled) | ovd_map (sampled) "
-                  "| val mAP | x warm start | val AP50 | val recall@0.5 | val boxes per answer |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for name in ovd:
-            curves = [c for k, c in res["curves"].items() if k.startswith(f"ovd_{name}_s")]
-
-            def fl(key):  # first-10 / last-10 mean over seeds
-                a = [sum(r[key] for r in c[:10]) / len(c[:10]) for c in curves]
-                b = [sum(r[key] for r in c[-10:]) / len(c[-10:]) for c in curves]
-                return f"{sum(a) / len(a):.3f} -> {sum(b) / len(b):.3f}"
-            ev = res[f"ovd_{name}"]
-            seeds = lambda key, when, f=".3f": ", ".join(format(e[when][key], f) for e in ev)  # noqa: E731
-            label = OVD_ARMS[name][0]
-            gain = lambda ev: (f"{sum(e['eval_last']['mAP'] for e in ev) / s:.1f}x"  # noqa: E731
-                               if (s := sum(e['eval_first']['mAP'] for e in ev)) else "-")
-            lines.append(f"| {label} | {fl('boxes/pred_per_answer')} | {fl('boxes/gt_per_answer')} | "
-                         f"{fl('reward/ovd_odlength')} | {fl('reward/ovd_map')} | " +
-                         " | ".join(f"{seeds(k, 'eval_first')} -> {seeds(k, 'eval_last')}" +
-                                    (f" | {gain(ev)}" if k == "mAP" else "") for k in ("mAP", "AP50", "recall@0.5")) +
-                         f" | {seeds('boxes_per_answer', 'eval_first', '.2f')} -> {seeds('boxes_per_answer', 'eval_last', '.2f')} |")
+    lines += ovd_table(res, args)
     return "\n".join(lines)
 
 

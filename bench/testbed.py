@@ -20,7 +20,7 @@ import json
 import pathlib
 import time
 
-from bench.learning import eval_records, prepare_out, run_stage
+from bench.stages import eval_records, prepare_out, run_stage
 from bench.rec_stats import constant_box, mean_se
 
 
