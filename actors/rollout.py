@@ -37,8 +37,9 @@ class RolloutEngine:
         if model_cfg is not None:
             proc_kw = {k: model_cfg[k] for k in ("min_pixels", "max_pixels") if model_cfg.get(k)}
         self.processor = AutoProcessor.from_pretrained(model_path, **proc_kw)
-        from conf.hardware import resolve_dtype
+        from conf.hardware import resolve_dtype, resolve_eager
         self.dtype, self.dtype_reason = resolve_dtype(cfg["dtype"], "rollout")
+        self.eager, self.eager_reason = resolve_eager(cfg["enforce_eager"])
         t0 = time.perf_counter()
         mm_kwargs = {"mm_processor_kwargs": proc_kw} if proc_kw else {}
         # LoRA adapter sync: the engine serves the frozen base plus the adapter of the last update
@@ -56,7 +57,7 @@ class RolloutEngine:
             self._lora_root = tempfile.mkdtemp(prefix=f"vlm-r1-lora-engine{index}-")
             atexit.register(shutil.rmtree, self._lora_root, True)
         self.llm = LLM(model=model_path, dtype=self.dtype, max_model_len=cfg["max_model_len"], seed=seed + index,
-                       limit_mm_per_prompt={"image": MAX_IMAGES, "video": 0}, enforce_eager=cfg["enforce_eager"],
+                       limit_mm_per_prompt={"image": MAX_IMAGES, "video": 0}, enforce_eager=self.eager,
                        tensor_parallel_size=cfg["devices_per_engine"] if _has_gpu() else 1,
                        gpu_memory_utilization=cfg["gpu_memory_utilization"], logprobs_mode="processed_logprobs",
                        # never split a prompt's prefill across steps: vLLM then discards the sampled token
@@ -210,10 +211,11 @@ class RolloutEngine:
         return self.cfg["devices_per_engine"] if _has_gpu() else 1
 
     def info(self) -> dict:
-        """What this engine resolved from ``auto``: its dtype (and why) and its CPU threads."""
+        """What this engine resolved from ``auto``: its dtype and compilation (and why), its CPU threads."""
         import torch
         return {"dtype": self.dtype, "dtype_reason": self.dtype_reason, "threads": torch.get_num_threads(),
-                "weight_transfer": self.transfer, "start_s": self.start_s}
+                "weight_transfer": self.transfer, "start_s": self.start_s,
+                "compiled": not self.eager, "compiled_reason": self.eager_reason}
 
     def transfer_entry(self) -> str:
         """The class the worker's updates arrive through (``GlooWeightTransfer`` or ``extension``)."""

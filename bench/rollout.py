@@ -10,7 +10,8 @@ eager (``rollout.enforce_eager: true``, the default) and, with ``--engines ... c
 vLLM's torch.compile graph (``enforce_eager: false``; its start-up, compilation included, is
 reported, from an empty compile cache). Reports completion tokens/s of each (best of 2 warm
 runs), the ratio to HF, and the fraction of this machine's compute roofline each reaches:
-2 x parameters x tokens/s against the bf16 matmul FLOP/s the benchmark measures itself. Writes
+2 x parameters x tokens/s against the matmul FLOP/s the benchmark measures itself in the
+row's precision. Writes
 bench/results/rollout.json.
 """
 from __future__ import annotations
@@ -24,10 +25,12 @@ import time
 from bench.common import machine, save, table
 
 
-def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
-    """bf16 matmul FLOP/s of this machine (all threads of this process)."""
+def matmul_flops(dtype: str = "bfloat16", n: int = 2048, repeats: int = 10) -> float:
+    """Matmul FLOP/s of this machine in ``dtype`` (all threads of this process). The roofline of
+    each row is taken in that row's own precision: a CPU without native bf16 emulates it about 50x
+    slower than fp32 (an AVX2-only EPYC spent ten minutes on this measurement in bf16)."""
     import torch
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
     a @ b
     t0 = time.perf_counter()
     for _ in range(repeats):
@@ -102,7 +105,7 @@ def main(argv=None) -> list[dict]:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     from data.tiny_model import build
-    flops = matmul_flops()
+    flops = {d: matmul_flops(d) for d in args.dtypes}
     prompts = _prompts(args.prompts)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,10 +122,10 @@ def main(argv=None) -> list[dict]:
                     got.append((f"vLLM rollout engine, {kind}", tps, start))
                 for name, tps, start in got:
                     rows.append({"size": size, "parameters": params, "dtype": dtype, "system": name,
-                                 "tokens_per_s": tps, "x_vs_hf": tps / hf, "roofline_frac": 2 * params * tps / flops,
+                                 "tokens_per_s": tps, "x_vs_hf": tps / hf, "roofline_frac": 2 * params * tps / flops[dtype],
                                  "start_s": start})
     print(f"## Rollout ({machine()['cpu']}, {machine()['date']}; {args.prompts} prompts x G={args.G} x "
-          f"{args.tokens} tokens; bf16 matmul {flops / 1e9:.0f} GFLOP/s)\n")
+          f"{args.tokens} tokens; matmul " + ", ".join(f"{d} {f / 1e9:.0f}" for d, f in flops.items()) + " GFLOP/s)\n")
     print(table(rows, ["size", "parameters", "dtype", "system", "tokens_per_s", "x_vs_hf", "roofline_frac", "start_s"]))
     print(f"\nsaved {save('rollout', rows)}")
     return rows

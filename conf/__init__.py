@@ -35,7 +35,8 @@ from rewards.schedule import RuleSchedule
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent
 FREE_KEYS = {"reward.funcs", "reward.params", "reward.schedules", "reward.triggers", "rollout.resources", "learner.resources", "reward.resources"}  # user-named keys
-MIXED = {"trainer.max_staleness", "rollout.sync_pack_mb", "rollout.dynamic_sampling.oversample"}  # keys taking "auto" or a number
+MIXED = {"trainer.max_staleness", "rollout.sync_pack_mb", "rollout.dynamic_sampling.oversample",
+         "rollout.enforce_eager"}  # keys taking "auto" or a number (or a bool)
 CHOICES = {
     "mode": ["train", "eval", "sft"],
     "model.family": ["auto", *FAMILIES],
@@ -231,6 +232,9 @@ def _validate_loop(cfg: DictConfig) -> None:
         raise ConfigError(f"learner.off_policy=none treats samples as on-policy, but trainer.max_staleness={k} trains "
                           "on samples up to that many updates old: use learner.off_policy=bypass or decoupled, "
                           "or trainer.max_staleness=0")
+    eager = cfg.rollout.enforce_eager
+    if not (isinstance(eager, bool) or eager == "auto"):
+        raise ConfigError(f"rollout.enforce_eager={eager!r} must be true, false or auto")
     pack = cfg.rollout.sync_pack_mb
     if pack != "auto" and (isinstance(pack, bool) or not isinstance(pack, (int, float)) or pack < 0):
         raise ConfigError(f"rollout.sync_pack_mb={pack!r} must be auto or a number of MB >= 0 (0: one broadcast per tensor)")

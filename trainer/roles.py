@@ -146,7 +146,8 @@ def describe_choices(cfg, engine: dict, learner: dict, why: dict[str, str]) -> d
     summary.json. ``why``: the reasons ``conf.resolve_auto`` gave."""
     K = cfg.trainer.max_staleness
     chosen = {"loop": (f"asynchronous, max_staleness={K}" if K else "synchronous") + f" ({why['loop']})",
-              "rollout": f"{engine['dtype']} ({engine['dtype_reason']}), {engine['threads']} threads",
+              "rollout": f"{engine['dtype']} ({engine['dtype_reason']}), {engine['threads']} threads, "
+                         f"{'compiled' if engine.get('compiled') else 'eager'} ({engine.get('compiled_reason', 'configured')})",
               "learner": f"{learner['dtype']} ({learner['dtype_reason']}), {learner['threads']} threads, "
                          f"off_policy={cfg.learner.off_policy}, prefix_sharing={cfg.learner.prefix_sharing}"}
     if cfg.learner.lora.r > 0:

@@ -51,7 +51,8 @@ def test_config_mistakes_are_one_line_and_exit_2(tmp_path):
 
 def test_a_missing_data_file_is_one_line_and_exit_2(tmp_path):
     p = run(f"data.train_files={tmp_path}/gone.jsonl", f"data.val_files={tmp_path}/gone_val.jsonl",
-            f"data.image_folders={tmp_path}", tmp_path=tmp_path)
+            f"data.image_folders={tmp_path}", f"trainer.output_dir={tmp_path}/out", tmp_path=tmp_path)  # not the
+    # checkout's outputs/rec, which a user's own run may hold
     lines = [ln for ln in p.stderr.splitlines() if not ln.startswith("TORCH")]
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert lines[-1].startswith("data error:") and "gone.jsonl" in lines[-1]

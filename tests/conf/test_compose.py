@@ -11,6 +11,8 @@ from omegaconf import OmegaConf
 import conf
 
 BEFORE = json.loads((pathlib.Path(__file__).parent / "resolved_configs.json").read_text())
+# values changed on purpose since the split, by key: (the configs it applies to, the new value)
+CHANGED = {("rollout", "enforce_eager"): ({"rec", "ovd"}, "auto")}  # the tiny recipe compiles where it can (2026-12-04)
 
 
 def resolved(args: list[str]) -> dict:
@@ -24,7 +26,11 @@ def test_every_name_resolves_to_the_values_it_had(name):
     args = [] if name == "(none)" else [f"conf={name}"]
     if name.startswith("task/"):
         args.append(f"model.path={BEFORE[name]['model']['path']}")
-    assert resolved(args) == BEFORE[name]
+    want = json.loads(json.dumps(BEFORE[name]))
+    for (section, key), (names, value) in CHANGED.items():
+        if name in names:
+            want[section][key] = value
+    assert resolved(args) == want
 
 
 def test_vlm_r1_configs_share_one_recipe_and_differ_only_by_task():

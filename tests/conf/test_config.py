@@ -114,6 +114,22 @@ def test_auto_dtype_follows_the_cpu_flags():
     assert native_bf16(flags, gpu=False)[0] == bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
+def test_auto_compiles_the_engine_where_a_compiler_can_build_it(monkeypatch):
+    from conf.hardware import resolve_eager
+    assert resolve_eager("auto", gpu=False, compiler="/usr/bin/g++") == (False, "auto: g++ found for torch.compile's CPU kernels")
+    eager, why = resolve_eager("auto", gpu=False, compiler="")
+    assert eager and "install g++" in why
+    assert resolve_eager("auto", gpu=True)[0] is False and resolve_eager(False, gpu=False) == (False, "configured")
+    monkeypatch.setenv("PATH", "/nonexistent")  # nothing on PATH: eager
+    monkeypatch.delenv("CXX", raising=False)
+    assert resolve_eager("auto", gpu=False)[0] is True
+    # the shipped CPU quickstart asks for auto; base.yaml stays eager (short runs, the tests)
+    assert conf.load(["conf=ovd"]).rollout.enforce_eager == "auto" and conf.load([]).rollout.enforce_eager is True
+    for bad in ("maybe", 1, "true"):
+        with pytest.raises(conf.ConfigError, match="rollout.enforce_eager=.* must be true, false or auto"):
+            conf.load([f"rollout.enforce_eager={bad!r}" if isinstance(bad, str) else f"rollout.enforce_eager={bad}"])
+
+
 def test_a_named_scene_gets_a_data_dir_of_its_own(tmp_path):
     """conf=rec's one-shape scene never mixes with the default scene's cached files, and the
     generator draws it: 84 px images, shapes of side 24-48."""
