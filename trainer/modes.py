@@ -23,13 +23,17 @@ from trainer.roles import create_engines, create_learners
 def eval_only(cfg, model_path: str, val: list, out_dir: pathlib.Path, env: dict[str, str]) -> dict:
     engines = create_engines(cfg, model_path, env)
     engines.get(engines.call("ready"), "start-up", startup=True)  # (a large model's load: not a hung generate)
+    info = engines.get(engines.actors[0].info.remote(), "start-up", startup=True)
+    engine = (f"{info['dtype']} ({info['dtype_reason']}), {'compiled' if info['compiled'] else 'eager'} "
+              f"({info['compiled_reason']}), {info['threads']} threads")
+    print(f"engine: {engine}", flush=True)
     pool = EnginePool(engines, timeout_s=cfg.rollout.timeout_s)
     prompts = evaluate.subset(val, cfg.eval.max_samples, cfg.eval.subset_seed)
     t0 = time.perf_counter()
     metrics, records = evaluate.run_eval(pool, prompts, cfg.data.task)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     path = out_dir / "eval_results.json"
-    evaluate.save(path, {**metrics, "model": model_path, "val_files": cfg.data.val_files}, records)
+    evaluate.save(path, {**metrics, "model": model_path, "val_files": cfg.data.val_files, "engine": engine}, records)
     print(evaluate.format_table(metrics, f"{cfg.data.task} eval of {model_path}"))
     print(f"results: {path}")
     return metrics

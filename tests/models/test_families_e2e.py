@@ -130,6 +130,10 @@ def test_a_builtin_family_trains_and_evaluates_from_the_main_command(slug, synth
     res = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
     assert res["metrics"]["samples"] == 4 and len(res["records"]) == 4 and "| accuracy |" in proc.stdout
     assert 0 <= res["metrics"]["accuracy"] <= 1
+    # conf=rec's recipe compiles the engine where a C++ compiler is found (the quickstart's engine)
+    from conf.hardware import resolve_eager
+    eager, why = resolve_eager("auto", gpu=False)
+    assert f"{'eager' if eager else 'compiled'} ({why})" in res["metrics"]["engine"]
 
 
 def test_lora_adapter_sync_per_family(family_model, synthetic, tmp_path, shared_ray):
