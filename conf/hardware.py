@@ -136,7 +136,7 @@ def resolve_eager(value, gpu: bool | None = None, compiler: str | None = None) -
     (torch.compile; CUDA graphs on GPUs) wherever that can build -- on a GPU, and on a CPU that has
     a C++ compiler for Inductor's CPU kernels -- and runs eager otherwise. Compiling costs 15-55 s at
     each engine start (less with vLLM's compile cache warm) and repays it over a run of hundreds of
-    steps: the quickstart's 1M model generated 1.38x faster compiled on an AVX2-only EPYC
+    steps: the quickstart's 1M model generated 1.2-1.4x faster compiled on an AVX2-only EPYC
     (docs/benchmarks.md). ``compiler``: the C++ compiler found (None: look on ``PATH``).
 
     >>> resolve_eager("auto", gpu=False, compiler="")[0], resolve_eager("auto", gpu=False, compiler="/usr/bin/g++")[0]
