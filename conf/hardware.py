@@ -152,8 +152,8 @@ def resolve_eager(value, gpu: bool | None = None, compiler: str | None = None) -
         return False, "auto: torch.compile and CUDA graphs on the GPU"
     if compiler is None:
         import shutil
-        compiler = next((shutil.which(c) for c in (os.environ.get("CXX") or "", "g++", "c++", "clang++")
-                         if c and shutil.which(c)), "")
+        found = (shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c)
+        compiler = next(filter(None, found), "")
     if compiler:
         return False, f"auto: {os.path.basename(compiler)} found for torch.compile's CPU kernels"
     return True, "auto: no C++ compiler on PATH for torch.compile's CPU kernels (install g++ to compile)"

@@ -17,15 +17,13 @@ from data.sampler import PromptSampler
 from trainer import checkpoint, evaluate
 from trainer.monitor import Monitor
 from trainer.progress import progress
-from trainer.roles import create_engines, create_learners
+from trainer.roles import create_engines, create_learners, describe_engine
 
 
 def eval_only(cfg, model_path: str, val: list, out_dir: pathlib.Path, env: dict[str, str]) -> dict:
     engines = create_engines(cfg, model_path, env)
     engines.get(engines.call("ready"), "start-up", startup=True)  # (a large model's load: not a hung generate)
-    info = engines.get(engines.actors[0].info.remote(), "start-up", startup=True)
-    engine = (f"{info['dtype']} ({info['dtype_reason']}), {'compiled' if info['compiled'] else 'eager'} "
-              f"({info['compiled_reason']}), {info['threads']} threads")
+    engine = describe_engine(engines.get(engines.actors[0].info.remote(), "start-up", startup=True))
     print(f"engine: {engine}", flush=True)
     pool = EnginePool(engines, timeout_s=cfg.rollout.timeout_s)
     prompts = evaluate.subset(val, cfg.eval.max_samples, cfg.eval.subset_seed)

@@ -141,13 +141,18 @@ def _adapter(learners: ActorGroup) -> dict | None:
     return learners.get(learners.actors[0].adapter_config.remote(), "adapter_config", startup=True)
 
 
+def describe_engine(info: dict) -> str:
+    """An engine's ``info()`` as one line: its precision, threads and compilation, each with why."""
+    return (f"{info['dtype']} ({info['dtype_reason']}), {info['threads']} threads, "
+            f"{'compiled' if info['compiled'] else 'eager'} ({info['compiled_reason']})")
+
+
 def describe_choices(cfg, engine: dict, learner: dict, why: dict[str, str]) -> dict:
     """What ``auto`` resolved to, for the run and on each role's machine: printed once and kept in
     summary.json. ``why``: the reasons ``conf.resolve_auto`` gave."""
     K = cfg.trainer.max_staleness
     chosen = {"loop": (f"asynchronous, max_staleness={K}" if K else "synchronous") + f" ({why['loop']})",
-              "rollout": f"{engine['dtype']} ({engine['dtype_reason']}), {engine['threads']} threads, "
-                         f"{'compiled' if engine.get('compiled') else 'eager'} ({engine.get('compiled_reason', 'configured')})",
+              "rollout": describe_engine(engine),
               "learner": f"{learner['dtype']} ({learner['dtype_reason']}), {learner['threads']} threads, "
                          f"off_policy={cfg.learner.off_policy}, prefix_sharing={cfg.learner.prefix_sharing}"}
     if cfg.learner.lora.r > 0:

@@ -1,6 +1,7 @@
 """Composed configs: every shipped name resolves to the values it had before task and recipe were
 split (``resolved_configs.json``, written from the single-file configs), user files extend shipped
 ones, and bad composition is a one-line error."""
+import copy
 import json
 import pathlib
 import warnings
@@ -26,7 +27,7 @@ def test_every_name_resolves_to_the_values_it_had(name):
     args = [] if name == "(none)" else [f"conf={name}"]
     if name.startswith("task/"):
         args.append(f"model.path={BEFORE[name]['model']['path']}")
-    want = json.loads(json.dumps(BEFORE[name]))
+    want = copy.deepcopy(BEFORE[name])
     for (section, key), (names, value) in CHANGED.items():
         if name in names:
             want[section][key] = value
