@@ -8,7 +8,7 @@ run-management tests) starts training at once instead of warm-starting for minut
 
 Each shipped model is what ``data.tiny_model.resolve_model_path`` would build on first use (the
 project's own code, same recipe, seed 0), with its ``BUILD.json`` extended by the machine it was
-built on, the sha256 of its weights, and ``val_check``: the greedy answers of a float32 vLLM engine
+built on, the sha256 of its weights, and ``val_check``: the greedy answers of a float32 eager vLLM engine
 on the first ``CHECK_ROWS`` rows of its task's validation split and the metrics they reach.
 ``tests/data/test_embedded.py`` re-runs that check, so a shipped model that stops matching its
 recipe's record fails the suite. Rebuilding from scratch is this command with an empty cache
@@ -60,13 +60,19 @@ def cpu_name() -> str:
 
 def val_check(model_path: str, name: str) -> dict:
     """Greedy answers of a float32 vLLM engine on the first ``CHECK_ROWS`` val rows of
-    ``conf=<name>``, scored as an evaluation scores them (in a process of its own: one vLLM engine
-    per process)."""
+    ``conf=<name>``, scored as an evaluation scores them (in a process of its own)."""
+    return val_checks({name: model_path})[name]
+
+
+def val_checks(models: dict[str, str]) -> dict[str, dict]:
+    """``val_check`` of several models (config name -> model path) in one process, one engine after
+    the other: each check's process would import vLLM again (~15 CPU-seconds)."""
     import sys
-    proc = subprocess.run([sys.executable, "-m", "tools.ship_models", "--val-check", name, model_path],
+    pairs = [x for name, path in models.items() for x in (name, path)]
+    proc = subprocess.run([sys.executable, "-m", "tools.ship_models", "--val-check", *pairs],
                           cwd=REPO, capture_output=True, text=True, env={**os.environ, "VLLM_LOGGING_LEVEL": "ERROR"})
     if proc.returncode:
-        raise RuntimeError(f"the check of {model_path} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"the check of {', '.join(models.values())} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -75,7 +81,9 @@ def _val_check_here(model_path: str, name: str) -> dict:
     from actors.rollout import RolloutEngine
     from data.prepare import load_splits
     from trainer.evaluate import score_rollouts
-    cfg = conf.resolve(conf.load([f"conf={name}", "rollout.dtype=float32"]), cache_root())
+    # eager: the record is the model's, not the compiler's (conf=rec / ovd compile where a C++ compiler is
+    # found: ~35 s of Inductor per check from an empty cache; the compiled engine is tested by the families)
+    cfg = conf.resolve(conf.load([f"conf={name}", "rollout.dtype=float32", "rollout.enforce_eager=true"]), cache_root())
     _, val, _ = load_splits(cfg.data, train=False)
     engine = RolloutEngine(model_path, conf.plain(cfg.rollout), seed=0, model_cfg=conf.plain(cfg.model))
     metrics, _ = score_rollouts(engine.generate(val[:CHECK_ROWS], 1, True), cfg.data.task)
@@ -104,10 +112,13 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="only re-run the recorded checks of the shipped models")
     ap.add_argument("--only", choices=sorted(MODELS), help="only this config's model")
-    ap.add_argument("--val-check", nargs=2, metavar=("CONF", "MODEL"), help=argparse.SUPPRESS)
+    ap.add_argument("--val-check", nargs="+", metavar="CONF MODEL", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.val_check:  # (one model's check, printed as JSON: val_check runs it in its own process)
-        print(json.dumps(_val_check_here(args.val_check[1], args.val_check[0])))
+    if args.val_check:  # (CONF MODEL pairs, checked here and printed as JSON: val_checks runs this process)
+        pairs = args.val_check
+        if len(pairs) % 2:
+            ap.error("--val-check takes CONF MODEL pairs")
+        print(json.dumps({name: _val_check_here(path, name) for name, path in zip(pairs[::2], pairs[1::2])}))
         return
     rows = []
     for name, model in MODELS.items():

@@ -6,7 +6,7 @@ import pathlib
 import pytest
 
 from data.tiny_model import RECIPES, SHIPPED_DIR, parse_builtin, resolve_model_path
-from tools.ship_models import CHECK_ROWS, CHECKS, MODELS, sha256, val_check
+from tools.ship_models import CHECK_ROWS, CHECKS, MODELS, sha256, val_checks
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -27,14 +27,20 @@ def test_the_main_configs_models_are_shipped_intact_and_need_no_build(name, tmp_
     assert "-s0-" in path.name  # seed 0's build: another seed is another model, built on first use
 
 
+@pytest.fixture(scope="module")
+def checked():
+    """Every shipped model's check now, in one process (one vLLM import for the three)."""
+    return val_checks({name: resolve_model_path(model) for name, model in MODELS.items()})
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_a_shipped_model_reaches_its_recorded_greedy_val_metrics(name):
+def test_a_shipped_model_reaches_its_recorded_greedy_val_metrics(name, checked):
     """Greedy float32 answers on the recorded val rows: within 2 rows' worth of the record (a CPU
     with other float reductions may flip a near-tie token)."""
     path = resolve_model_path(MODELS[name])
     recorded = json.loads((pathlib.Path(path) / "BUILD.json").read_text())["val_check"]["metrics"]
-    now = val_check(path, name)["metrics"]
+    now = checked[name]["metrics"]
     assert now["samples"] == recorded["samples"] == CHECK_ROWS
     for k, tolerance in CHECKS[name].items():
         assert now[k] == pytest.approx(recorded[k], abs=tolerance), (k, now[k], recorded[k])
