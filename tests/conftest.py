@@ -46,11 +46,20 @@ def synthetic(tmp_path_factory) -> pathlib.Path:
 
 
 
+def _ray_needed_after(request) -> bool:
+    """Whether a module after the requesting one in this run uses ``shared_ray``."""
+    items, module = request.session.items, request.node.nodeid.split("::")[0]
+    last = max(i for i, item in enumerate(items) if item.nodeid.split("::")[0] == module)
+    return any("shared_ray" in getattr(item, "fixturenames", ()) for item in items[last + 1:])
+
+
 @pytest.fixture(scope="module")
-def shared_ray(tmp_path_factory):
-    """One private Ray for a module's in-process launches (``trainer.roles.launch`` uses a Ray that is
-    up): yields ``roles(cfg, model_path, out_dir)``, a context manager that builds the roles and
-    removes them (actors and placement groups) afterwards; Ray stops at the end of the module."""
+def shared_ray(request, tmp_path_factory):
+    """One private Ray for the in-process launches (``trainer.roles.launch`` uses a Ray that is up):
+    yields ``roles(cfg, model_path, out_dir)``, a context manager that builds the roles and removes
+    them (actors and placement groups) afterwards. The Ray is started by the first module that asks
+    and kept for the next one (a start costs seconds of CPU on 2 cores); it stops after the last such
+    module of the run, or when a module starts a Ray of its own (``tests/actors/test_faults.py``)."""
     import contextlib
 
     import ray
@@ -58,8 +67,9 @@ def shared_ray(tmp_path_factory):
     import conf
     from trainer import cluster
     from trainer.roles import launch
-    cache = tmp_path_factory.mktemp("ray-cache")
-    cluster.start(conf.resolve(conf.load(["cluster.include_dashboard=false"]), cache), tmp_path_factory.mktemp("ray"))
+    if not ray.is_initialized():
+        cluster.start(conf.resolve(conf.load(["cluster.include_dashboard=false"]), tmp_path_factory.mktemp("ray-cache")),
+                      tmp_path_factory.mktemp("ray"))
 
     @contextlib.contextmanager
     def roles(cfg, model_path, out_dir):
@@ -71,4 +81,5 @@ def shared_ray(tmp_path_factory):
                 group.shutdown()
 
     yield roles
-    ray.shutdown()
+    if not _ray_needed_after(request):
+        ray.shutdown()

@@ -65,6 +65,8 @@ class CrashWorker(RewardWorker):
 @pytest.fixture(scope="module", autouse=True)
 def local_ray(tmp_path_factory):
     marker = tmp_path_factory.mktemp("marker") / "hung"
+    if ray.is_initialized():  # an earlier module's shared_ray (tests/conftest.py): this module needs its own
+        ray.shutdown()
     ray.init(num_cpus=4, include_dashboard=False, _temp_dir=f"/tmp/vr1f-{os.getpid()}", logging_level="ERROR",
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "HANG_MARKER": str(marker)}})
     yield

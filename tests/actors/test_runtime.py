@@ -6,7 +6,6 @@ import pytest
 import ray
 
 import conf
-from trainer.roles import launch
 from data.loaders import load_prompts
 
 pytestmark = pytest.mark.e2e
@@ -14,17 +13,15 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def roles(tiny_model, synthetic, tmp_path_factory):
+def roles(tiny_model, synthetic, tmp_path_factory, shared_ray):
     cfg = conf.resolve(conf.load([
         f"model.path={tiny_model}", f"data.synthetic.dir={synthetic}", "learner.lr=3e-2", "learner.beta=0.0",
         "rollout.num_generations=4", "trainer.prompts_per_step=2", "rollout.max_new_tokens=24", "reward.num_workers=1",
         "cluster.include_dashboard=false",
         f"trainer.output_dir={tmp_path_factory.mktemp('run')}"]), tmp_path_factory.mktemp("cache"))
-    cfg, pool, learners, scorers = launch(cfg, tiny_model, pathlib.Path(cfg.trainer.output_dir))
-    engines = pool.engines
-    prompts, _ = load_prompts(cfg.data.train_files, cfg.data.image_folders, "rec")
-    yield cfg, engines, learners, prompts[:2], scorers, pool
-    ray.shutdown()
+    with shared_ray(cfg, tiny_model, pathlib.Path(cfg.trainer.output_dir)) as (cfg, pool, learners, scorers):
+        prompts, _ = load_prompts(cfg.data.train_files, cfg.data.image_folders, "rec")
+        yield cfg, pool.engines, learners, prompts[:2], scorers, pool
 
 
 def _items(rollouts, advantages=None):
@@ -84,7 +81,7 @@ def test_updates_arrive_through_vllms_weight_transfer_api(roles):
     """By default the engines take updates through vLLM's weight-transfer API (start / update /
     finish), with this project's transport registered as backend vlm_r1 in the worker; every sync
     changes the engine's weights to the learner's (tests/actors/test_weight_transfer.py: the other
-    entry point)."""
+    entry point, carrying delta updates)."""
     _, engines, learners, prompts, _, pool = roles
     assert ray.get(engines.actors[0].info.remote())["weight_transfer"] == "vllm"
     assert ray.get(engines.actors[0].transfer_entry.remote()) == "GlooWeightTransfer"
