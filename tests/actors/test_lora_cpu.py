@@ -1,14 +1,17 @@
-"""The one-adapter fast path of vLLM's CPU LoRA ops gives what vLLM's own ops give."""
+"""The one-adapter fast path of vLLM's CPU LoRA ops gives what vLLM's own ops give.
+
+``e2e``: it needs vLLM, whose import alone (about 15 CPU-seconds on 2 cores) would double the fast
+tier's collection; the end-to-end tier imports it anyway."""
 import pytest
 import torch
 
 from actors import lora_cpu
 
-pytest.importorskip("vllm.lora.ops.torch_ops")
-from vllm.lora.ops.torch_ops import lora_ops  # noqa: E402
+pytestmark = pytest.mark.e2e
 
 
 def _generic(name):
+    lora_ops = pytest.importorskip("vllm.lora.ops.torch_ops").lora_ops
     return lora_cpu._GENERIC.get(name, getattr(lora_ops, name))
 
 
@@ -51,6 +54,7 @@ def test_a_new_adapter_copied_in_place_is_not_served_from_the_cast_cache():
 
 
 def test_install_routes_vllms_cpu_ops_through_the_fast_path():
+    from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
     assert lora_cpu.install() and lora_cpu.install()  # idempotent
     assert punica_cpu.bgmv_shrink is lora_cpu.shrink and lora_ops.sgmv_expand is lora_cpu.sgmv_expand
