@@ -46,20 +46,21 @@ def synthetic(tmp_path_factory) -> pathlib.Path:
 
 
 
-def _ray_needed_after(request) -> bool:
-    """Whether a module after the requesting one in this run uses ``shared_ray``."""
+def _ray_needed_next(request) -> bool:
+    """Whether the module run right after the requesting one uses ``shared_ray`` too."""
     items, module = request.session.items, request.node.nodeid.split("::")[0]
     last = max(i for i, item in enumerate(items) if item.nodeid.split("::")[0] == module)
-    return any("shared_ray" in getattr(item, "fixturenames", ()) for item in items[last + 1:])
+    return last + 1 < len(items) and "shared_ray" in getattr(items[last + 1], "fixturenames", ())
 
 
 @pytest.fixture(scope="module")
 def shared_ray(request, tmp_path_factory):
     """One private Ray for the in-process launches (``trainer.roles.launch`` uses a Ray that is up):
     yields ``roles(cfg, model_path, out_dir)``, a context manager that builds the roles and removes
-    them (actors and placement groups) afterwards. The Ray is started by the first module that asks
-    and kept for the next one (a start costs seconds of CPU on 2 cores); it stops after the last such
-    module of the run, or when a module starts a Ray of its own (``tests/actors/test_faults.py``)."""
+    them (actors and placement groups) afterwards. A module that asks starts the Ray, and keeps it for
+    the module run right after it if that one asks too (a start costs seconds of CPU on 2 cores);
+    otherwise it stops: an idle Ray costs CPU too, and a module that starts clusters of its own
+    (``tests/trainer/test_cluster_joined.py``) must not meet it."""
     import contextlib
 
     import ray
@@ -81,5 +82,5 @@ def shared_ray(request, tmp_path_factory):
                 group.shutdown()
 
     yield roles
-    if not _ray_needed_after(request):
+    if not _ray_needed_next(request):
         ray.shutdown()

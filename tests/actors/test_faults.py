@@ -67,10 +67,15 @@ def local_ray(tmp_path_factory):
     marker = tmp_path_factory.mktemp("marker") / "hung"
     if ray.is_initialized():  # an earlier module's shared_ray (tests/conftest.py): this module needs its own
         ray.shutdown()
-    ray.init(num_cpus=4, include_dashboard=False, _temp_dir=f"/tmp/vr1f-{os.getpid()}", logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "HANG_MARKER": str(marker)}})
-    yield
-    ray.shutdown()
+    # ray.init writes the auth mode it picked (token) into this process's environment, where every later
+    # orchestrator run of the suite would inherit it: set it as the project's private clusters do, and
+    # put it back afterwards
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "disabled"))
+        ray.init(num_cpus=4, include_dashboard=False, _temp_dir=f"/tmp/vr1f-{os.getpid()}", logging_level="ERROR",
+                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "HANG_MARKER": str(marker)}})
+        yield
+        ray.shutdown()
 
 
 def _rollouts(n=24):
