@@ -65,8 +65,6 @@ class CrashWorker(RewardWorker):
 @pytest.fixture(scope="module", autouse=True)
 def local_ray(tmp_path_factory):
     marker = tmp_path_factory.mktemp("marker") / "hung"
-    if ray.is_initialized():  # an earlier module's shared_ray (tests/conftest.py): this module needs its own
-        ray.shutdown()
     # ray.init writes the auth mode it picked (token) into this process's environment, where every later
     # orchestrator run of the suite would inherit it: set it as the project's private clusters do, and
     # put it back afterwards
