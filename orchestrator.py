@@ -27,10 +27,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch  # noqa: F401
     import ray
 
-    from actors.group import RoleHung, shutdown_groups
     from data.prepare import fit_to_engines, load_splits
     from trainer import checkpoint, cluster, modes
-    from trainer.roles import create_roles
     out_dir = pathlib.Path(cfg.trainer.output_dir).resolve()
     with cli.user_errors():  # another run's directory, a missing file, no usable rows: one line, exit 2
         if cfg.mode != "eval":
@@ -52,20 +50,35 @@ def main(argv: list[str] | None = None) -> dict:
             return modes.eval_only(run_cfg, model_path, val, out_dir, env)
         if cfg.mode == "sft":
             return modes.sft_loop(run_cfg, model_path, train, out_dir, env)
-        resume, roles = cfg.trainer.resume, None
-        for restart in range(cfg.trainer.max_restarts + 1):
-            try:  # engines (an EnginePool, weight group open), learner ranks, reward workers
-                roles = create_roles(run_cfg, model_path, env, survivors=roles)
-                return train_loop(run_cfg, why, roles, train, val, out_dir, resume)
-            except (ray.exceptions.RayActorError, RoleHung) as e:  # a learner rank died or gave no answer
-                if not checkpoint.restartable(e, out_dir, restart, cfg.trainer.max_restarts):
-                    raise
-                resume = "auto"
-                # the learner ranks go (a hung one too), the engines and reward workers stay; Ray stays up
-                keep = [roles[0].engines, roles[2]] if roles else []
-                shutdown_groups(keep=keep)
+        return grpo(run_cfg, why, model_path, env, train, val, out_dir)[0]
     finally:
         ray.shutdown()
+
+
+def grpo(cfg, why: dict, model_path: str, env: dict, train: list, val: list, out_dir: pathlib.Path,
+         roles: tuple | None = None) -> tuple[dict, tuple]:
+    """GRPO on built roles (``roles``: given, e.g. a test's that several runs share, else built
+    here), starting the learner ranks afresh when one dies or hangs, up to ``trainer.max_restarts``
+    times (the engines and reward workers go on; the run resumes from its last checkpoint).
+    Returns the summary and the roles, still up."""
+    import ray
+
+    from actors.group import RoleHung, shutdown_groups
+    from trainer import checkpoint
+    from trainer.roles import create_roles
+    resume = cfg.trainer.resume
+    for restart in range(cfg.trainer.max_restarts + 1):
+        try:  # engines (an EnginePool, weight group open), learner ranks, reward workers
+            if roles is None or restart:
+                roles = create_roles(cfg, model_path, env, survivors=roles)
+            return train_loop(cfg, why, roles, train, val, out_dir, resume), roles
+        except (ray.exceptions.RayActorError, RoleHung) as e:  # a learner rank died or gave no answer
+            if not checkpoint.restartable(e, out_dir, restart, cfg.trainer.max_restarts):
+                raise
+            resume = "auto"
+            # the learner ranks go (a hung one too), the engines and reward workers stay; Ray stays up
+            keep = [roles[0].engines, roles[2]] if roles else []
+            shutdown_groups(keep=keep)
 
 
 def train_loop(cfg, why: dict, roles: tuple, train: list, val: list, out_dir: pathlib.Path, resume: str | None) -> dict:

@@ -6,13 +6,17 @@ made to die or hang once, on cue. Only the fault is fake; everything else runs f
 
 Calls are counted across every instance of a role in the run (a count file in ``FAULT_DIR``), so
 ``exit@2`` kills the engine that serves the 2nd ``generate`` call of the run, and a replacement
-that regenerates is call 3. Each fault fires at most once. ``FAULT_BREAK_IMAGE`` is a real bad
+that regenerates is call 3. Each fault fires at most once. Roles that several runs share (built
+once in a test process: ``tests/trainer/test_run_management.py``) read the plan of the run at hand
+from ``FAULT_DIR/plan.json`` (``{"ENGINE": "exit@2", ...}``) instead of their environment; with
+an empty plan they are the real classes and nothing more. ``FAULT_BREAK_IMAGE`` is a real bad
 input rather than a fake fault: the first time an engine is asked for that prompt it truncates
 the prompt's image file, so the engine's own image loading fails on it (give the run a copy of
 the data).
 """
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import sys
@@ -23,13 +27,22 @@ from actors.rollout import RolloutEngine
 from learner.learner import Learner
 
 
+def planned(key: str) -> str:
+    """``FAULT_<KEY>`` of the run at hand: ``FAULT_DIR/plan.json``'s when a test wrote one, else the
+    environment's."""
+    plan = pathlib.Path(os.environ.get("FAULT_DIR", "")) / "plan.json"
+    if os.environ.get("FAULT_DIR") and plan.is_file():
+        return json.loads(plan.read_text()).get(key, "")
+    return os.environ.get(f"FAULT_{key}", "")
+
+
 def _fault(role: str) -> str | None:
     """Count this call of ``role``; the fault planned for it (``exit`` / ``hang``), once."""
     root = pathlib.Path(os.environ["FAULT_DIR"])
     counter = root / f"{role}.calls"
     n = int(counter.read_text()) + 1 if counter.exists() else 1
     counter.write_text(str(n))
-    for spec in filter(None, os.environ.get(f"FAULT_{role.upper()}", "").split(",")):
+    for spec in filter(None, planned(role.upper()).split(",")):
         kind, at = spec.split("@")
         if int(at) == n and _first(root / f"{role}.{kind}@{at}.fired"):
             return kind
@@ -55,7 +68,7 @@ def _act(kind: str | None) -> None:
 
 def _break_image(prompts) -> None:
     """Truncate the image of the prompt named by ``FAULT_BREAK_IMAGE`` (once per run)."""
-    wanted = os.environ.get("FAULT_BREAK_IMAGE")
+    wanted = planned("BREAK_IMAGE")
     for p in prompts:
         p = p[0] if isinstance(p, tuple) else p
         if wanted and p.id == wanted and _first(pathlib.Path(os.environ["FAULT_DIR"]) / "image.broken"):

@@ -1,10 +1,7 @@
 """Runs on real Ray + vLLM + DeepSpeed: exact resume, checkpoints that load, eval, live metrics."""
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -39,15 +36,120 @@ COMMON = ["conf=task/rec", "trainer.prompts_per_step=2", "rollout.num_generation
           "reward.schedules.rec_iou.weight={kind: on_metric, metric: step, above: 1.5, patience: 1, values: [1.0, 2.0]}"]
 
 
-def _run(out, model, synthetic, *overrides, env=None, timeout=900, faults=False, code=0):
-    """One orchestrator run in a subprocess (``faults``: through tests/faults.py, whose engines and
-    learners die or hang as ``env`` says); its metric rows and its output."""
-    entry = ["-m", "tests.faults"] if faults else [str(REPO / "orchestrator.py")]
-    cmd = [sys.executable, *entry, f"model.path={model}", f"data.synthetic.dir={synthetic}",
-           f"trainer.output_dir={out}", *COMMON, *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
-    assert proc.returncode == code, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return [json.loads(l) for l in open(out / "metrics.jsonl") if "reward/mean" in l], proc.stdout + proc.stderr
+class Runs:
+    """The runs of one loop, in this process, on one set of roles: Ray, the engine, the learner rank
+    and the reward worker start once per loop instead of once per run (a launch costs about 45
+    CPU-seconds before its first step on 2 cores; ``orchestrator.grpo`` takes built roles). The roles
+    are tests/faults.py's classes, which die or hang only as the run at hand's plan says. Before each
+    run the learner loads the state it started with (saved before the first run: weights, optimizer,
+    RNG) and syncs it to the engine, so each run starts where a fresh launch would; what a run of
+    its own would show only in its process (the roles starting, Ray's flags) is tested by the main
+    commands' runs (tests/actors/test_runtime.py, tests/models/test_families_e2e.py)."""
+
+    def __init__(self, model, loop: str, root: pathlib.Path):
+        import conf
+        from trainer import cluster
+        from trainer.roles import create_roles
+        self.model, self.loop, self.root = model, loop, root
+        self.faults = root / "faults"
+        self.faults.mkdir()
+        cfg = self.config(root / "start", root / "no-data", [])
+        self.env = {**cluster.actor_env(cfg), "FAULT_DIR": str(self.faults)}
+        self.roles = create_roles(conf.resolve_auto(cfg, False)[0], model, self.env)
+        self.start = root / "start" / "state"
+        learners = self.roles[1]
+        learners.get(learners.call("save_checkpoint", str(self.start)), "saving the start state", startup=True)
+
+    def config(self, out, data, overrides):
+        import conf
+        from data.tiny_model import cache_root
+        return conf.resolve(conf.load([f"model.path={self.model}", f"data.synthetic.dir={data}",
+                                       f"trainer.output_dir={out}", *COMMON, *overrides, self.loop]), cache_root())
+
+    def __call__(self, out, data, *overrides, plan=None, stops=False):
+        """One run of ``orchestrator.grpo`` (``plan``: its faults, tests/faults.py); its metric rows,
+        its output (printed on a failure) and the faults that fired. ``stops``: the run must end
+        with a ``SystemExit`` (a learner rank died and no restart was left), as the driver would."""
+        import contextlib
+        import io
+
+        import conf
+        import orchestrator
+        from actors.group import shutdown_groups
+        from data.prepare import fit_to_engines, load_splits
+        from trainer import checkpoint, cluster
+        from trainer.roles import create_roles
+        cfg = self.config(out, data, overrides)
+        out = pathlib.Path(out).resolve()
+        checkpoint.claim(out, cfg.trainer.resume)
+        train, val, report = load_splits(cfg.data)
+        train, val = fit_to_engines(train, val, self.model, cfg.model, cfg.rollout.max_model_len, report)
+        cfg, why = conf.resolve_auto(cfg, False)
+        self.reset(cfg, plan or {})
+        text, stopped = io.StringIO(), None
+        with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+            try:
+                cluster.save_config(cfg, out)
+                self.roles = orchestrator.grpo(cfg, why, self.model, self.env, train, val, out, self.roles)[1]
+            except SystemExit as e:
+                stopped = str(e)
+                # the learner ranks are gone: started afresh for the next run, as a restart would
+                shutdown_groups(keep=[self.roles[0].engines, self.roles[2]])
+                self.roles = create_roles(cfg, self.model, self.env, survivors=self.roles)
+            except BaseException:
+                print(text.getvalue()[-8000:])
+                raise
+        text = text.getvalue() + (stopped or "")
+        assert (stopped is not None) == stops, text[-8000:]
+        fired = sorted(p.name for p in self.faults.glob("*.fired"))
+        return [json.loads(l) for l in open(out / "metrics.jsonl") if "reward/mean" in l], text, fired
+
+    def reset(self, cfg, plan: dict) -> None:
+        """The start state on every role, this run's timeouts, this run's fault plan."""
+        pool, learners, _ = self.roles
+        learners.get(learners.call("load_checkpoint", str(self.start)), "loading the start state", startup=True)
+        pool.sync(version=0)
+        pool.engines.replacements = 0  # (rollout/engine_restarts counts a run's)
+        pool.timeout_s = pool.engines.call_timeout_s = cfg.rollout.timeout_s
+        learners.call_timeout_s = cfg.learner.timeout_s
+        for p in self.faults.iterdir():
+            p.unlink()
+        (self.faults / "plan.json").write_text(json.dumps(plan))
+
+
+@pytest.fixture(scope="module")
+def ray_up(tmp_path_factory):
+    """One private Ray for the module (its metrics port scraped while the first run goes on)."""
+    import ray
+
+    import conf
+    from data.tiny_model import cache_root
+    from trainer import cluster
+    scraper = Scraper()
+    if ray.is_initialized():  # (another module's, which would carry no metrics port)
+        ray.shutdown()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_metrics_report_interval_ms", "500")
+        cluster.start(conf.resolve(conf.load(["cluster.include_dashboard=false", f"cluster.metrics_port={scraper.port}"]),
+                                   cache_root()), tmp_path_factory.mktemp("ray"))
+    yield scraper
+    scraper.stop()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def runs(ray_up, warm_model, loop, tmp_path_factory):
+    """The roles of ``loop``'s runs (tests/faults.py's classes), built once."""
+    from tests import faults
+    from trainer import roles
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(roles, "RolloutEngine", faults.FaultyEngine)
+        patch.setattr(roles, "Learner", faults.FaultyLearner)
+        patch.setattr(roles, "RewardWorker", faults.FaultyRewardWorker)
+        made = Runs(warm_model, loop, tmp_path_factory.mktemp("runs"))
+        yield made
+        for group in made.roles[0].engines, made.roles[1], made.roles[2]:
+            group.shutdown()
 
 
 KEYS = ["reward/mean", "reward/rec_format", "reward/rec_iou", "rule/rec_iou/weight", "loss", "pg_loss", "kl", "entropy", "completion_len/mean",
@@ -88,19 +190,17 @@ class Scraper:
 
 
 @pytest.fixture(scope="module")
-def full(tmp_path_factory, warm_model, synthetic, loop):
-    """The uninterrupted 4-step run every interrupted one must reproduce (its metrics port scraped
-    meanwhile, its checkpoints evaluated below): rows, output dir, what the metrics port served."""
+def full(tmp_path_factory, runs, synthetic, loop):
+    """The uninterrupted 4-step run every interrupted one must reproduce (its checkpoints evaluated
+    below): rows, output dir."""
     out = tmp_path_factory.mktemp("full")
-    scraper = Scraper()
-    rows, _ = _run(out, warm_model, synthetic, "trainer.max_steps=4", "trainer.save_steps=2", loop,
-                   f"cluster.metrics_port={scraper.port}", env={"RAY_metrics_report_interval_ms": "500"})
+    rows, _, _ = runs(out, synthetic, "trainer.max_steps=4", "trainer.save_steps=2")
     k = int(loop.split("=")[1])
     assert [r["staleness/max"] for r in rows] == [0] + [k] * 3  # the first batch is generated by the initial weights
     # the rule moved after step 2's row; a batch generated before that (step 3's, asynchronous) keeps weight 1
     assert [r["rule/rec_iou/weight"] for r in rows] == ([1.0, 1.0, 2.0, 2.0] if k == 0 else [1.0, 1.0, 1.0, 2.0])
     assert [bool(r.get("rule_events")) for r in rows] == [False, True, False, False]
-    return rows, out, scraper.stop()
+    return rows, out
 
 
 def _same_run(full, other):
@@ -111,19 +211,19 @@ def _same_run(full, other):
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (a["step"], k, a[k], b[k])
 
 
-def test_a_stopped_run_resumes_into_the_uninterrupted_one(tmp_path, warm_model, synthetic, full, loop):
+def test_a_stopped_run_resumes_into_the_uninterrupted_one(tmp_path, runs, synthetic, full, loop):
     """Stopped after step 2 -- synchronous: learner rank 0 dies in step 3's update and, without
     trainer.max_restarts, the run stops naming its checkpoint; asynchronous: on cue
     (trainer.stop_after_steps) -- then resumed past a torn metrics line: the uninterrupted run."""
-    full, _, _ = full
-    common = ["trainer.max_steps=4", "trainer.save_steps=2", loop]
+    full, _ = full
+    common = ["trainer.max_steps=4", "trainer.save_steps=2"]
     if "=0" in loop:
-        env = {"FAULT_DIR": str(tmp_path), "FAULT_LEARNER": "exit@3"}
-        part, out = _run(tmp_path / "split", warm_model, synthetic, *common, faults=True, env=env, code=1)
+        part, out, fired = runs(tmp_path / "split", synthetic, *common, plan={"LEARNER": "exit@3"}, stops=True)
+        assert fired == ["learner.exit@3.fired"]
         assert "a learner rank died" in out and "step_000002" in out and "trainer.resume=auto" in out
     else:
-        part, out = _run(tmp_path / "split", warm_model, synthetic, *common, "trainer.save_steps=0",
-                         "trainer.stop_after_steps=2")  # saved on the stop, not by save_steps
+        part, out, _ = runs(tmp_path / "split", synthetic, *common, "trainer.save_steps=0",
+                            "trainer.stop_after_steps=2")  # saved on the stop, not by save_steps
         assert "stopped after step 2 (trainer.stop_after_steps); continue with trainer.resume=auto" in out
     assert len(part) == 2
     state = json.loads((tmp_path / "split" / "checkpoints" / "step_000002" / "state.json").read_text())
@@ -132,7 +232,7 @@ def test_a_stopped_run_resumes_into_the_uninterrupted_one(tmp_path, warm_model, 
     assert [(b["step"], b["version"], len(b["rollouts"])) for b in state["in_flight"]] == ([(2, 1, 8)] if "=1" in loop else [])
     with open(tmp_path / "split" / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "reward/mean": 0.5, "lo')  # a torn last line, as a power cut leaves it
-    resumed, out = _run(tmp_path / "split", warm_model, synthetic, *common, "trainer.resume=auto")
+    resumed, out, _ = runs(tmp_path / "split", synthetic, *common, "trainer.resume=auto")
     assert "resumed from" in out
     assert any(r["reward/std"] > 0 for r in full) and any(r["grad_norm"] > 0 for r in full)  # it really learned
     _same_run(full, resumed)
@@ -142,8 +242,8 @@ def test_a_stopped_run_resumes_into_the_uninterrupted_one(tmp_path, warm_model, 
     assert ckpts == ["step_000002", "step_000004"]
 
 
-def test_chaos_every_fault_kind_in_one_run_trains_what_the_uninterrupted_run_trained(tmp_path, warm_model,
-                                                                                     synthetic, full, loop):
+def test_chaos_every_fault_kind_in_one_run_trains_what_the_uninterrupted_run_trained(tmp_path, runs, synthetic,
+                                                                                     full):
     """One run meets every fault the project handles: the engine dies at step 2's generate and hangs at
     step 3's (calls 2 and 4: call 3 regenerates step 2; asynchronous, both while the learner is
     mid-update, so a replacement gets the weights of the last sync, kept by learner rank 0); a reward
@@ -153,25 +253,23 @@ def test_chaos_every_fault_kind_in_one_run_trains_what_the_uninterrupted_run_tra
     4's prompts has its image go bad after loading (a real unreadable file: the engine refuses that
     prompt, which is dropped and counted). Steps 1-3 are the uninterrupted run's, step 4 is its
     batch less the bad prompt: no sample lost, none twice."""
-    full, _, _ = full
+    full, _ = full
     data = tmp_path / "data"
     shutil.copytree(synthetic, data)  # (its image gets broken)
     bad = full[3]["prompt_ids"][0]
     # each hang is waited out to its timeout: bounds a few times what the test model's calls take (a
     # generate ~1 s a step, an update ~0.2 s, a chunk's scoring milliseconds), not more
-    env = {"FAULT_DIR": str(tmp_path), "FAULT_ENGINE": "exit@2,hang@4", "FAULT_REWARD": "exit@3,hang@5",
-           "FAULT_LEARNER": "exit@3,hang@4", "FAULT_BREAK_IMAGE": bad}
-    rows, out = _run(tmp_path / "run", warm_model, data, "trainer.max_steps=4", "trainer.save_steps=2",
-                     "rollout.timeout_s=8", "learner.timeout_s=8", "reward.timeout_s=5", "trainer.max_restarts=2",
-                     loop, faults=True, env=env)
-    fired = sorted(p.name for p in tmp_path.glob("*.fired"))
+    plan = {"ENGINE": "exit@2,hang@4", "REWARD": "exit@3,hang@5", "LEARNER": "exit@3,hang@4", "BREAK_IMAGE": bad}
+    rows, out, fired = runs(tmp_path / "run", data, "trainer.max_steps=4", "trainer.save_steps=2",
+                            "rollout.timeout_s=8", "learner.timeout_s=8", "reward.timeout_s=5", "trainer.max_restarts=2",
+                            plan=plan)
     assert fired == ["engine.exit@2.fired", "engine.hang@4.fired", "learner.exit@3.fired", "learner.hang@4.fired",
                      "reward.exit@3.fired", "reward.hang@5.fired"]
-    assert (tmp_path / "image.broken").exists()
+    assert runs.faults.joinpath("image.broken").exists()
     # engines: replaced twice, both before the first restart; the restarts start the learner ranks alone
     assert out.count("rollout engine 0 died or hung mid-generation: replacing it") == 2
-    assert out.count("starting the roles:") == 1 and out.count("DeepSpeed learner rank(s) afresh; the engines and reward "
-                                                                "workers go on") == 2
+    assert out.count("DeepSpeed learner rank(s) afresh; the engines and reward workers go on") == 2
+    assert "starting the roles:" not in out  # (the run was given its roles; a restart builds the learners alone)
     assert "gave nothing for 8s" in out
     assert out.count("replacing it and rescoring its chunks") == 2  # the reward worker that died, the one that hung
     assert "showed no progress for 5s (reward.timeout_s)" in out
@@ -190,16 +288,15 @@ def test_chaos_every_fault_kind_in_one_run_trains_what_the_uninterrupted_run_tra
     assert summary["prompts"] == 7 and [s[0] for s in summary["skipped_prompts"]] == [bad]
 
 
-def test_a_dead_engine_mid_refill_changes_nothing_dynamic_sampling_trains(tmp_path, warm_model, synthetic):
+def test_a_dead_engine_mid_refill_changes_nothing_dynamic_sampling_trains(tmp_path, runs, synthetic, loop):
     """Dynamic sampling streams refills; the engine dies in its 2nd generate call of the run (the first
     refill of step 1, or step 2's first shard): it is replaced and the call regenerated with the same
     seeds, so the run trains exactly what the run without the fault trained."""
-    ds = ["trainer.max_steps=2", "trainer.max_staleness=0", "trainer.epochs=8", "rollout.dynamic_sampling.enabled=true",
+    ds = ["trainer.max_steps=2", "trainer.epochs=8", "rollout.dynamic_sampling.enabled=true",
           "rollout.dynamic_sampling.max_rounds=2", "rollout.timeout_s=60"]
-    clean, _ = _run(tmp_path / "clean", warm_model, synthetic, *ds)
-    rows, out = _run(tmp_path / "run", warm_model, synthetic, *ds, faults=True,
-                     env={"FAULT_DIR": str(tmp_path), "FAULT_ENGINE": "exit@2"})
-    assert (tmp_path / "engine.exit@2.fired").exists()
+    clean, _, _ = runs(tmp_path / "clean", synthetic, *ds)
+    rows, out, fired = runs(tmp_path / "run", synthetic, *ds, plan={"ENGINE": "exit@2"})
+    assert fired == ["engine.exit@2.fired"]
     assert out.count("rollout engine 0 died or hung mid-generation: replacing it") == 1
     assert rows[-1]["rollout/engine_restarts"] == 1
     for a, b in zip(clean, rows):
@@ -221,7 +318,7 @@ def test_checkpoint_loads_in_transformers_and_answers_in_the_trained_format(synt
     from data.loaders import load_prompts
     from data.prompts import messages
     from rewards import REGISTRY
-    _, out, _ = full
+    _, out = full
     hf = out / "checkpoints" / "step_000004" / "hf"
     model = AutoModelForImageTextToText.from_pretrained(hf, torch_dtype=torch.float32)
     assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
@@ -237,8 +334,9 @@ def test_checkpoint_loads_in_transformers_and_answers_in_the_trained_format(synt
     assert formatted >= 1, answer
 
 
-def test_metrics_reach_the_prometheus_endpoint_during_a_run(full):
-    """Live metrics on the Ray metrics port (``cluster.metrics_port``), read while the run went on."""
-    _, _, text = full
+def test_metrics_reach_the_prometheus_endpoint_during_a_run(full, ray_up):
+    """Live metrics on the Ray metrics port (``cluster.metrics_port``), read while the first run went on."""
+    ray_up.thread.join(60)  # (done once the project's gauges were read)
+    text = ray_up.text
     for name in ("ray_vlmr1_reward_mean", "ray_vlmr1_kl", "ray_vlmr1_completion_len_mean", "ray_vlmr1_time_step_s"):
         assert name in text, name
