@@ -87,18 +87,19 @@ class Runs:
         cfg, why = conf.resolve_auto(cfg, False)
         self.reset(cfg, plan or {})
         text, stopped = io.StringIO(), None
-        with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
-            try:
+        try:
+            with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
                 cluster.save_config(cfg, out)
-                self.roles = orchestrator.grpo(cfg, why, self.model, self.env, train, val, out, self.roles)[1]
-            except SystemExit as e:
-                stopped = str(e)
-                # the learner ranks are gone: started afresh for the next run, as a restart would
-                shutdown_groups(keep=[self.roles[0].engines, self.roles[2]])
-                self.roles = create_roles(cfg, self.model, self.env, survivors=self.roles)
-            except BaseException:
-                print(text.getvalue()[-8000:])
-                raise
+                try:
+                    self.roles = orchestrator.grpo(cfg, why, self.model, self.env, train, val, out, self.roles)[1]
+                except SystemExit as e:
+                    stopped = str(e)
+                    # the learner ranks are gone: started afresh for the next run, as a restart would
+                    shutdown_groups(keep=[self.roles[0].engines, self.roles[2]])
+                    self.roles = create_roles(cfg, self.model, self.env, survivors=self.roles)
+        except BaseException:
+            print(text.getvalue()[-8000:])  # (pytest shows it with the failure)
+            raise
         text = text.getvalue() + (stopped or "")
         assert (stopped is not None) == stops, text[-8000:]
         fired = sorted(p.name for p in self.faults.glob("*.fired"))
