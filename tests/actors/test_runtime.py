@@ -89,22 +89,34 @@ def test_updates_arrive_through_vllms_weight_transfer_api(roles):
 
 
 def every_sync_changes_the_engines_weights_to_the_learners(pool, learners, prompts, updates: int = 2):
-    """Each of ``updates`` updates moves the engine's weights (a checksum) and, once synced, the engine
-    samples the learner's policy (within 0.05 nats per token; before the sync it did not)."""
-    engine, learner = pool.engines.actors[0], learners.actors[0]
+    """Each of ``updates`` updates moves the engine's weights and, once synced, the engine samples the
+    learner's policy; before the sync it did not (``update_and_sync``)."""
     for update in range(updates):
-        rollouts = ray.get(engine.generate.remote(prompts))
-        assert ray.get(learners.call_sharded("train_step", _items(rollouts)))[0]["grad_norm"] > 0
+        before, after = update_and_sync(pool, learners, prompts, off_policy=True)
+        assert after < 0.05 < before, (update, before, after)  # synced: the learner's policy; before: not
+
+
+def update_and_sync(pool, learners, prompts, names=("lm_head", "layers.0.mlp"), off_policy=False) -> tuple:
+    """One update on the engine's samples of ``prompts``, then ``pool.sync``: the sync changes the
+    engine's weights (a checksum over ``names``; "": every parameter), is timed, and the engine then
+    samples the learner's policy (within 0.05 nats per token). Returns the mean log-prob gap before the
+    sync (``off_policy``: measured, else None) and after it."""
+    engine, learner = pool.engines.actors[0], learners.actors[0]
+    rollouts = ray.get(engine.generate.remote(prompts))
+    assert ray.get(learners.call_sharded("train_step", _items(rollouts)))[0]["grad_norm"] > 0
+    before = None
+    if off_policy:
         stale = _items(ray.get(engine.generate.remote(prompts)))
         before = _gap(stale, ray.get(learner.logprobs.remote(stale)))
-        weights_before = ray.get(engine.weight_checksum.remote(["lm_head", "layers.0.mlp"]))
-        pool.sync(version=pool.version + 1)
-        assert ray.get(engine.weight_checksum.remote(["lm_head", "layers.0.mlp"])) != weights_before
-        fresh = _items(ray.get(engine.generate.remote(prompts)))
-        after = _gap(fresh, ray.get(learner.logprobs.remote(fresh)))
-        assert after < 0.05 < before, (update, before, after)  # synced: the learner's policy; before: not
-        timing = ray.get(engine.last_sync_timing.remote())
-        assert timing["receive_s"] >= 0 and timing["reload_s"] > 0  # the reload happened (and was timed)
+    weights_before = ray.get(engine.weight_checksum.remote(list(names)))
+    pool.sync(version=pool.version + 1)
+    assert ray.get(engine.weight_checksum.remote(list(names))) != weights_before  # the sync changed the weights
+    fresh = _items(ray.get(engine.generate.remote(prompts)))
+    after = _gap(fresh, ray.get(learner.logprobs.remote(fresh)))
+    assert after < 0.05, after  # the engine samples the learner's policy
+    timing = ray.get(engine.last_sync_timing.remote())
+    assert timing["receive_s"] >= 0 and timing["reload_s"] > 0  # the reload happened (and was timed)
+    return before, after
 
 
 def test_every_socket_the_project_opens_listens_on_the_node_host(roles):

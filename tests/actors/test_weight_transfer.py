@@ -11,7 +11,7 @@ import ray
 
 import conf
 from data.loaders import load_prompts
-from tests.actors.test_runtime import _gap, _items
+from tests.actors.test_runtime import update_and_sync
 
 pytestmark = pytest.mark.e2e
 
@@ -42,18 +42,10 @@ def test_delta_sync_through_the_worker_extension_keeps_engine_and_learner_identi
                 # (asynchronous runs then resend the last synced weights, dense, to every engine)
                 ray.get([learner.resend_weights.remote()] + pool.engines.call("receive_weights", pool.meta))
                 assert ray.get(engine.weight_digest.remote(names)) == ray.get(learner.weight_digest.remote())
-            rollouts = ray.get(engine.generate.remote(prompts))
-            assert ray.get(learners.call_sharded("train_step", _items(rollouts)))[0]["grad_norm"] > 0
-            before = ray.get(engine.weight_checksum.remote([""]))  # the model's every parameter, summed
-            pool.sync(version=update + 1)
-            assert ray.get(engine.weight_checksum.remote([""])) != before  # the sync changed the model's weights
+            update_and_sync(pool, learners, prompts, names=[""])  # (checksum: the model's every parameter)
             sent.append(pool.sync_bytes)
             digests.append(ray.get(engine.weight_digest.remote(names)))
             assert digests[-1] == ray.get(learner.weight_digest.remote())
-            fresh = ray.get(engine.generate.remote(prompts))
-            assert _gap(_items(fresh), ray.get(learner.logprobs.remote(_items(fresh)))) < 0.05
-            timing = ray.get(engine.last_sync_timing.remote())
-            assert timing["receive_s"] >= 0 and timing["reload_s"] > 0  # the reload happened (and was timed)
         assert len(set(digests)) == len(digests)  # (and what the engine keeps of them: every sync a new copy)
         assert sent[0] == sent[2] == sent[3] == dense  # the first, every second (full_every=2), after a new group
         assert 0 < sent[1] < dense / 2, (sent, dense)
