@@ -260,3 +260,24 @@ def test_qa_tasks_on_two_learner_ranks_zero3_and_two_engines(tmp_path, tiny_mode
     assert {r["reward"] for r in final["records"]} == {"numeric", "yes_no", "mcq", "math", "all_match"}
     assert final["metrics"]["samples"] == 20 and 0 <= final["metrics"]["mean_score"] <= 1
     assert sum(r["image"] is not None for r in final["records"]) == 20
+
+
+@pytest.mark.gpu
+def test_the_main_command_on_gpus_overlaps_its_roles_and_broadcasts_over_nccl(tmp_path, tiny_model, synthetic):
+    """``pytest -m gpu``, on a machine with two GPUs or more (CI has none: there it is deselected, see
+    tests/conftest.py): the main command with an engine and a learner rank on a GPU each. ``auto``
+    resolves as on a GPU cluster (the asynchronous loop, 64 MB NCCL packs), and every step's weights
+    reach the engine over NCCL (a failed broadcast ends the run)."""
+    import torch
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs 2 GPUs (an engine and a learner rank on one each); {torch.cuda.device_count()} found")
+    summary, rows, _ = _run(tmp_path, tiny_model, synthetic, "conf=task/rec", "learner.gpus_per_rank=1",
+                            "rollout.gpu_memory_utilization=0.3", "trainer.max_steps=3",
+                            "trainer.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=24",
+                            "trainer.eval_steps=0", "trainer.report=false", "wandb.mode=disabled")
+    import yaml
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (saved["trainer"]["max_staleness"], saved["rollout"]["sync_pack_mb"]) == (1, 64.0)
+    assert summary["steps"] == 3 and [r["items"] for r in rows] == [8, 8, 8]
+    assert [r["staleness/max"] for r in rows] == [0, 1, 1]  # step 1's batch came from the initial weights
+    assert all(r["sync/bytes"] > 0 for r in rows)
