@@ -1,25 +1,23 @@
 """Fault injection for the end-to-end tests: the real engine, reward worker and learner classes,
 made to die or hang once, on cue. Only the fault is fake; everything else runs for real.
 
-    FAULT_DIR=/tmp/f FAULT_ENGINE=exit@2,hang@4 FAULT_REWARD=exit@3 FAULT_LEARNER=exit@3 \
-        FAULT_BREAK_IMAGE=<prompt id> python -m tests.faults conf=rec ...
+    roles built from FaultyEngine, FaultyRewardWorker, FaultyLearner, with FAULT_DIR=/tmp/f in their env
+    /tmp/f/plan.json: {"ENGINE": "exit@2,hang@4", "REWARD": "exit@3", "LEARNER": "exit@3", "BREAK_IMAGE": "<prompt id>"}
 
-Calls are counted across every instance of a role in the run (a count file in ``FAULT_DIR``), so
-``exit@2`` kills the engine that serves the 2nd ``generate`` call of the run, and a replacement
-that regenerates is call 3. Each fault fires at most once. Roles that several runs share (built
-once in a test process: ``tests/trainer/test_run_management.py``) read the plan of the run at hand
-from ``FAULT_DIR/plan.json`` (``{"ENGINE": "exit@2", ...}``) instead of their environment; with
-an empty plan they are the real classes and nothing more. ``FAULT_BREAK_IMAGE`` is a real bad
-input rather than a fake fault: the first time an engine is asked for that prompt it truncates
-the prompt's image file, so the engine's own image loading fails on it (give the run a copy of
-the data).
+The plan is read at each call, so roles that several runs share (built once in a test process:
+``tests/trainer/test_run_management.py``) take the plan of the run at hand; with an empty plan (or
+none) they are the real classes and nothing more. Calls are counted across every instance of a role
+in the run (a count file in ``FAULT_DIR``), so ``exit@2`` kills the engine that serves the 2nd
+``generate`` call of the run, and a replacement that regenerates is call 3. Each fault fires at most
+once. ``BREAK_IMAGE`` is a real bad input rather than a fake fault: the first time an engine is asked
+for that prompt it truncates the prompt's image file, so the engine's own image loading fails on it
+(give the run a copy of the data).
 """
 from __future__ import annotations
 
 import json
 import os
 import pathlib
-import sys
 import time
 
 from actors.reward_worker import RewardWorker
@@ -28,12 +26,9 @@ from learner.learner import Learner
 
 
 def planned(key: str) -> str:
-    """``FAULT_<KEY>`` of the run at hand: ``FAULT_DIR/plan.json``'s when a test wrote one, else the
-    environment's."""
-    plan = pathlib.Path(os.environ.get("FAULT_DIR", "")) / "plan.json"
-    if os.environ.get("FAULT_DIR") and plan.is_file():
-        return json.loads(plan.read_text()).get(key, "")
-    return os.environ.get(f"FAULT_{key}", "")
+    """What ``FAULT_DIR/plan.json`` plans for ``key`` (ENGINE, REWARD, LEARNER, BREAK_IMAGE), if anything."""
+    plan = pathlib.Path(os.environ["FAULT_DIR"]) / "plan.json"
+    return json.loads(plan.read_text()).get(key, "") if plan.is_file() else ""
 
 
 def _fault(role: str) -> str | None:
@@ -67,7 +62,7 @@ def _act(kind: str | None) -> None:
 
 
 def _break_image(prompts) -> None:
-    """Truncate the image of the prompt named by ``FAULT_BREAK_IMAGE`` (once per run)."""
+    """Truncate the image of the prompt the plan names as ``BREAK_IMAGE`` (once per run)."""
     wanted = planned("BREAK_IMAGE")
     for p in prompts:
         p = p[0] if isinstance(p, tuple) else p
@@ -94,18 +89,3 @@ class FaultyLearner(Learner):
     def train_step(self, items):
         _act(_fault("learner") if self.rank == 0 else None)
         return super().train_step(items)
-
-
-def main(argv: list[str]) -> None:
-    import actors.reward_worker
-    import actors.rollout
-    import learner.learner
-    actors.rollout.RolloutEngine = FaultyEngine
-    actors.reward_worker.RewardWorker = FaultyRewardWorker
-    learner.learner.Learner = FaultyLearner
-    import orchestrator
-    orchestrator.main(argv)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -50,7 +50,7 @@ class Runs:
         import conf
         from trainer import cluster
         from trainer.roles import create_roles
-        self.model, self.loop, self.root = model, loop, root
+        self.model, self.loop = model, loop
         self.faults = root / "faults"
         self.faults.mkdir()
         cfg = self.config(root / "start", root / "no-data", [])
@@ -141,6 +141,7 @@ def ray_up(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(ray_up, warm_model, loop, tmp_path_factory):
     """The roles of ``loop``'s runs (tests/faults.py's classes), built once."""
+    from actors.group import shutdown_groups
     from tests import faults
     from trainer import roles
     with pytest.MonkeyPatch.context() as patch:
@@ -149,8 +150,7 @@ def runs(ray_up, warm_model, loop, tmp_path_factory):
         patch.setattr(roles, "RewardWorker", faults.FaultyRewardWorker)
         made = Runs(warm_model, loop, tmp_path_factory.mktemp("runs"))
         yield made
-        for group in made.roles[0].engines, made.roles[1], made.roles[2]:
-            group.shutdown()
+        shutdown_groups()  # (the roles, and any a failed run left)
 
 
 KEYS = ["reward/mean", "reward/rec_format", "reward/rec_iou", "rule/rec_iou/weight", "loss", "pg_loss", "kl", "entropy", "completion_len/mean",
