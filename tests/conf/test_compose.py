@@ -13,7 +13,8 @@ import conf
 
 BEFORE = json.loads((pathlib.Path(__file__).parent / "resolved_configs.json").read_text())
 # values changed on purpose since the split, by key: (the configs it applies to, the new value)
-CHANGED = {("rollout", "enforce_eager"): ({"rec", "ovd"}, "auto")}  # the tiny recipe compiles where it can (2026-12-04)
+CHANGED = {("rollout", "enforce_eager"): ({"rec", "ovd"}, "auto"),  # the tiny recipe compiles where it can (2026-12-04)
+           ("trainer", "max_steps"): ({"rec", "ovd"}, 200)}  # the quickstart in minutes on an AVX2 CPU (2026-12-05)
 
 
 def resolved(args: list[str]) -> dict:
@@ -54,7 +55,7 @@ def test_a_users_file_extends_a_shipped_one(tmp_path):
     (tmp_path / "rec.yaml").write_text("trainer:\n  max_steps: 7\n")
     (tmp_path / "two.yaml").write_text("defaults: [rec, recipe/tiny]\n")
     c = conf.load([f"conf={tmp_path / 'two.yaml'}", "trainer.eval_steps=3"])
-    assert (c.trainer.max_steps, c.learner.lr, c.trainer.eval_steps) == (300, 1e-4, 3)  # recipe/tiny after ./rec
+    assert (c.trainer.max_steps, c.learner.lr, c.trainer.eval_steps) == (200, 1e-4, 3)  # recipe/tiny after ./rec
     assert conf.load([f"conf={tmp_path / 'rec.yaml'}"]).trainer.max_steps == 7
 
 

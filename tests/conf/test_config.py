@@ -155,7 +155,7 @@ def test_the_embedded_recipes_and_vlm_r1s_own():
     for task, suffix in (("rec", "-one-shape"), ("ovd", "-one-shape-ovd")):
         c = conf.load([f"conf={task}"])
         assert c.model.path == f"builtin:tiny-qwen3-vl{suffix}" and c.data.synthetic.scene == "one_shape"
-        assert (c.learner.lr, c.learner.beta, c.trainer.max_steps, c.trainer.prompts_per_step) == (1e-4, 0.0, 300, 8)
+        assert (c.learner.lr, c.learner.beta, c.trainer.max_steps, c.trainer.prompts_per_step) == (1e-4, 0.0, 200, 8)
         v = conf.load([f"conf=vlm_r1_{task}"])
         assert v.model.path == "Qwen/Qwen2.5-VL-3B-Instruct" and v.data.task == task
         assert (v.learner.lr, v.learner.beta, v.rollout.temperature, v.learner.zero_stage) == (1e-6, 0.04, 1.0, 3)
