@@ -161,6 +161,8 @@ def _run(tmp_path, tiny_model, synthetic, *overrides, timeout=900):
 
 
 def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model, synthetic):
+    """The main command on the quickstart's family (Qwen3-VL, here the random ``builtin:tiny-qwen3-vl-random``,
+    built into the run's cache), then its exported checkpoint evaluated alone (``mode=eval``, below)."""
     from weights.net import free_port
     # the default shape: 4 long OVD prompts x G=8 per step (the seeded-sampling crash of a split prefill,
     # fixed in actors/rollout.py, depended on which prompts overflowed a step's token budget: it hit at
@@ -169,7 +171,7 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
     # the policy a LoRA adapter (r=8) synced as adapters alone (learner.lora.sync=adapter: vLLM serves the base
     # plus the adapter; the full-parameter main job is tests/trainer/test_run_management.py's)
     summary, rows, stdout = _run(tmp_path, tiny_model, synthetic, "conf=task/ovd", "trainer.max_steps=2",
-                                 "learner.lora.r=8", "learner.lora.sync=adapter",
+                                 "model.path=builtin:tiny-qwen3-vl-random", "learner.lora.r=8", "learner.lora.sync=adapter",
                                  "rollout.max_new_tokens=32", "reward.funcs.repetition=1.0",
                                  "reward.schedules.repetition.weight={kind: warmup, at: 1, value: 0.0, before: 1.0}",
                                  "rollout.dynamic_sampling.enabled=true",  # and dynamic sampling on
@@ -179,6 +181,7 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
                                  # the dashboard as a user gets it (on; a free port)
                                  "cluster.include_dashboard=true", f"cluster.dashboard_port={free_port()}")
     assert summary["steps"] == 2 and summary["samples"] == 2 * 4 * 8
+    assert "building the embedded tiny qwen3-vl" in stdout
     # nothing silent: the dashboard's address, the roles starting, each evaluation's progress, each save
     assert "Ray dashboard: http://127.0.0.1:" in stdout
     assert "Ray: a private cluster on this machine, token authentication off" in stdout  # and why, in one line
@@ -228,38 +231,29 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
     assert saved["data"]["task"] == "ovd" and saved["trainer"]["max_steps"] == 2
     assert f"config ({tmp_path / 'run' / 'config.yaml'}; differences from conf/base.yaml):" in stdout
     assert "\n  trainer.max_steps: 2\n" in stdout and "\n  trainer.max_staleness: 0\n" in stdout
+    _export_evaluates_alone(tmp_path, synthetic, tmp_path / "run" / "checkpoints" / "step_000002" / "hf")
 
 
-def test_qa_tasks_on_two_learner_ranks_zero3_and_two_engines(tmp_path, tiny_model, synthetic):
-    """conf=qa: counting, yes/no, multiple choice, math and two-screen rows (2 images per prompt),
-    generated on demand, each scored by its row's accu_reward_method in training and evaluation; on two
-    learner ranks (ZeRO-3) that broadcast to two engines, with dynamic sampling streaming each engine's
-    refills as soon as its own shard is scored, and an evaluation spread over both engines."""
-    syn = tmp_path / "syn"
-    summary, rows, stdout = _run(tmp_path, tiny_model, synthetic, "conf=qa", f"data.synthetic.dir={syn}",
-                                 "data.synthetic.n_train=8", "data.synthetic.n_val=4", "data.synthetic.n_ood=2",
-                                 "trainer.max_steps=2", "trainer.prompts_per_step=2", "rollout.num_generations=4",
-                                 "rollout.max_new_tokens=16", "trainer.eval_steps=2", "eval.train_samples=20",
-                                 "learner.world_size=2", "learner.zero_stage=3", "rollout.num_engines=2",
-                                 "reward.funcs.repetition=1.0", "learner.lr=1e-2", "trainer.max_staleness=0",
-                                 "rollout.dynamic_sampling.enabled=true", "rollout.dynamic_sampling.max_rounds=2",
-                                 "wandb.mode=disabled", "trainer.report=false")
-    assert "generating the synthetic shapes data (count, yes_no, mcq, math, gui)" in stdout
-    assert "starting the roles: 2 vLLM engine(s), 2 DeepSpeed learner rank(s) (ZeRO-3)" in stdout
-    assert summary["steps"] == 2 and summary["samples"] == 16 and summary["distinct_prompts"] == 4
-    assert all(r["items"] == 8 and "reward/format" in r for r in rows)
-    assert rows[1]["engine_logp_abs_diff"] < 0.05  # step 2 sampled from engines synced by both ranks
-    assert all(r["sampling/signal_frac"] in (0.0, 0.5, 1.0) for r in rows)  # share of the 2 groups with spread
-    for r in rows:  # at most 2 refills per engine; a step short of groups with spread used one engine's all
-        assert 0 <= r["sampling/rounds"] <= r["sampling/refills"] <= 2 * 2
-        assert r["sampling/prompts_generated"] >= 2 and r["sampling/surplus"] >= 0
-        assert r["sampling/filled"] == 0 or r["sampling/rounds"] == 2 or r["sampling/data_exhausted"]
-        assert r["sampling/filled"] == 2 - round(r["sampling/signal_frac"] * 2)
+def _export_evaluates_alone(tmp_path, synthetic, hf):
+    """``mode=eval`` of an exported checkpoint (LoRA merged under the base's names) given only validation
+    data, with the quickstart's recipe: ``conf=ovd``, whose engine compiles where a C++ compiler is found."""
     import json
-    final = json.loads((tmp_path / "run" / "eval" / "step_000002.json").read_text())
-    assert {r["reward"] for r in final["records"]} == {"numeric", "yes_no", "mcq", "math", "all_match"}
-    assert final["metrics"]["samples"] == 20 and 0 <= final["metrics"]["mean_score"] <= 1
-    assert sum(r["image"] is not None for r in final["records"]) == 20
+    import subprocess
+    import sys
+
+    from conf.hardware import resolve_eager
+    env = {**os.environ, "VLM_R1_RAY_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, str(REPO / "orchestrator.py"), "mode=eval", "conf=ovd", f"model.path={hf}",
+           f"data.synthetic.dir={synthetic}", f"trainer.output_dir={tmp_path / 'eval'}", "eval.max_samples=4",
+           "cluster.include_dashboard=false", "wandb.mode=disabled",
+           f"data.train_files={tmp_path / 'none.jsonl'}"]  # mode=eval reads only the validation data
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    res = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert res["metrics"]["samples"] == 4 and len(res["records"]) == 4 and "| mAP |" in proc.stdout
+    assert 0 <= res["metrics"]["mAP"] <= 1
+    eager, why = resolve_eager("auto", gpu=False)
+    assert f"{'eager' if eager else 'compiled'} ({why})" in res["metrics"]["engine"]
 
 
 @pytest.mark.gpu

@@ -1,6 +1,7 @@
 """Every family with a tiny build, on the real engines: the learner reproduces the engine's
 tokens and log-probs, a weight sync carries the update, and a run trains and evaluates.
-(Qwen2.5-VL, the default, is covered by tests/learner, tests/actors and tests/trainer.)"""
+(Qwen2.5-VL, the default, is covered by tests/learner, tests/actors and tests/trainer; Qwen3-VL's main
+command is tests/actors/test_runtime.py's OVD job.)"""
 import json
 import os
 import pathlib
@@ -96,14 +97,14 @@ def test_engine_tokens_and_logprobs_equal_the_learners_before_and_after_a_sync(f
         assert fresh_gap < 0.05 < stale_gap, (fresh_gap, stale_gap)  # synced: engine == learner
 
 
-@pytest.mark.parametrize("slug", ["qwen3-vl", pytest.param("qwen2-vl", marks=pytest.mark.slow),
-                                  pytest.param("glm4v", marks=pytest.mark.slow),
-                                  pytest.param("internvl", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("slug", ["qwen2-vl", "glm4v", "internvl"])
 def test_a_builtin_family_trains_and_evaluates_from_the_main_command(slug, synthetic, tmp_path):
     """``python orchestrator.py conf=rec model.path=builtin:tiny-<family>-random``: built into the
     cache, two GRPO steps with a sync between them, an evaluation before and after; the exported
     checkpoint then evaluates on its own (``mode=eval``, with only validation data given). (A random model earns no reward, so its
-    updates are zero: the update itself is tested above.)"""
+    updates are zero: the update itself is tested above.) Qwen3-VL, the quickstart's family, runs the
+    main command in every suite: tests/actors/test_runtime.py's OVD job and its export's ``mode=eval``."""
     out = tmp_path / "run"
     env = {**os.environ, "VLM_R1_RAY_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, str(REPO / "orchestrator.py"), "conf=task/rec", f"model.path=builtin:tiny-{slug}-random",

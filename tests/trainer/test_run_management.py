@@ -37,20 +37,24 @@ COMMON = ["conf=task/rec", "trainer.prompts_per_step=2", "rollout.num_generation
 
 
 class Runs:
-    """The runs of one loop, in this process, on one set of roles: Ray, the engine, the learner rank
-    and the reward worker start once per loop instead of once per run (a launch costs about 45
+    """The module's runs, of both loops, in this process, on one set of roles: Ray, the engine, the
+    learner rank and the reward worker start once instead of once per run (a launch costs about 45
     CPU-seconds before its first step on 2 cores; ``orchestrator.grpo`` takes built roles). The roles
     are tests/faults.py's classes, which die or hang only as the run at hand's plan says. Before each
     run the learner loads the state it started with (saved before the first run: weights, optimizer,
     RNG) and syncs it to the engine, so each run starts where a fresh launch would; what a run of
     its own would show only in its process (the roles starting, Ray's flags) is tested by the main
-    commands' runs (tests/actors/test_runtime.py, tests/models/test_families_e2e.py)."""
+    commands' runs (tests/actors/test_runtime.py, tests/trainer/test_cluster_joined.py). The roles are
+    built as the asynchronous loop builds them (a thread each on 2 cores, where the synchronous loop's
+    roles take two, as they take turns): the threads are speed, not results, and the runs compared
+    are always of one loop; what the loop itself sets on its roles (the engine pool's keeping of the
+    last sync for a replaced engine) is set for each run (``reset``)."""
 
-    def __init__(self, model, loop: str, root: pathlib.Path):
+    def __init__(self, model, root: pathlib.Path):
         import conf
         from trainer import cluster
         from trainer.roles import create_roles
-        self.model, self.loop = model, loop
+        self.model, self.loop = model, "trainer.max_staleness=1"
         self.faults = root / "faults"
         self.faults.mkdir()
         cfg = self.config(root / "start", root / "no-data", [])
@@ -109,6 +113,7 @@ class Runs:
         """The start state on every role, this run's timeouts, this run's fault plan."""
         pool, learners, _ = self.roles
         learners.get(learners.call("load_checkpoint", str(self.start)), "loading the start state", startup=True)
+        pool.asynchronous = cfg.trainer.max_staleness > 0  # (as create_roles sets it for the run's loop)
         pool.sync(version=0)
         pool.engines.replacements = 0  # (rollout/engine_restarts counts a run's)
         pool.timeout_s = pool.engines.call_timeout_s = cfg.rollout.timeout_s
@@ -139,8 +144,8 @@ def ray_up(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(ray_up, warm_model, loop, tmp_path_factory):
-    """The roles of ``loop``'s runs (tests/faults.py's classes), built once."""
+def roles_up(ray_up, warm_model, tmp_path_factory):
+    """The roles of the module's runs (tests/faults.py's classes), built once for both loops."""
     from actors.group import shutdown_groups
     from tests import faults
     from trainer import roles
@@ -148,9 +153,16 @@ def runs(ray_up, warm_model, loop, tmp_path_factory):
         patch.setattr(roles, "RolloutEngine", faults.FaultyEngine)
         patch.setattr(roles, "Learner", faults.FaultyLearner)
         patch.setattr(roles, "RewardWorker", faults.FaultyRewardWorker)
-        made = Runs(warm_model, loop, tmp_path_factory.mktemp("runs"))
+        made = Runs(warm_model, tmp_path_factory.mktemp("runs"))
         yield made
         shutdown_groups()  # (the roles, and any a failed run left)
+
+
+@pytest.fixture(scope="module")
+def runs(roles_up, loop):
+    """The runs of ``loop``, on the module's roles."""
+    roles_up.loop = loop
+    return roles_up
 
 
 KEYS = ["reward/mean", "reward/rec_format", "reward/rec_iou", "rule/rec_iou/weight", "loss", "pg_loss", "kl", "entropy", "completion_len/mean",
@@ -244,11 +256,12 @@ def test_a_stopped_run_resumes_into_the_uninterrupted_one(tmp_path, runs, synthe
 
 
 def test_chaos_every_fault_kind_in_one_run_trains_what_the_uninterrupted_run_trained(tmp_path, runs, synthetic,
-                                                                                     full):
-    """One run meets every fault the project handles: the engine hangs at step 3's generate (asynchronous:
+                                                                                     full, loop):
+    """One run meets every fault the project handles: asynchronous, the engine hangs at step 3's generate
     while the learner is mid-update, so its replacement gets the weights of the last sync, kept by
-    learner rank 0; an engine that dies mid-generation is the dynamic-sampling test's, in both loops:
-    each engine replacement costs an engine's start-up, ~16 s here); a reward
+    learner rank 0 (the hang is found by the same timeout in either loop; an engine replaced in the
+    synchronous loop, which then syncs it the learner's weights, is the dynamic-sampling test's, where the
+    engine dies mid-generation in both loops: each replacement costs an engine's start-up, ~16 s here); a reward
     worker dies mid-chunk and a later one hangs; learner rank 0 dies in step 3's update (restart 1 from step 2) and then
     never answers the repeated one (past learner.timeout_s: restart 2 from step 2; the roles' start-up keeps
     its own bound, cluster.startup_timeout_s, so a slow start on a loaded machine is no hang); and one of step
@@ -261,18 +274,19 @@ def test_chaos_every_fault_kind_in_one_run_trains_what_the_uninterrupted_run_tra
     bad = full[3]["prompt_ids"][0]
     # each hang is waited out to its timeout: bounds a few times what the test model's calls take (a
     # generate ~1 s a step, an update ~0.2 s, a chunk's scoring milliseconds), not more
-    plan = {"ENGINE": "hang@3", "REWARD": "exit@3,hang@5", "LEARNER": "exit@3,hang@4", "BREAK_IMAGE": bad}
+    hang = "=1" in loop  # the engine hangs (asynchronous loop)
+    plan = {"REWARD": "exit@3,hang@5", "LEARNER": "exit@3,hang@4", "BREAK_IMAGE": bad, **({"ENGINE": "hang@3"} if hang else {})}
     rows, out, fired = runs(tmp_path / "run", data, "trainer.max_steps=4", "trainer.save_steps=2",
                             "rollout.timeout_s=8", "learner.timeout_s=8", "reward.timeout_s=5", "trainer.max_restarts=2",
                             plan=plan)
-    assert fired == ["engine.hang@3.fired", "learner.exit@3.fired", "learner.hang@4.fired",
-                     "reward.exit@3.fired", "reward.hang@5.fired"]
+    assert fired == ["engine.hang@3.fired"] * hang + ["learner.exit@3.fired", "learner.hang@4.fired",
+                                                      "reward.exit@3.fired", "reward.hang@5.fired"]
     assert runs.faults.joinpath("image.broken").exists()
     # the engine: replaced once, before the first restart; the restarts start the learner ranks alone
-    assert out.count("rollout engine 0 died or hung mid-generation: replacing it") == 1
+    assert out.count("rollout engine 0 died or hung mid-generation: replacing it") == hang
+    assert ("gave nothing for 8s" in out) == hang
     assert out.count("DeepSpeed learner rank(s) afresh; the engines and reward workers go on") == 2
     assert "starting the roles:" not in out  # (the run was given its roles; a restart builds the learners alone)
-    assert "gave nothing for 8s" in out
     assert out.count("replacing it and rescoring its chunks") == 2  # the reward worker that died, the one that hung
     assert "showed no progress for 5s (reward.timeout_s)" in out
     assert "a learner rank died" in out and "a learner rank died or hung (RoleHung)" in out
