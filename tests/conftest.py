@@ -53,34 +53,72 @@ def _ray_needed_next(request) -> bool:
     return last + 1 < len(items) and "shared_ray" in getattr(items[last + 1], "fixturenames", ())
 
 
+KEPT: dict = {}  # the groups the module's last launch left up: {"engines": (key, group), "learners": (key, group)}
+
+
 @pytest.fixture(scope="module")
 def shared_ray(request, tmp_path_factory):
     """One private Ray for the in-process launches (``trainer.roles.launch`` uses a Ray that is up):
     yields ``roles(cfg, model_path, out_dir)``, a context manager that builds the roles and removes
-    them (actors and placement groups) afterwards. A module that asks starts the Ray, and keeps it for
-    the module run right after it if that one asks too (a start costs seconds of CPU on 2 cores);
-    otherwise it stops: an idle Ray costs CPU too, and a module that starts clusters of its own
-    (``tests/trainer/test_cluster_joined.py``) must not meet it."""
+    them (actors and placement groups) afterwards -- all but the engine and the learner rank, which
+    the module's next launch builds afresh in the same processes (tests/reuse.py: a vLLM ``LLM`` in a
+    process that has imported vLLM starts in about 3 s instead of 15). A module that asks starts the
+    Ray, and keeps it for the module run right after it if that one asks too (a start costs seconds
+    of CPU on 2 cores); otherwise it stops: an idle Ray costs CPU too, and a module that starts
+    clusters of its own (``tests/trainer/test_cluster_joined.py``) must not meet it."""
     import contextlib
 
     import ray
 
     import conf
-    from trainer import cluster
-    from trainer.roles import launch
+    from actors.group import _OPEN
+    from conf import plain
+    from tests.reuse import ReusableEngine, ReusableLearner, group_keys
+    from trainer import cluster, roles as roles_mod
     if not ray.is_initialized():
+        KEPT.clear()  # (the processes of an earlier Ray are gone with it)
         cluster.start(conf.resolve(conf.load(["cluster.include_dashboard=false"]), tmp_path_factory.mktemp("ray-cache")),
                       tmp_path_factory.mktemp("ray"))
 
+    def kept(role: str, key: tuple):
+        """The group of ``role`` the last launch left, if this launch can use it (else it is shut down)."""
+        old_key, group = KEPT.pop(role, (None, None))
+        if group is not None and (old_key != key or not any(g is group for g in _OPEN)):
+            group.shutdown()
+            group = None
+        return group
+
     @contextlib.contextmanager
     def roles(cfg, model_path, out_dir):
-        cfg, pool, learners, scorers = launch(cfg, model_path, out_dir)
+        env = cluster.actor_env(cfg)
+        cfg, _ = conf.resolve_auto(cfg, cluster.has_gpu())
+        keys = group_keys(cfg)
+        engines, learners = kept("engines", keys[0]), kept("learners", keys[1])
+        if engines is not None:
+            engines.get(engines.actors[0].reinit.remote(model_path, plain(cfg.rollout), cfg.seed, index=0,
+                                                        model_cfg=plain(cfg.model), lora_rank=roles_mod.adapter_rank(cfg)),
+                        "reinit", startup=True)
+        if learners is not None:
+            per_rank = cfg.trainer.prompts_per_step * cfg.rollout.num_generations // cfg.learner.world_size
+            learners.get(learners.actors[0].reinit.remote(rank=0, **roles_mod.learner_kwargs(cfg, model_path, per_rank)),
+                         "reinit", startup=True)
+        with pytest.MonkeyPatch.context() as patch:  # (new groups: of the classes that can be reused)
+            patch.setattr(roles_mod, "RolloutEngine", ReusableEngine)
+            patch.setattr(roles_mod, "Learner", ReusableLearner)
+            pool, learners, scorers = roles_mod.create_roles(cfg, model_path, env, engines=engines, learners=learners)
         try:
             yield cfg, pool, learners, scorers
         finally:
-            for group in (pool.engines, learners, scorers):
-                group.shutdown()
+            scorers.shutdown()
+            for role, key, group in (("engines", keys[0], pool.engines), ("learners", keys[1], learners)):
+                if len(group.actors) == 1:
+                    KEPT[role] = (key, group)
+                else:
+                    group.shutdown()
 
     yield roles
+    for _, group in KEPT.values():  # (kept within a module: the next one may place actors of its own)
+        group.shutdown()
+    KEPT.clear()
     if not _ray_needed_next(request):
         ray.shutdown()

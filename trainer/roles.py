@@ -79,29 +79,39 @@ def create_engines(cfg, model_path: str, env: dict[str, str], gpu: bool | None =
                       call_timeout_s=r.timeout_s, startup_timeout_s=cfg.cluster.startup_timeout_s)
 
 
-def create_learners(cfg, model_path: str, per_rank_items: int, env: dict[str, str], gpu: bool | None = None) -> ActorGroup:
-    """The learner ranks, with DeepSpeed set up (rank 0 chooses the rendezvous address)."""
+def learner_kwargs(cfg, model_path: str, per_rank_items: int) -> dict:
+    """A learner rank's constructor arguments, but its rank."""
+    return dict(world_size=cfg.learner.world_size, model_path=model_path, model_cfg=plain(cfg.model),
+                cfg=plain(cfg.learner), rollout_cfg=plain(cfg.rollout), seed=cfg.seed,
+                total_steps=cfg.trainer.max_steps, per_rank_items=per_rank_items)
+
+
+def create_learners(cfg, model_path: str, per_rank_items: int, env: dict[str, str], gpu: bool | None = None,
+                    group: ActorGroup | None = None) -> ActorGroup:
+    """The learner ranks, with DeepSpeed set up (rank 0 chooses the rendezvous address); ``group``:
+    ranks already up, constructed with ``learner_kwargs`` (the test suite's, reused: tests/reuse.py)."""
     lc = cfg.learner
     gpu = has_gpu() if gpu is None else gpu
     bundle = {"CPU": lc.cpus_per_rank, "GPU": lc.gpus_per_rank if gpu else 0, **lc.resources}
-    learners = ActorGroup(Learner, lc.world_size, bundle, "learner",
-                          kwargs=dict(world_size=lc.world_size, model_path=model_path, model_cfg=plain(cfg.model),
-                                      cfg=plain(lc), rollout_cfg=plain(cfg.rollout), seed=cfg.seed,
-                                      total_steps=cfg.trainer.max_steps, per_rank_items=per_rank_items),
-                          kwargs_fn=lambda i: {"rank": i}, env={**env, **_threads(cfg, lc, "learner")},
-                          call_timeout_s=lc.timeout_s, startup_timeout_s=cfg.cluster.startup_timeout_s)
+    learners = group or ActorGroup(Learner, lc.world_size, bundle, "learner",
+                                   kwargs=learner_kwargs(cfg, model_path, per_rank_items),
+                                   kwargs_fn=lambda i: {"rank": i}, env={**env, **_threads(cfg, lc, "learner")},
+                                   call_timeout_s=lc.timeout_s, startup_timeout_s=cfg.cluster.startup_timeout_s)
     host, port = learners.get(learners.actors[0].address.remote(), "its address", startup=True)
     # rank 0's answer: sizes, dtype and why, threads
     learners.info = learners.get(learners.call("setup", host, port), "setup", startup=True)[0]
     return learners
 
 
-def create_roles(cfg, model_path: str, env: dict[str, str], survivors=None) -> tuple[EnginePool, ActorGroup, ActorGroup]:
+def create_roles(cfg, model_path: str, env: dict[str, str], survivors=None, engines: ActorGroup | None = None,
+                 learners: ActorGroup | None = None) -> tuple[EnginePool, ActorGroup, ActorGroup]:
     """Rollout engines (as an ``EnginePool``), learner ranks and reward workers, with the
     weight-broadcast group between learner rank 0 and every engine worker connected. ``survivors``:
     the (pool, learners, scorers) of an attempt a learner rank ended (``trainer.max_restarts``);
     only the learner ranks start afresh, the engines (but any that does not answer a probe) and the
-    reward workers go on serving: a large model's engine takes minutes to load."""
+    reward workers go on serving: a large model's engine takes minutes to load. ``engines``, ``learners``:
+    groups already up, constructed for ``model_path`` and ``cfg`` (the test suite's, reused across its
+    launches: tests/reuse.py); the rest is built and joined to them."""
     _resolved(cfg)
     r, lc, rc = cfg.rollout, cfg.learner, cfg.reward
     gpu = has_gpu()
@@ -116,8 +126,8 @@ def create_roles(cfg, model_path: str, env: dict[str, str], survivors=None) -> t
         return pool, learners, scorers
     print(f"starting the roles: {r.num_engines} vLLM engine(s), {lc.world_size} DeepSpeed learner rank(s) "
           f"(ZeRO-{lc.zero_stage}), {rc.num_workers} reward worker(s) ...", flush=True)
-    engines = create_engines(cfg, model_path, env, gpu)
-    learners = create_learners(cfg, model_path, per_rank, env, gpu)
+    engines = create_engines(cfg, model_path, env, gpu) if engines is None else engines
+    learners = create_learners(cfg, model_path, per_rank, env, gpu, group=learners)
     scorers = ActorGroup(RewardWorker, rc.num_workers, {"CPU": rc.cpus_per_worker, **rc.resources}, "reward",
                          args=(dict(rc.funcs), rc.box_convention, plain(rc.params), rc.timeout_s / 2), env=env)
     engines.info = engines.get(engines.actors[0].info.remote(), "start-up", startup=True)  # dtype and why, threads

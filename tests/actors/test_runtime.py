@@ -231,27 +231,29 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
     assert saved["data"]["task"] == "ovd" and saved["trainer"]["max_steps"] == 2
     assert f"config ({tmp_path / 'run' / 'config.yaml'}; differences from conf/base.yaml):" in stdout
     assert "\n  trainer.max_steps: 2\n" in stdout and "\n  trainer.max_staleness: 0\n" in stdout
-    _export_evaluates_alone(tmp_path, synthetic, tmp_path / "run" / "checkpoints" / "step_000002" / "hf")
+    export_evaluates_alone(tmp_path, synthetic, tmp_path / "run" / "checkpoints" / "step_000002" / "hf", "ovd")
 
 
-def _export_evaluates_alone(tmp_path, synthetic, hf):
-    """``mode=eval`` of an exported checkpoint (LoRA merged under the base's names) given only validation
-    data, with the quickstart's recipe: ``conf=ovd``, whose engine compiles where a C++ compiler is found."""
+def export_evaluates_alone(tmp_path, synthetic, hf, task: str):
+    """``mode=eval`` of an exported checkpoint (here with LoRA merged under the base's names) given only
+    validation data, with the quickstart's recipe (``conf=<task>``: rec or ovd), whose engine compiles
+    where a C++ compiler is found."""
     import json
     import subprocess
     import sys
 
     from conf.hardware import resolve_eager
     env = {**os.environ, "VLM_R1_RAY_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, str(REPO / "orchestrator.py"), "mode=eval", "conf=ovd", f"model.path={hf}",
+    cmd = [sys.executable, str(REPO / "orchestrator.py"), "mode=eval", f"conf={task}", f"model.path={hf}",
            f"data.synthetic.dir={synthetic}", f"trainer.output_dir={tmp_path / 'eval'}", "eval.max_samples=4",
            "cluster.include_dashboard=false", "wandb.mode=disabled",
            f"data.train_files={tmp_path / 'none.jsonl'}"]  # mode=eval reads only the validation data
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     res = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
-    assert res["metrics"]["samples"] == 4 and len(res["records"]) == 4 and "| mAP |" in proc.stdout
-    assert 0 <= res["metrics"]["mAP"] <= 1
+    metric = {"rec": "accuracy", "ovd": "mAP"}[task]
+    assert res["metrics"]["samples"] == 4 and len(res["records"]) == 4 and f"| {metric} |" in proc.stdout
+    assert 0 <= res["metrics"][metric] <= 1
     eager, why = resolve_eager("auto", gpu=False)
     assert f"{'eager' if eager else 'compiled'} ({why})" in res["metrics"]["engine"]
 

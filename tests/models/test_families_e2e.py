@@ -121,20 +121,8 @@ def test_a_builtin_family_trains_and_evaluates_from_the_main_command(slug, synth
     assert all(r["items"] == 8 for r in steps)
     assert steps[1]["engine_logp_abs_diff"] < 0.05  # the engine sampled step 2 with step 1's weights
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
-    hf = out / "checkpoints" / "step_000002" / "hf"
-    cmd = [sys.executable, str(REPO / "orchestrator.py"), "mode=eval", "conf=rec", f"model.path={hf}",
-           f"data.synthetic.dir={synthetic}", f"trainer.output_dir={tmp_path / 'eval'}", "eval.max_samples=4",
-           "cluster.include_dashboard=false", "wandb.mode=disabled",
-           f"data.train_files={tmp_path / 'none.jsonl'}"]  # mode=eval reads only the validation data
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    res = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
-    assert res["metrics"]["samples"] == 4 and len(res["records"]) == 4 and "| accuracy |" in proc.stdout
-    assert 0 <= res["metrics"]["accuracy"] <= 1
-    # conf=rec's recipe compiles the engine where a C++ compiler is found (the quickstart's engine)
-    from conf.hardware import resolve_eager
-    eager, why = resolve_eager("auto", gpu=False)
-    assert f"{'eager' if eager else 'compiled'} ({why})" in res["metrics"]["engine"]
+    from tests.actors.test_runtime import export_evaluates_alone
+    export_evaluates_alone(tmp_path, synthetic, out / "checkpoints" / "step_000002" / "hf", "rec")
 
 
 def test_lora_adapter_sync_per_family(family_model, synthetic, tmp_path, shared_ray):
