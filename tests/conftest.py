@@ -53,7 +53,7 @@ def _ray_needed_next(request) -> bool:
     return last + 1 < len(items) and "shared_ray" in getattr(items[last + 1], "fixturenames", ())
 
 
-KEPT: dict = {}  # the groups the module's last launch left up: {"engines": (key, group), "learners": (key, group)}
+KEPT: dict = {}  # the groups the last launch left up: {"engines": (key, group), "learners": (key, group)}
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +61,12 @@ def shared_ray(request, tmp_path_factory):
     """One private Ray for the in-process launches (``trainer.roles.launch`` uses a Ray that is up):
     yields ``roles(cfg, model_path, out_dir)``, a context manager that builds the roles and removes
     them (actors and placement groups) afterwards -- all but the engine and the learner rank, which
-    the module's next launch builds afresh in the same processes (tests/reuse.py: a vLLM ``LLM`` in a
-    process that has imported vLLM starts in about 3 s instead of 15). A module that asks starts the
-    Ray, and keeps it for the module run right after it if that one asks too (a start costs seconds
-    of CPU on 2 cores); otherwise it stops: an idle Ray costs CPU too, and a module that starts
-    clusters of its own (``tests/trainer/test_cluster_joined.py``) must not meet it."""
+    the next launch builds afresh in the same processes (tests/reuse.py: a vLLM ``LLM`` in a process
+    that has imported vLLM starts in about 3 s instead of 15; ``roles.release()`` shuts them down, for
+    a test that places actors of its own). A module that asks starts the Ray, and keeps it (and those
+    processes) for the module run right after it if that one asks too (a start costs seconds of CPU on
+    2 cores); otherwise it stops: an idle Ray costs CPU too, and a module that starts clusters of its
+    own (``tests/trainer/test_cluster_joined.py``) must not meet it."""
     import contextlib
 
     import ray
@@ -116,9 +117,14 @@ def shared_ray(request, tmp_path_factory):
                 else:
                     group.shutdown()
 
+    def release():
+        """Shut the kept processes down: for a test that places actors of its own on this Ray."""
+        for _, group in KEPT.values():
+            group.shutdown()
+        KEPT.clear()
+
+    roles.release = release
     yield roles
-    for _, group in KEPT.values():  # (kept within a module: the next one may place actors of its own)
-        group.shutdown()
-    KEPT.clear()
     if not _ray_needed_next(request):
+        release()
         ray.shutdown()

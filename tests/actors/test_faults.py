@@ -110,8 +110,8 @@ def test_worker_killed_mid_batch_is_replaced_and_its_chunk_rescored():
 def test_hung_worker_is_treated_as_dead():
     group = ActorGroup(HangOnceWorker, 2, {"CPU": 0.5}, "reward-hang", args=(FUNCS,))
     ray.get([a.pid.remote() for a in group.actors])  # both up: the timeout measures scoring, not a slow start
-    # 10 s: the healthy worker must score a chunk within it on a loaded 2-core machine
-    pool = ScorerPool(group, chunk=6, timeout_s=10)  # 4 chunks: two queued on each worker
+    # 5 s: the healthy worker must score a chunk (milliseconds of work) within it on a loaded 2-core machine
+    pool = ScorerPool(group, chunk=6, timeout_s=5)  # 4 chunks: two queued on each worker
     rollouts = _rollouts()
     t0 = time.monotonic()
     pool.submit(rollouts)

@@ -179,7 +179,8 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
                                  "reward.triggers=[{name: t, monitor: step, above: 0.5, patience: 1, "
                                  "set: {ovd_count.weight: 0.5}}]",
                                  # the dashboard as a user gets it (on; a free port)
-                                 "cluster.include_dashboard=true", f"cluster.dashboard_port={free_port()}")
+                                 "cluster.include_dashboard=true", f"cluster.dashboard_port={free_port()}",
+                                 "eval.train_samples=16")  # (two evaluations of one batch each)
     assert summary["steps"] == 2 and summary["samples"] == 2 * 4 * 8
     assert "building the embedded tiny qwen3-vl" in stdout
     # nothing silent: the dashboard's address, the roles starting, each evaluation's progress, each save

@@ -22,6 +22,7 @@ def test_sft_saves_every_save_steps_and_at_the_end(tiny_model, synthetic, tmp_pa
         tmp_path / "cache")
     train, _, _ = load_splits(cfg.data)
     out.mkdir()  # (the driver's checkpoint.claim makes it)
+    shared_ray.release()  # (the CPUs of a previous module's kept roles, for this run's learner)
     try:
         result = sft_loop(cfg, tiny_model, train, out, cluster.actor_env(cfg))
     finally:
