@@ -58,7 +58,7 @@ KEPT: dict = {}  # the groups the last launch left up: {"engines": (key, group),
 
 @pytest.fixture(scope="module")
 def shared_ray(request, tmp_path_factory):
-    """One private Ray for the in-process launches (``trainer.roles.launch`` uses a Ray that is up):
+    """One private Ray for the in-process launches (as ``trainer.roles.launch`` would build them):
     yields ``roles(cfg, model_path, out_dir)``, a context manager that builds the roles and removes
     them (actors and placement groups) afterwards -- all but the engine and the learner rank, which
     the next launch builds afresh in the same processes (tests/reuse.py: a vLLM ``LLM`` in a process
@@ -96,10 +96,12 @@ def shared_ray(request, tmp_path_factory):
         keys = group_keys(cfg)
         engines, learners = kept("engines", keys[0]), kept("learners", keys[1])
         if engines is not None:
+            engines.call_timeout_s = cfg.rollout.timeout_s  # (the rest of what the group carries: the key)
             engines.get(engines.actors[0].reinit.remote(model_path, plain(cfg.rollout), cfg.seed, index=0,
                                                         model_cfg=plain(cfg.model), lora_rank=roles_mod.adapter_rank(cfg)),
                         "reinit", startup=True)
         if learners is not None:
+            learners.call_timeout_s = cfg.learner.timeout_s
             per_rank = cfg.trainer.prompts_per_step * cfg.rollout.num_generations // cfg.learner.world_size
             learners.get(learners.actors[0].reinit.remote(rank=0, **roles_mod.learner_kwargs(cfg, model_path, per_rank)),
                          "reinit", startup=True)

@@ -8,7 +8,8 @@ a learner rank's 8 mostly torch, transformers and DeepSpeed. So the launches of 
 settings (``reinit``): each is then built exactly as a new actor would build it (the class's own
 ``__init__``, and the learner's ``setup``), in a process whose modules are already loaded. A launch
 whose groups differ in what the processes themselves carry (their number, resources or threads)
-starts new ones.
+starts new ones. (A reused group would replace a dead actor with the first launch's arguments: the
+launches that reuse never kill one; the fault tests build their own roles.)
 """
 from __future__ import annotations
 

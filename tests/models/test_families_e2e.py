@@ -127,7 +127,7 @@ def test_a_builtin_family_trains_and_evaluates_from_the_main_command(slug, synth
 
 def test_lora_adapter_sync_per_family(family_model, synthetic, tmp_path, shared_ray):
     """vLLM serves the family's base plus the synced adapter, and samples the learner's policy."""
-    from tests.actors.test_lora_sync import _run
+    from tests.actors.test_weight_transfer import _run
     _, path = family_model
     sent, gaps, meta = _run(path, synthetic, tmp_path, "adapter", updates=1, roles=shared_ray)
     assert meta and all(".lora_A." in n or ".lora_B." in n for n, _, _ in meta)
