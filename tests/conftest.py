@@ -73,7 +73,6 @@ def shared_ray(request, tmp_path_factory):
 
     import conf
     from actors.group import _OPEN
-    from conf import plain
     from tests.reuse import ReusableEngine, ReusableLearner, group_keys
     from trainer import cluster, roles as roles_mod
     if not ray.is_initialized():
@@ -97,14 +96,12 @@ def shared_ray(request, tmp_path_factory):
         engines, learners = kept("engines", keys[0]), kept("learners", keys[1])
         if engines is not None:
             engines.call_timeout_s = cfg.rollout.timeout_s  # (the rest of what the group carries: the key)
-            engines.get(engines.actors[0].reinit.remote(model_path, plain(cfg.rollout), cfg.seed, index=0,
-                                                        model_cfg=plain(cfg.model), lora_rank=roles_mod.adapter_rank(cfg)),
+            engines.get(engines.actors[0].reinit.remote(index=0, **roles_mod.engine_kwargs(cfg, model_path)),
                         "reinit", startup=True)
         if learners is not None:
             learners.call_timeout_s = cfg.learner.timeout_s
-            per_rank = cfg.trainer.prompts_per_step * cfg.rollout.num_generations // cfg.learner.world_size
-            learners.get(learners.actors[0].reinit.remote(rank=0, **roles_mod.learner_kwargs(cfg, model_path, per_rank)),
-                         "reinit", startup=True)
+            kwargs = roles_mod.learner_kwargs(cfg, model_path, roles_mod.items_per_rank(cfg))
+            learners.get(learners.actors[0].reinit.remote(rank=0, **kwargs), "reinit", startup=True)
         with pytest.MonkeyPatch.context() as patch:  # (new groups: of the classes that can be reused)
             patch.setattr(roles_mod, "RolloutEngine", ReusableEngine)
             patch.setattr(roles_mod, "Learner", ReusableLearner)

@@ -20,22 +20,23 @@ from learner.learner import Learner
 
 
 class ReusableEngine(RolloutEngine):
-    def reinit(self, *args, **kwargs) -> float:
+    def reinit(self, **kwargs) -> float:
         """Drop this engine's ``LLM`` (and vLLM's per-process distributed state), then build the
-        engine afresh from ``RolloutEngine``'s arguments. Returns the new engine's start-up seconds."""
+        engine afresh from ``RolloutEngine``'s arguments (``trainer.roles.engine_kwargs``). Returns the new engine's start-up seconds."""
         from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
         self.__dict__.clear()
         gc.collect()
         destroy_model_parallel()
         destroy_distributed_environment()
-        RolloutEngine.__init__(self, *args, **kwargs)
+        RolloutEngine.__init__(self, **kwargs)
         return self.start_s
 
 
 class ReusableLearner(Learner):
     def reinit(self, **kwargs) -> None:
         """Drop this rank's model, optimizer and weight-sync group, then construct it afresh (the
-        driver then calls ``setup``, which keeps the process group of the first: one rank)."""
+        driver then calls ``setup``, which keeps the process group of the first: one rank;
+        ``trainer.roles.learner_kwargs``)."""
         self.__dict__.clear()
         gc.collect()
         Learner.__init__(self, **kwargs)

@@ -68,15 +68,25 @@ def adapter_rank(cfg) -> int:
     return lora.r if lora.r > 0 and lora.sync == "adapter" else 0
 
 
+def engine_kwargs(cfg, model_path: str) -> dict:
+    """A rollout engine's constructor arguments, but its index."""
+    return dict(model_path=model_path, cfg=plain(cfg.rollout), seed=cfg.seed, model_cfg=plain(cfg.model),
+                lora_rank=adapter_rank(cfg))
+
+
 def create_engines(cfg, model_path: str, env: dict[str, str], gpu: bool | None = None) -> ActorGroup:
     """The rollout engines (serving the base plus a synced LoRA adapter with adapter sync)."""
     r = cfg.rollout
     gpu = has_gpu() if gpu is None else gpu
     bundle = {"CPU": r.cpus_per_engine, "GPU": r.devices_per_engine if gpu else 0, **r.resources}
-    return ActorGroup(RolloutEngine, r.num_engines, bundle, "rollout", args=(model_path, plain(r), cfg.seed),
-                      kwargs={"model_cfg": plain(cfg.model), "lora_rank": adapter_rank(cfg)},
+    return ActorGroup(RolloutEngine, r.num_engines, bundle, "rollout", kwargs=engine_kwargs(cfg, model_path),
                       kwargs_fn=lambda i: {"index": i}, env={**env, **_threads(cfg, r, "rollout")},
                       call_timeout_s=r.timeout_s, startup_timeout_s=cfg.cluster.startup_timeout_s)
+
+
+def items_per_rank(cfg) -> int:
+    """The completions a learner rank trains on per GRPO step."""
+    return cfg.trainer.prompts_per_step * cfg.rollout.num_generations // cfg.learner.world_size
 
 
 def learner_kwargs(cfg, model_path: str, per_rank_items: int) -> dict:
@@ -115,7 +125,7 @@ def create_roles(cfg, model_path: str, env: dict[str, str], survivors=None, engi
     _resolved(cfg)
     r, lc, rc = cfg.rollout, cfg.learner, cfg.reward
     gpu = has_gpu()
-    per_rank = cfg.trainer.prompts_per_step * r.num_generations // lc.world_size  # completions a rank trains per step
+    per_rank = items_per_rank(cfg)
     t0 = time.perf_counter()
     if survivors is not None:
         pool, _, scorers = survivors

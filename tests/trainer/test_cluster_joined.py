@@ -15,8 +15,6 @@ from weights.net import free_port
 pytestmark = pytest.mark.e2e
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
-COMMON = ["trainer.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=24", "trainer.max_steps=2",
-          "trainer.eval_steps=0", "trainer.report=false", "wandb.mode=disabled", "reward.funcs.repetition=1.0"]
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +94,12 @@ def test_a_ray_job_runs_the_orchestrator_and_places_each_role_on_its_node(cluste
            "python", "orchestrator.py", "conf=qa", "cluster.address=auto", f"model.path={tiny_model}",
            f"data.synthetic.dir={syn}", "data.synthetic.n_train=8", "data.synthetic.n_val=4", "data.synthetic.n_ood=2",
            f"trainer.output_dir={out}", "rollout.resources.rollout_node=1", "learner.resources.learner_node=1",
-           "reward.resources.learner_node=0.5", "reward.num_workers=1", *COMMON, "rollout.max_new_tokens=16",
+           "reward.resources.learner_node=0.5", "reward.num_workers=1", "trainer.max_steps=2",
+           "trainer.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=16",
            "trainer.eval_steps=2", "eval.train_samples=20", "learner.world_size=2", "learner.zero_stage=3",
-           "rollout.num_engines=2", "learner.lr=1e-2", "trainer.max_staleness=0",
-           "rollout.dynamic_sampling.enabled=true", "rollout.dynamic_sampling.max_rounds=2"]
+           "rollout.num_engines=2", "reward.funcs.repetition=1.0", "learner.lr=1e-2", "trainer.max_staleness=0",
+           "rollout.dynamic_sampling.enabled=true", "rollout.dynamic_sampling.max_rounds=2", "wandb.mode=disabled",
+           "trainer.report=false"]
     for _ in range(36):  # the head's job agent may still be starting on a loaded machine (for minutes): Ray
         # refuses the submission then ("No available agent to submit job, please try again later"), nothing was run
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=cluster["env"])
