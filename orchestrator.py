@@ -20,7 +20,9 @@ from conf import cli
 from data.tiny_model import cache_root, resolve_model_path
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, session=None) -> dict:
+    """One run. ``session``: a ``trainer.session.Session`` it runs in (Ray, and the engine and learner
+    processes of the run before, kept for the next), for many short runs in one process."""
     cfg = cli.parse(sys.argv[1:] if argv is None else argv, cache_root())  # --help, --print-config; errors: exit 2
     # Heavy modules only once the command line is known to be good. torch first: loaded after Ray,
     # libtorch's bundled oneMKL can fail to dlopen itself in a Ray Jobs driver.
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     # seconds, spent while Ray starts
     fitting = ThreadPoolExecutor(1).submit(fit_to_engines, train, val, model_path, cfg.model,
                                            cfg.rollout.max_model_len, report, cfg.data.strict)
-    env = cluster.start(cfg, out_dir)
+    env = session.start(cfg, out_dir) if session else cluster.start(cfg, out_dir)
     try:
         with cli.user_errors():
             train, val = fitting.result()
@@ -47,20 +49,23 @@ def main(argv: list[str] | None = None) -> dict:
         run_cfg, why = conf.resolve_auto(cfg, cluster.has_gpu())  # every cluster-level auto, once
         cluster.save_config(run_cfg, out_dir)
         if cfg.mode == "eval":
-            return modes.eval_only(run_cfg, model_path, val, out_dir, env)
+            return modes.eval_only(run_cfg, model_path, val, out_dir, env, session)
         if cfg.mode == "sft":
-            return modes.sft_loop(run_cfg, model_path, train, out_dir, env)
-        return grpo(run_cfg, why, model_path, env, train, val, out_dir)[0]
+            return modes.sft_loop(run_cfg, model_path, train, out_dir, env, session)
+        return grpo(run_cfg, why, model_path, env, train, val, out_dir, session=session)[0]
     finally:
-        ray.shutdown()
+        if session is None:
+            ray.shutdown()
+        else:
+            session.end_run(failed=sys.exc_info()[0] is not None)
 
 
 def grpo(cfg, why: dict, model_path: str, env: dict, train: list, val: list, out_dir: pathlib.Path,
-         roles: tuple | None = None) -> tuple[dict, tuple]:
+         roles: tuple | None = None, session=None) -> tuple[dict, tuple]:
     """GRPO on built roles (``roles``: given, e.g. a test's that several runs share, else built
-    here), starting the learner ranks afresh when one dies or hangs, up to ``trainer.max_restarts``
-    times (the engines and reward workers go on; the run resumes from its last checkpoint).
-    Returns the summary and the roles, still up."""
+    here, from the engine and learner processes ``session`` kept, if any), starting the learner ranks
+    afresh when one dies or hangs, up to ``trainer.max_restarts`` times (the engines and reward
+    workers go on; the run resumes from its last checkpoint). Returns the summary and the roles, still up."""
     import ray
 
     from actors.group import RoleHung, shutdown_groups
@@ -70,7 +75,8 @@ def grpo(cfg, why: dict, model_path: str, env: dict, train: list, val: list, out
     for restart in range(cfg.trainer.max_restarts + 1):
         try:  # engines (an EnginePool, weight group open), learner ranks, reward workers
             if roles is None or restart:
-                roles = create_roles(cfg, model_path, env, survivors=roles)
+                kept = session.groups(cfg, model_path, env) if session and roles is None else {}
+                roles = create_roles(cfg, model_path, env, survivors=roles, **kept)
             return train_loop(cfg, why, roles, train, val, out_dir, resume), roles
         except (ray.exceptions.RayActorError, RoleHung) as e:  # a learner rank died or gave no answer
             if not checkpoint.restartable(e, out_dir, restart, cfg.trainer.max_restarts):

@@ -75,18 +75,16 @@ class ActorGroup:
             raise RuntimeError(
                 f"could not place {n} x {bundle} for '{name}' within {timeout_s:.0f}s: the cluster has "
                 f"{ray.available_resources()} free. Lower the cluster.* / {name} resources or add nodes.")
-        remote_cls = ray.remote(cls)
-        self.actors, self._spawn = [], []
+        self._remote_cls, self._args, self._kwargs = ray.remote(cls), args, dict(kwargs or {})
+        self._opts, self._per = [], []  # each actor's options and own keyword arguments
         for i in range(n):
-            opts = dict(
+            self._opts.append(dict(
                 num_cpus=bundle.get("CPU", 0), num_gpus=bundle.get("GPU", 0),
                 resources={k: v for k, v in bundle.items() if k not in ("CPU", "GPU", "memory")} or None,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=self.pg, placement_group_bundle_index=i),
-                runtime_env={"env_vars": dict(env or {})}, name=f"{name}-{i}", max_restarts=max_restarts)
-            per = kwargs_fn(i) if kwargs_fn else {}
-            self._spawn.append(lambda gen, opts=opts, per=per, i=i: _registered(name, remote_cls.options(
-                **{**opts, "name": f"{name}-{i}" + (f"-r{gen}" if gen else "")}).remote(*args, **(kwargs or {}), **per)))
-            self.actors.append(self._spawn[i](0))
+                runtime_env={"env_vars": dict(env or {})}, max_restarts=max_restarts))
+            self._per.append(kwargs_fn(i) if kwargs_fn else {})
+        self.actors = [self._spawn(i, 0) for i in range(n)]
         self.replacements = 0
         self.info: dict = {}  # what the role reported at start-up (set by trainer/roles.py)
         _OPEN.append(self)
@@ -117,8 +115,22 @@ class ActorGroup:
         """Kill actor ``i`` (dead or hung) and start a fresh one in its bundle; returns the new actor."""
         _kill(self.actors[i])
         self.replacements += 1
-        self.actors[i] = self._spawn[i](self.replacements)
+        self.actors[i] = self._spawn(i, self.replacements)
         return self.actors[i]
+
+    def _spawn(self, i: int, generation: int):
+        name = f"{self.name}-{i}" + (f"-r{generation}" if generation else "")
+        actor = self._remote_cls.options(**self._opts[i], name=name).remote(*self._args, **self._kwargs, **self._per[i])
+        return _registered(self.name, actor)
+
+    def reinit(self, kwargs: dict) -> list:
+        """Build every actor afresh in its own process from new constructor keyword arguments (the
+        class's ``reinit``; a process that has loaded the modules starts in seconds: see
+        ``trainer.session``); a replacement started later is built from them too. Returns the
+        actors' answers."""
+        self._kwargs = dict(kwargs)
+        return self.get([a.reinit.remote(**self._kwargs, **per) for a, per in zip(self.actors, self._per)],
+                        "reinit", startup=True)
 
     def shutdown(self) -> None:
         """Kill every actor and remove the placement group (what is already gone, or belonged to a

@@ -33,7 +33,7 @@ import time
 from bench.charts import curve_svg
 from bench.ovd_arms import OVD_ARMS, ovd_part, ovd_table
 from bench.rec_stats import constant_box, diff_se, mean_se, split_metrics, split_tags
-from bench.stages import checkpoint_hf, eval_records, prepare_out, rows_of, run_stage
+from bench.stages import checkpoint_hf, eval_records, one_process, prepare_out, rows_of, run_stage
 
 class Experiment:
     """The REC stages and where their results are; each stage runs once (``run_stage``)."""
@@ -123,10 +123,19 @@ def main(argv=None) -> dict:
                          "for both tasks, instead of conf=rec's and conf=ovd's embedded models")
     ap.add_argument("--out", default="outputs/learning")
     ap.add_argument("--fresh", action="store_true", help="delete --out first")
+    ap.add_argument("--subprocess", action="store_true",
+                    help="each stage an orchestrator.py process of its own (default: all in this one, on one Ray, "
+                         "the engine and learner processes kept from stage to stage)")
     args = ap.parse_args(argv)
     if args.curve_every and args.steps % args.curve_every:
         ap.error("--steps must be a multiple of --curve-every")
     out = prepare_out(args.out, args.fresh)
+    with one_process(out, not args.subprocess):
+        return run(args, out)
+
+
+def run(args, out: pathlib.Path) -> dict:
+    """Every stage of the experiment (skipping those done), then the tables and curves."""
     t_start = time.perf_counter()
     log: list[dict] = []
     x = Experiment(args, out, log)
@@ -300,10 +309,12 @@ def tables(res: dict, args) -> str:
 
 def curve_series(res: dict, arm: str, split: str) -> list[tuple[int, float, float]]:
     """(step, mean, standard error) of ``arm``'s accuracy on ``split`` at each curve point, pooled over
-    the seeds and the curve subset's images."""
+    the seeds and the curve subset's images (none where the subset holds no image of the split: a
+    small ``--curve-images``)."""
     per_seed = res["curve"].get(arm, [])
     steps = sorted({int(p) for c in per_seed for p in c})
-    return [(p, *mean_se([v for c in per_seed for v in (c.get(p) or c.get(str(p)))[split]["hit"]])) for p in steps]
+    points = [(p, *mean_se([v for c in per_seed for v in (c.get(p) or c.get(str(p)))[split]["hit"]])) for p in steps]
+    return [pt for pt in points if pt[1] == pt[1]]  # (NaN: no image)
 
 
 def write_curves(res: dict, args, out: pathlib.Path) -> list[pathlib.Path]:

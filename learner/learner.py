@@ -39,6 +39,15 @@ class Learner(CheckpointIO, WeightSyncIO):
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()  # "Writing model shards" bars land in the driver's log as lines
 
+    def reinit(self, **kwargs) -> None:
+        """Drop this rank's model, optimizer and weight-sync group and construct it afresh from
+        ``__init__``'s arguments in this process (the next run of a ``trainer.session.Session``;
+        the driver then calls ``setup``, which keeps the process group of the first: one rank)."""
+        import gc
+        self.__dict__.clear()
+        gc.collect()
+        Learner.__init__(self, **kwargs)
+
     # ------------------------------------------------------------------ setup
     def address(self) -> tuple[str, int]:
         """(host, free port) for the DeepSpeed rendezvous; called on rank 0 before ``setup``."""

@@ -53,17 +53,17 @@ def _ray_needed_next(request) -> bool:
     return last + 1 < len(items) and "shared_ray" in getattr(items[last + 1], "fixturenames", ())
 
 
-KEPT: dict = {}  # the groups the last launch left up: {"engines": (key, group), "learners": (key, group)}
+SESSION: list = []  # the Session whose kept engine and learner the next module's launches may take
 
 
 @pytest.fixture(scope="module")
 def shared_ray(request, tmp_path_factory):
     """One private Ray for the in-process launches (as ``trainer.roles.launch`` would build them):
     yields ``roles(cfg, model_path, out_dir)``, a context manager that builds the roles and removes
-    them (actors and placement groups) afterwards -- all but the engine and the learner rank, which
-    the next launch builds afresh in the same processes (tests/reuse.py: a vLLM ``LLM`` in a process
-    that has imported vLLM starts in about 3 s instead of 15; ``roles.release()`` shuts them down, for
-    a test that places actors of its own). A module that asks starts the Ray, and keeps it (and those
+    them afterwards -- all but the engine and the learner rank, which a ``trainer.session.Session``
+    keeps for the next launch to build afresh in the same processes (a vLLM ``LLM`` in a process that
+    has imported vLLM starts in about 3 s instead of 15; ``roles.release()`` shuts them down, for a
+    test that places actors of its own). A module that asks starts the Ray, and keeps it (and those
     processes) for the module run right after it if that one asks too (a start costs seconds of CPU on
     2 cores); otherwise it stops: an idle Ray costs CPU too, and a module that starts clusters of its
     own (``tests/trainer/test_cluster_joined.py``) must not meet it."""
@@ -72,58 +72,29 @@ def shared_ray(request, tmp_path_factory):
     import ray
 
     import conf
-    from actors.group import _OPEN
-    from tests.reuse import ReusableEngine, ReusableLearner, group_keys
     from trainer import cluster, roles as roles_mod
+    from trainer.session import Session
     if not ray.is_initialized():
-        KEPT.clear()  # (the processes of an earlier Ray are gone with it)
+        SESSION[:] = [Session()]  # (the processes of an earlier Ray are gone with it)
         cluster.start(conf.resolve(conf.load(["cluster.include_dashboard=false"]), tmp_path_factory.mktemp("ray-cache")),
                       tmp_path_factory.mktemp("ray"))
-
-    def kept(role: str, key: tuple):
-        """The group of ``role`` the last launch left, if this launch can use it (else it is shut down)."""
-        old_key, group = KEPT.pop(role, (None, None))
-        if group is not None and (old_key != key or not any(g is group for g in _OPEN)):
-            group.shutdown()
-            group = None
-        return group
+    session = SESSION[0]
 
     @contextlib.contextmanager
     def roles(cfg, model_path, out_dir):
-        env = cluster.actor_env(cfg)
+        env = session.start(cfg, out_dir)
         cfg, _ = conf.resolve_auto(cfg, cluster.has_gpu())
-        keys = group_keys(cfg)
-        engines, learners = kept("engines", keys[0]), kept("learners", keys[1])
-        if engines is not None:
-            engines.call_timeout_s = cfg.rollout.timeout_s  # (the rest of what the group carries: the key)
-            engines.get(engines.actors[0].reinit.remote(index=0, **roles_mod.engine_kwargs(cfg, model_path)),
-                        "reinit", startup=True)
-        if learners is not None:
-            learners.call_timeout_s = cfg.learner.timeout_s
-            kwargs = roles_mod.learner_kwargs(cfg, model_path, roles_mod.items_per_rank(cfg))
-            learners.get(learners.actors[0].reinit.remote(rank=0, **kwargs), "reinit", startup=True)
-        with pytest.MonkeyPatch.context() as patch:  # (new groups: of the classes that can be reused)
-            patch.setattr(roles_mod, "RolloutEngine", ReusableEngine)
-            patch.setattr(roles_mod, "Learner", ReusableLearner)
-            pool, learners, scorers = roles_mod.create_roles(cfg, model_path, env, engines=engines, learners=learners)
+        built = roles_mod.create_roles(cfg, model_path, env, **session.groups(cfg, model_path, env))
+        ok = False
         try:
-            yield cfg, pool, learners, scorers
+            yield (cfg, *built)
+            ok = True
         finally:
-            scorers.shutdown()
-            for role, key, group in (("engines", keys[0], pool.engines), ("learners", keys[1], learners)):
-                if len(group.actors) == 1:
-                    KEPT[role] = (key, group)
-                else:
-                    group.shutdown()
+            session.end_run(failed=not ok)
 
-    def release():
-        """Shut the kept processes down: for a test that places actors of its own on this Ray."""
-        for _, group in KEPT.values():
-            group.shutdown()
-        KEPT.clear()
-
-    roles.release = release
+    roles.release = session.release
+    roles.session = session
     yield roles
     if not _ray_needed_next(request):
-        release()
+        session.release()
         ray.shutdown()

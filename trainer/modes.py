@@ -20,8 +20,10 @@ from trainer.progress import progress
 from trainer.roles import create_engines, create_learners, describe_engine
 
 
-def eval_only(cfg, model_path: str, val: list, out_dir: pathlib.Path, env: dict[str, str]) -> dict:
-    engines = create_engines(cfg, model_path, env)
+def eval_only(cfg, model_path: str, val: list, out_dir: pathlib.Path, env: dict[str, str], session=None) -> dict:
+    """``session``: a ``trainer.session.Session`` whose kept engine this run may use."""
+    kept = session.engines(cfg, model_path, env) if session else None
+    engines = kept or create_engines(cfg, model_path, env)
     engines.get(engines.call("ready"), "start-up", startup=True)  # (a large model's load: not a hung generate)
     engine = describe_engine(engines.get(engines.actors[0].info.remote(), "start-up", startup=True))
     print(f"engine: {engine}", flush=True)
@@ -37,11 +39,14 @@ def eval_only(cfg, model_path: str, val: list, out_dir: pathlib.Path, env: dict[
     return metrics
 
 
-def sft_loop(cfg, model_path: str, train: list, out_dir: pathlib.Path, env: dict[str, str]) -> dict:
+def sft_loop(cfg, model_path: str, train: list, out_dir: pathlib.Path, env: dict[str, str], session=None) -> dict:
+    """``session``: a ``trainer.session.Session`` whose kept learner rank this run may use."""
     B = cfg.trainer.prompts_per_step
     if B % cfg.learner.world_size:
         raise SystemExit(f"trainer.prompts_per_step={B} must divide over learner.world_size={cfg.learner.world_size}")
-    learners = create_learners(cfg, model_path, B // cfg.learner.world_size, env)
+    per_rank = B // cfg.learner.world_size
+    kept = session.learners(cfg, model_path, per_rank, env) if session else None
+    learners = create_learners(cfg, model_path, per_rank, env, group=kept)
     sampler = PromptSampler(len(train), B, cfg.seed, cfg.data.shuffle, cfg.trainer.epochs)
     monitor = Monitor(out_dir, cfg.wandb, plain(cfg))
     steps = sampler.steps_for(cfg.trainer.max_steps)

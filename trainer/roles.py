@@ -46,7 +46,8 @@ def threads_env(configured, asynchronous: bool = True, reserved: float = 1, core
     return {"OMP_NUM_THREADS": str(auto_threads(configured, asynchronous, reserved, cores, role))}
 
 
-def _threads(cfg, section, role: str) -> dict[str, str]:
+def role_threads(cfg, section, role: str) -> dict[str, str]:
+    """``threads_env`` of a role's actors (``section``: ``cfg.rollout`` or ``cfg.learner``)."""
     cores = None if cfg.cluster.address else (cfg.cluster.num_cpus or os.cpu_count())
     peers = section.get("num_engines", section.get("world_size", 1))  # actors of this role sharing the machine
     cores = None if cores is None else max(1, cores // peers)
@@ -80,7 +81,7 @@ def create_engines(cfg, model_path: str, env: dict[str, str], gpu: bool | None =
     gpu = has_gpu() if gpu is None else gpu
     bundle = {"CPU": r.cpus_per_engine, "GPU": r.devices_per_engine if gpu else 0, **r.resources}
     return ActorGroup(RolloutEngine, r.num_engines, bundle, "rollout", kwargs=engine_kwargs(cfg, model_path),
-                      kwargs_fn=lambda i: {"index": i}, env={**env, **_threads(cfg, r, "rollout")},
+                      kwargs_fn=lambda i: {"index": i}, env={**env, **role_threads(cfg, r, "rollout")},
                       call_timeout_s=r.timeout_s, startup_timeout_s=cfg.cluster.startup_timeout_s)
 
 
@@ -99,13 +100,13 @@ def learner_kwargs(cfg, model_path: str, per_rank_items: int) -> dict:
 def create_learners(cfg, model_path: str, per_rank_items: int, env: dict[str, str], gpu: bool | None = None,
                     group: ActorGroup | None = None) -> ActorGroup:
     """The learner ranks, with DeepSpeed set up (rank 0 chooses the rendezvous address); ``group``:
-    ranks already up, constructed with ``learner_kwargs`` (the test suite's, reused: tests/reuse.py)."""
+    ranks already up, constructed with ``learner_kwargs`` (kept by a ``trainer.session.Session``)."""
     lc = cfg.learner
     gpu = has_gpu() if gpu is None else gpu
     bundle = {"CPU": lc.cpus_per_rank, "GPU": lc.gpus_per_rank if gpu else 0, **lc.resources}
     learners = group or ActorGroup(Learner, lc.world_size, bundle, "learner",
                                    kwargs=learner_kwargs(cfg, model_path, per_rank_items),
-                                   kwargs_fn=lambda i: {"rank": i}, env={**env, **_threads(cfg, lc, "learner")},
+                                   kwargs_fn=lambda i: {"rank": i}, env={**env, **role_threads(cfg, lc, "learner")},
                                    call_timeout_s=lc.timeout_s, startup_timeout_s=cfg.cluster.startup_timeout_s)
     host, port = learners.get(learners.actors[0].address.remote(), "its address", startup=True)
     # rank 0's answer: sizes, dtype and why, threads
@@ -120,8 +121,8 @@ def create_roles(cfg, model_path: str, env: dict[str, str], survivors=None, engi
     the (pool, learners, scorers) of an attempt a learner rank ended (``trainer.max_restarts``);
     only the learner ranks start afresh, the engines (but any that does not answer a probe) and the
     reward workers go on serving: a large model's engine takes minutes to load. ``engines``, ``learners``:
-    groups already up, constructed for ``model_path`` and ``cfg`` (the test suite's, reused across its
-    launches: tests/reuse.py); the rest is built and joined to them."""
+    groups already up, constructed for ``model_path`` and ``cfg`` (kept from an earlier run of a
+    ``trainer.session.Session``); the rest is built and joined to them."""
     _resolved(cfg)
     r, lc, rc = cfg.rollout, cfg.learner, cfg.reward
     gpu = has_gpu()

@@ -74,6 +74,9 @@ def test_curves_are_drawn_from_the_pooled_seeds(tmp_path):
                                                   (10, 0.875, mean_se([1.0] * 35 + [0.0] * 5)[1])]
     res = json.loads(json.dumps(res))  # as read back from learning.json: steps are strings
     assert curve_series(res, "grpo", "small")[1][1] == 0.875
+    empty = json.loads(json.dumps(res))  # a curve subset holding no image of a split: no point, not NaN
+    empty["curve"]["grpo"][0]["10"]["small"]["hit"] = []
+    assert [p for p, _, _ in curve_series(empty, "grpo", "small")] == [0]
     paths = write_curves(res, args, tmp_path)
     assert [p.name for p in paths] == ["curves_in.svg", "curves_ood.svg", "curves_small.svg", "curves_corners.svg"]
     svg = (tmp_path / "curves_small.svg").read_text()
