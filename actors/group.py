@@ -153,6 +153,11 @@ def _kill(actor) -> None:
         pass
 
 
+def open_groups() -> list[ActorGroup]:
+    """The groups this process started and has not shut down."""
+    return list(_OPEN)
+
+
 def shutdown_groups(keep=()) -> int:
     """Shut down every group this process started and has not shut down, but those in ``keep``
     (dead, hung or alive: a run restarting its learner ranks keeps Ray, its engines and its reward

@@ -40,8 +40,13 @@ _SESSION: list = []  # the Session of the enclosing one_process(), if any
 def one_process(out: pathlib.Path, enabled: bool = True):
     """Run the stages started inside in this process on one Ray (``enabled=False``: each in an
     ``orchestrator.py`` process of its own, as before). Ray's files go to ``out/ray``."""
-    if not enabled:
-        yield None
+    if not enabled:  # (inside another one_process too: these stages are processes of their own)
+        outer = _SESSION[:]
+        _SESSION.clear()
+        try:
+            yield None
+        finally:
+            _SESSION[:] = outer
         return
     from trainer.session import Session
     with Session(out) as session:
@@ -63,7 +68,7 @@ def _run_here(argv: list[str], f) -> int:
         except SystemExit as e:  # a user error (exit 2) or a run that stopped itself
             if not isinstance(e.code, int) and e.code is not None:
                 print(e.code)
-            return e.code if isinstance(e.code, int) else 1
+            return e.code if isinstance(e.code, int) else int(e.code is not None)
         except Exception:  # noqa: BLE001 - the stage failed: the experiment stops with its log
             traceback.print_exc()
             return 1

@@ -2,7 +2,7 @@
 for the next: an experiment of many short runs (``bench.learning``'s twenty-odd stages, the test
 suite's in-process launches) pays a role's start-up once instead of once per run.
 
-    session = Session(ray_dir)
+    session = Session(home)
     orchestrator.main(["conf=rec", "trainer.output_dir=a"], session=session)           # Ray starts here
     orchestrator.main(["mode=eval", "conf=rec", "model.path=a/...", ...], session=session)  # same engine process
     session.close()                                                                    # Ray stops
@@ -24,7 +24,7 @@ import pathlib
 
 import ray
 
-from actors.group import _OPEN, ActorGroup, RoleHung
+from actors.group import ActorGroup, RoleHung, open_groups
 from trainer import cluster, roles
 
 
@@ -39,12 +39,13 @@ def _key(cfg, section, role: str, env: dict[str, str]) -> tuple:
 
 
 class Session:
-    """Several runs in this process on one Ray (``orchestrator.main(argv, session=...)``). ``ray_dir``:
-    where a private Ray started by the first run keeps its files (default: that run's directory).
+    """Several runs in this process on one Ray (``orchestrator.main(argv, session=...)``). ``home``:
+    the directory under whose ``ray/`` a private Ray started by the first run keeps its files
+    (default: that run's directory).
     A Ray already up in this process (a test module's) is used as it is and left up by ``close``."""
 
-    def __init__(self, ray_dir: pathlib.Path | None = None):
-        self.ray_dir = ray_dir
+    def __init__(self, home: pathlib.Path | None = None):
+        self.home = home
         self.kept: dict[str, tuple[tuple, ActorGroup]] = {}  # role -> (key, group) the last run left up
         self._now: dict[str, tuple] = {}  # role -> key, for the roles the current run asked for
         self._owns_ray, self._address = False, None
@@ -55,18 +56,19 @@ class Session:
         the environment of every actor."""
         if not ray.is_initialized():
             self.kept.clear()  # (the processes of an earlier Ray are gone with it)
-            env = cluster.start(cfg, pathlib.Path(self.ray_dir or out_dir))
+            env = cluster.start(cfg, pathlib.Path(self.home or out_dir))
             self._owns_ray, self._address = True, (cfg.cluster.address, cfg.cluster.num_cpus)
             return env
         if self._address is not None and (cfg.cluster.address, cfg.cluster.num_cpus) != self._address:
             raise ValueError(f"this session's Ray was started with cluster.address={self._address[0]!r}, "
-                             f"cluster.num_cpus={self._address[1]}; a run in it cannot change them (start another session)")
+                             f"cluster.num_cpus={self._address[1]}; a run in it cannot change them "
+                             "(start another session)")
         return cluster.actor_env(cfg)
 
     def _take(self, role: str, key: tuple) -> ActorGroup | None:
         self._now[role] = key
         old_key, group = self.kept.pop(role, (None, None))
-        if group is not None and (old_key != key or not any(g is group for g in _OPEN)):
+        if group is not None and (old_key != key or not any(g is group for g in open_groups())):
             group.shutdown()
             return None
         return group
@@ -105,7 +107,7 @@ class Session:
         """After a run: keep its engine and its learner rank (a group of one actor each) for the next
         and shut every other group down; after a failed run, shut everything down."""
         waiting = [g for _, g in self.kept.values()]  # kept by an earlier run, not asked for by this one
-        for group in list(_OPEN):
+        for group in open_groups():
             if any(group is g for g in waiting):
                 continue
             role = group.name
