@@ -2,7 +2,7 @@
 own and in one ``trainer.session.Session`` (one process, one Ray, the engine and learner processes
 rebuilt from run to run), in the same run, alternating the order of the two ways by round.
 
-    python -m bench.session [--rounds 2] [--out outputs/bench_session]
+    python -m bench.session [--rounds 3] [--out outputs/bench_session]
 
 Each round runs, each way: ``mode=eval`` of ``conf=rec``'s model on 16 images, 2 steps of ``mode=sft``,
 then 2 GRPO steps (``conf=rec``) -- the kinds of stage ``bench.learning`` runs twenty-odd of.
@@ -34,7 +34,7 @@ def _round(out, way: str, r: int) -> dict[str, float]:
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default="outputs/bench_session")
     args = ap.parse_args(argv)
     out = prepare_out(args.out, fresh=True)
@@ -52,14 +52,13 @@ def main(argv=None) -> list[dict]:
         reused = session.reused
     rows = []
     for name in STAGES:
-        p = [t[name] for t in times["processes"]]
         s = [t[name] for t in times["session"]]
-        rows.append({"stage": name, "processes_s": statistics.median(p), "session_s": statistics.median(s),
-                     "session_first_s": s[0]})
+        rows.append({"stage": name, "processes_s": statistics.median(t[name] for t in times["processes"]),
+                     "session_first_s": s[0], "session_s": statistics.median(s[1:] or s)})
     m = machine()
-    print(f"\n{m['cpu']}, {m['cores']} cores, flags: {m['flags'] or 'none of the bf16 ones'}; {args.rounds} rounds, "
-          f"medians over rounds (the session's first round also starts Ray and the roles); {reused} processes "
-          f"reused; {(time.perf_counter() - t0) / 60:.1f} min\n")
+    print(f"\n{m['cpu']}, {m['cores']} cores, flags: {m['flags'] or 'none of the bf16 ones'}; {args.rounds} rounds "
+          f"(medians; in the session, of the rounds after the first, which also starts Ray and the roles); "
+          f"{reused} processes reused; {(time.perf_counter() - t0) / 60:.1f} min\n")
     print("| stage | own process s | in the session s | ratio | session, first round s |")
     print("|---|---|---|---|---|")
     for row in rows:
