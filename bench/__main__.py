@@ -8,7 +8,8 @@ Each benchmark also runs alone with its size knobs (``python -m bench.rollout --
 row is a ratio against a baseline measured in the same run. The orchestrator-overhead figure is the
 ``other_%`` column of the end-to-end table (step time that is none of generate, score, train, sync).
 The learning experiment (``python -m bench.learning``), the soak run (``python -m bench.soak``) and
-the loop model's calibration (``python -m bench.calibrate``) are longer and run on their own; the
+the loop model's calibration (``python -m bench.calibrate``) are longer and run on their own, as does
+the start-up cost of a short run with and without a session (``python -m bench.session``); the
 layout planner (``python -m bench.plan``) runs nothing and takes a second. Results: ``bench/results/all.json``.
 """
 from __future__ import annotations

@@ -22,6 +22,10 @@ OVD_ARMS = {
     "iou_dynamic": ("format + ovd_iou, dynamic sampling", [*_OVD_ONLY, "reward.funcs.ovd_iou=1",
                                                           "rollout.dynamic_sampling.enabled=true",
                                                           "rollout.dynamic_sampling.metric=ovd_iou"]),
+    "odlength_dynamic": ("format + ovd_odlength, dynamic sampling", ["reward.funcs.ovd_map=0",
+                                                                   "rollout.dynamic_sampling.enabled=true",
+                                                                   "rollout.dynamic_sampling.metric=ovd_odlength"]),
+    "odlength_g16": ("format + ovd_odlength, G=16", ["reward.funcs.ovd_map=0", "rollout.num_generations=16"]),
     "odlength_lr3e-4": ("format + ovd_odlength, lr 3e-4", ["reward.funcs.ovd_map=0", "learner.lr=3e-4"]),
     "odlength_lr1e-3": ("format + ovd_odlength, lr 1e-3", ["reward.funcs.ovd_map=0", "learner.lr=1e-3"]),
 }

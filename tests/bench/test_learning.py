@@ -109,3 +109,17 @@ def test_equal_time_takes_median_step_times_pooled_over_the_seeds():
     assert equal_time_steps(grpo, sft, 10) == (80, 20.0)
     assert equal_time_steps(grpo, sft, 30) == (90, 20.0)   # 80 / 30 = 2.67 -> 3 x 30
     assert equal_time_steps([[0.1] * 10], [[1.0] * 10], 10)[0] == 10  # never fewer steps than SFT's own
+
+
+def test_every_ovd_arm_composes_with_conf_ovd_and_trains_the_rewards_its_label_names():
+    import conf
+    from bench.ovd_arms import OVD_ARMS
+    from rewards import validate_funcs
+    for name, (label, overrides) in OVD_ARMS.items():
+        cfg = conf.load(["conf=ovd", *overrides])
+        funcs = validate_funcs(dict(cfg.reward.funcs))
+        named = [part.strip().split(",")[0].split(" (")[0] for part in label.split("+")]
+        assert {n for n in named} == {f for f, w in funcs.items() if w > 0}, name
+        ds = cfg.rollout.dynamic_sampling
+        assert ds.enabled == ("dynamic" in name) and (ds.metric in funcs if ds.enabled else True), name
+    assert conf.load(["conf=ovd", *OVD_ARMS["odlength_g16"][1]]).rollout.num_generations == 16
