@@ -49,6 +49,7 @@ CHOICES = {
     "learner.is_guard": ["truncate", "mask"],
     "learner.lora.sync": ["auto", "adapter", "merged"],
     "learner.lr_schedule": ["constant", "linear", "cosine"],
+    "learner.adam_impl": ["fused", "foreach"],
     "learner.loss_agg": ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"],
     "reward.box_convention": ["vlm_r1", "continuous"],
     "rollout.dtype": ["auto", "bfloat16", "float16", "float32"],

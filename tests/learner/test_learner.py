@@ -179,6 +179,26 @@ def test_bf16_zero_and_gradient_checkpointing_train(tiny_model, synthetic, over)
 
 
 @pytest.mark.parametrize("stage", [0, 2])
+def test_fused_adam_gives_the_foreach_update(tiny_model, synthetic, stage):
+    """learner.adam_impl=fused (the default, a speed change) against torch's foreach AdamW: the same
+    losses and weights after three steps, to fp32 round-off (the fused kernel orders a few
+    operations differently: 1 ulp)."""
+    runs = {}
+    for impl in ("fused", "foreach"):
+        lr = _learner(tiny_model, 2, **{"learner.adam_impl": impl, "learner.zero_stage": stage, "learner.lr": "1e-3"})
+        assert lr.optimizer_core.defaults["fused"] is (impl == "fused")
+        losses = [lr.train_step(_items(tiny_model, synthetic))["loss"] for _ in range(3)]
+        runs[impl] = losses, {n: p.detach().clone() for n, p in lr.engine.module.named_parameters()}
+    (la, wa), (lb, wb) = runs["fused"], runs["foreach"]
+    assert la == pytest.approx(lb, rel=1e-5, abs=1e-7) and la[0] == lb[0]  # the first loss precedes any update
+    assert wa.keys() == wb.keys()
+    moved = 0
+    for n in wa:
+        assert float((wa[n] - wb[n]).abs().max()) <= 2e-6, n
+        moved += int(not torch.equal(wa[n], lr.ref.get_parameter(n)))
+    assert moved > 0  # the steps did update the weights
+
+@pytest.mark.parametrize("stage", [0, 2])
 def test_non_finite_step_is_skipped_never_applied(tiny_model, synthetic, stage):
     lr = _learner(tiny_model, 2, **{"learner.beta": 0.0, "learner.zero_stage": stage})
     bad = _items(tiny_model, synthetic)
