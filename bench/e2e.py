@@ -4,6 +4,7 @@
     python -m bench.e2e                              # sizes 30m and 400m
     python -m bench.e2e --sizes tiny 30m --steps 4 --prompts 2 --generations 4 --max-new-tokens 48
     python -m bench.e2e --sizes 30m --variants async sync      # this project's loops only, against TRL
+    python -m bench.e2e --sizes tiny --variants sync sync-eager   # the compiled engine against the eager one
     python -m bench.e2e --precision auto fp32        # both sides at auto's precision, then both at fp32
 
 Identical work on both sides: the same random Qwen2.5-VL built from a config, the same synthetic
@@ -14,7 +15,10 @@ completion cap, number of steps, learning rate, KL weight and rewards (this proj
 CPU at hand (bf16 where it computes bf16 natively, fp32 elsewhere) -- which is also what a TRL user
 would switch on (``GRPOConfig(bf16=True)`` with the model loaded in bf16). TRL is used through its
 documented API (``GRPOConfig(use_cpu=True)``, HF ``generate``); a subclass only times its
-generation and reward calls. The first step of each system is warm-up and is not counted.
+generation and reward calls. The first step of each system is warm-up and is not counted. This
+project's engine runs as the training recipes run it (``rollout.enforce_eager=auto``: compiled where
+torch.compile can build; the ``sync-eager`` row runs base.yaml's eager engine); the ``engine`` column
+says which.
 Reports samples/s (completions trained per second), the ratio, and each system's time split:
 generation, reward, training (forward/backward/optimizer incl. reference log-probs), sync
 (weights to the engines; none in TRL, which generates with the training model) and other.
@@ -35,12 +39,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 VARIANTS = {  # this project's rows: name -> overrides (the defaults are dtype/threads auto, prefix sharing on)
-    "async": ["trainer.max_staleness=1"],
-    "sync": ["trainer.max_staleness=0"],
+    # the engine as the training recipes run it (conf/recipe/*.yaml: rollout.enforce_eager=auto, compiled
+    # where torch.compile can build; its start-up falls in the untimed warm-up step)
+    "async": ["trainer.max_staleness=1", "rollout.enforce_eager=auto"],
+    "sync": ["trainer.max_staleness=0", "rollout.enforce_eager=auto"],
+    "sync-eager": ["trainer.max_staleness=0", "rollout.enforce_eager=true"],  # base.yaml's engine (short runs)
     # the defaults before asynchronous training: bf16 engine whatever the CPU, one thread per role,
-    # no prompt sharing, the old-log-prob-free on-policy loss
+    # no prompt sharing, the old-log-prob-free on-policy loss, torch's foreach AdamW, the eager engine
     "old-defaults": ["trainer.max_staleness=0", "rollout.dtype=bfloat16", "learner.dtype=fp32", "rollout.cpu_threads=1",
-                     "learner.cpu_threads=1", "learner.prefix_sharing=false", "learner.off_policy=none"],
+                     "learner.cpu_threads=1", "learner.prefix_sharing=false", "learner.off_policy=none",
+                     "learner.adam_impl=foreach", "rollout.enforce_eager=true"],
 }
 
 
@@ -49,6 +57,16 @@ def precision_of(choice: str) -> str:
     pick on this machine (``conf.hardware.resolve_dtype``)."""
     from conf.hardware import resolve_dtype
     return resolve_dtype(choice, "learner")[0]
+
+
+def engine_of(system: str) -> str:
+    """How a row generates: ``compiled`` / ``eager`` vLLM engine (``rollout.enforce_eager`` as the
+    variant sets it, ``auto`` resolved on this machine), or TRL's ``HF generate``."""
+    if not system.startswith("ours:"):
+        return "HF generate"
+    from conf.hardware import resolve_eager
+    value = next(o.split("=", 1)[1] for o in VARIANTS[system.split(":", 1)[1]] if o.startswith("rollout.enforce_eager="))
+    return "eager" if resolve_eager(value if value == "auto" else value == "true")[0] else "compiled"
 
 
 def dtype_overrides(precision: str) -> list[str]:
@@ -190,12 +208,13 @@ def main(argv=None) -> list[dict]:
     from conf.hardware import describe_cpu
     print(f"\n## End to end vs TRL ({describe_cpu()}, {machine()['date']}): "
           f"B={a.prompts}, G={a.generations}, {a.max_new_tokens} new tokens, {a.steps} timed steps\n")
-    print(table(rows, ["size", "params_M", "precision", "system", "samples_per_s", "x_TRL", "x_sync", "util_%", "lm_tokens",
-                       "generate_%", "reward_%", "train_%", "sync_%", "other_%"]))
+    print(table(rows, ["size", "params_M", "precision", "system", "engine", "samples_per_s", "x_TRL", "x_sync", "util_%",
+                       "lm_tokens", "generate_%", "reward_%", "train_%", "sync_%", "other_%"]))
     print("\nlm_tokens: language-model tokens the learner computes per step, as a share of the same batch without "
           "prompt sharing. Asynchronous rows: generate/reward run beside training, so train_% is only the wait for "
           "the learner after them; util_%: CPU time of every process / (wall time x cores) over the training steps. "
-          "precision: both systems' (x_TRL compares rows of one precision); old defaults: bf16 engine, fp32 learner.")
+          "precision: both systems' (x_TRL compares rows of one precision); old defaults: bf16 engine, fp32 learner. "
+          "engine: vLLM compiled (rollout.enforce_eager=auto, as the recipes run it) or eager (base.yaml's, for short runs).")
     print(f"\nsaved {save('e2e', rows)}")
     return rows
 
@@ -208,7 +227,7 @@ def _rows(res: dict, size: str, params: int, precision: str) -> list[dict]:
     for system, r in res.items():
         name = f"this project, {system.split(':', 1)[1]}" if system.startswith("ours:") else "TRL GRPOTrainer"
         row = {"size": size, "params_M": params / 1e6, "system": name, "samples_per_s": sps(system),
-               "precision": "bf16/fp32" if system == "ours:old-defaults" else precision,
+               "precision": "bf16/fp32" if system == "ours:old-defaults" else precision, "engine": engine_of(system),
                "util_%": r.get("util_%"), "lm_tokens": r.get("lm_token_share"),
                **{f"{k}_%": 100 * r[k] / r["seconds"] for k in ("generate", "reward", "train", "sync", "other")}}
         if "trl" in res and system != "trl":
