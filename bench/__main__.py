@@ -1,6 +1,6 @@
 """Every benchmark in one command: a markdown table per benchmark and one JSON with the machine.
 
-    python -m bench                     # rewards, rollout, broadcast, delta sync, end to end vs TRL (~45 min on 2 cores)
+    python -m bench                     # rewards, rollout, broadcast, delta sync, optimizer, end to end vs TRL (~45 min on 2 cores)
     python -m bench --only rewards rollout
     python -m bench --quick             # small sizes of each, to check the setup (~5 min)
 
@@ -28,6 +28,7 @@ BENCHES = {
     "broadcast": ([], ["--sizes", "tiny", "30m", "50m", "--engines", "1"]),
     "e2e": ([], ["--sizes", "tiny", "30m", "--steps", "2", "--max-new-tokens", "32"]),
     "delta_sync": ([], ["--steps", "6", "--lrs", "1e-6"]),
+    "optimizer": ([], ["--sizes", "tiny", "30m"]),
 }
 E2E_FULL = ["--sizes", "tiny", "30m", "400m"]
 

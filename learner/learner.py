@@ -115,6 +115,10 @@ class Learner(CheckpointIO, WeightSyncIO):
         config = ds_config(self.cfg, self.cfg["micro_batch_size"], self.n_micro, self.world_size)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=opt, lr_scheduler=sched, config=config, model_parameters=params)
+        if self.world_size == 1 and self.cfg["zero_stage"] == 0:
+            # one rank: DeepSpeed's all-reduce would flatten the gradients, reduce them over this
+            # rank alone and copy them back (3% of a 30M update on CPU); ZeRO 1-3 reduce in their optimizer
+            self.engine.enable_backward_allreduce = False
         from learner.checkpoint_io import install
         install(self.engine)  # checkpoints load weights-only: data, never code
         self.ref = None

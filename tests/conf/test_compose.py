@@ -14,7 +14,8 @@ import conf
 BEFORE = json.loads((pathlib.Path(__file__).parent / "resolved_configs.json").read_text())
 # values changed on purpose since the split, by key: (the configs it applies to, the new value)
 CHANGED = {("rollout", "enforce_eager"): ({"rec", "ovd"}, "auto"),  # the tiny recipe compiles where it can (2026-12-04)
-           ("trainer", "max_steps"): ({"rec", "ovd"}, 200)}  # the quickstart in minutes on an AVX2 CPU (2026-12-05)
+           ("trainer", "max_steps"): ({"rec", "ovd"}, 200),  # the quickstart in minutes on an AVX2 CPU (2026-12-05)
+           ("learner", "adam_impl"): (set(BEFORE), "fused")}  # a new key everywhere: torch's fused AdamW (2026-12-05)
 
 
 def resolved(args: list[str]) -> dict:

@@ -178,6 +178,22 @@ def test_bf16_zero_and_gradient_checkpointing_train(tiny_model, synthetic, over)
     assert lr.param_checksum(["lm_head"]) != before
 
 
+def test_one_rank_skips_deepspeeds_all_reduce_with_the_same_update(tiny_model, synthetic):
+    """A single ZeRO-0 rank does not all-reduce its gradients over itself (a speed change): the losses
+    and weights after three steps are exactly those of the all-reducing engine."""
+    runs = []
+    for allreduce in (False, True):
+        lr = _learner(tiny_model, 2, **{"learner.lr": "1e-3"})
+        assert lr.engine.enable_backward_allreduce is False  # what the learner sets up for one rank
+        lr.engine.enable_backward_allreduce = allreduce
+        losses = [lr.train_step(_items(tiny_model, synthetic))["loss"] for _ in range(3)]
+        runs.append((losses, {n: p.detach().clone() for n, p in lr.engine.module.named_parameters()}))
+    (la, wa), (lb, wb) = runs
+    assert la == lb and len(set(la)) > 1
+    assert all(torch.equal(wa[n], wb[n]) for n in wb)
+    assert not all(torch.equal(wb[n], lr.ref.get_parameter(n)) for n in wb)  # the steps moved the weights
+
+
 @pytest.mark.parametrize("stage", [0, 2])
 def test_fused_adam_gives_the_foreach_update(tiny_model, synthetic, stage):
     """learner.adam_impl=fused (the default, a speed change) against torch's foreach AdamW: the same
