@@ -104,12 +104,10 @@ def shared_ray(request, tmp_path_factory):
 
     @contextlib.contextmanager
     def roles(cfg, model_path, out_dir):
-        env = session.start(cfg, out_dir)
-        cfg, _ = conf.resolve_auto(cfg, cluster.has_gpu())
-        built = roles_mod.create_roles(cfg, model_path, env, **session.groups(cfg, model_path, env))
+        built = roles_mod.launch(cfg, model_path, out_dir, session=session)
         ok = False
         try:
-            yield (cfg, *built)
+            yield built
             ok = True
         finally:
             session.end_run(failed=not ok)

@@ -75,14 +75,27 @@ def engine_kwargs(cfg, model_path: str) -> dict:
                 lora_rank=adapter_rank(cfg))
 
 
+def engine_placement(cfg, env: dict[str, str], gpu: bool) -> tuple[int, dict, dict[str, str]]:
+    """(engines, each one's Ray resources, each one's environment): what an engine process carries
+    from its start (a ``trainer.session.Session`` keeps one for a run with the same)."""
+    r = cfg.rollout
+    return (r.num_engines, {"CPU": r.cpus_per_engine, "GPU": r.devices_per_engine if gpu else 0, **r.resources},
+            {**env, **role_threads(cfg, r, "rollout")})
+
+
+def learner_placement(cfg, env: dict[str, str], gpu: bool) -> tuple[int, dict, dict[str, str]]:
+    """(ranks, each one's Ray resources, each one's environment), as ``engine_placement``."""
+    lc = cfg.learner
+    return (lc.world_size, {"CPU": lc.cpus_per_rank, "GPU": lc.gpus_per_rank if gpu else 0, **lc.resources},
+            {**env, **role_threads(cfg, lc, "learner")})
+
+
 def create_engines(cfg, model_path: str, env: dict[str, str], gpu: bool | None = None) -> ActorGroup:
     """The rollout engines (serving the base plus a synced LoRA adapter with adapter sync)."""
-    r = cfg.rollout
-    gpu = has_gpu() if gpu is None else gpu
-    bundle = {"CPU": r.cpus_per_engine, "GPU": r.devices_per_engine if gpu else 0, **r.resources}
-    return ActorGroup(RolloutEngine, r.num_engines, bundle, "rollout", kwargs=engine_kwargs(cfg, model_path),
-                      kwargs_fn=lambda i: {"index": i}, env={**env, **role_threads(cfg, r, "rollout")},
-                      call_timeout_s=r.timeout_s, startup_timeout_s=cfg.cluster.startup_timeout_s)
+    n, bundle, actor_env = engine_placement(cfg, env, has_gpu() if gpu is None else gpu)
+    return ActorGroup(RolloutEngine, n, bundle, "rollout", kwargs=engine_kwargs(cfg, model_path),
+                      kwargs_fn=lambda i: {"index": i}, env=actor_env,
+                      call_timeout_s=cfg.rollout.timeout_s, startup_timeout_s=cfg.cluster.startup_timeout_s)
 
 
 def items_per_rank(cfg) -> int:
@@ -101,13 +114,12 @@ def create_learners(cfg, model_path: str, per_rank_items: int, env: dict[str, st
                     group: ActorGroup | None = None) -> ActorGroup:
     """The learner ranks, with DeepSpeed set up (rank 0 chooses the rendezvous address); ``group``:
     ranks already up, constructed with ``learner_kwargs`` (kept by a ``trainer.session.Session``)."""
-    lc = cfg.learner
-    gpu = has_gpu() if gpu is None else gpu
-    bundle = {"CPU": lc.cpus_per_rank, "GPU": lc.gpus_per_rank if gpu else 0, **lc.resources}
-    learners = group or ActorGroup(Learner, lc.world_size, bundle, "learner",
-                                   kwargs=learner_kwargs(cfg, model_path, per_rank_items),
-                                   kwargs_fn=lambda i: {"rank": i}, env={**env, **role_threads(cfg, lc, "learner")},
-                                   call_timeout_s=lc.timeout_s, startup_timeout_s=cfg.cluster.startup_timeout_s)
+    learners = group
+    if learners is None:
+        n, bundle, actor_env = learner_placement(cfg, env, has_gpu() if gpu is None else gpu)
+        learners = ActorGroup(Learner, n, bundle, "learner", kwargs=learner_kwargs(cfg, model_path, per_rank_items),
+                              kwargs_fn=lambda i: {"rank": i}, env=actor_env, call_timeout_s=cfg.learner.timeout_s,
+                              startup_timeout_s=cfg.cluster.startup_timeout_s)
     host, port = learners.get(learners.actors[0].address.remote(), "its address", startup=True)
     # rank 0's answer: sizes, dtype and why, threads
     learners.info = learners.get(learners.call("setup", host, port), "setup", startup=True)[0]
@@ -182,11 +194,17 @@ def describe_choices(cfg, engine: dict, learner: dict, why: dict[str, str]) -> d
     return chosen
 
 
-def launch(cfg, model_path: str, out_dir) -> tuple:
+def launch(cfg, model_path: str, out_dir, session=None) -> tuple:
     """Start Ray, resolve the cluster-level ``auto`` settings and build every role, in one call:
     for tests and benchmarks that drive the roles themselves (the driver takes these steps one by
     one). A Ray already up in this process (a test module's, shared by its launches) is used as it
-    is: only the roles are built. Returns (resolved cfg, engine pool, learners, scorers)."""
-    env = cluster.actor_env(cfg) if ray.is_initialized() else cluster.start(cfg, pathlib.Path(out_dir))
+    is: only the roles are built. ``session``: a ``trainer.session.Session`` that starts Ray and
+    gives its kept engine and learner rank (the caller ends the run with ``session.end_run``).
+    Returns (resolved cfg, engine pool, learners, scorers)."""
+    if session is not None:
+        env = session.start(cfg, pathlib.Path(out_dir))
+    else:
+        env = cluster.actor_env(cfg) if ray.is_initialized() else cluster.start(cfg, pathlib.Path(out_dir))
     cfg, _ = conf.resolve_auto(cfg, has_gpu())
-    return (cfg, *create_roles(cfg, model_path, env))
+    kept = session.groups(cfg, model_path, env) if session is not None else {}
+    return (cfg, *create_roles(cfg, model_path, env, **kept))

@@ -28,14 +28,11 @@ from actors.group import ActorGroup, RoleHung, open_groups
 from trainer import cluster, roles
 
 
-def _key(cfg, section, role: str, env: dict[str, str]) -> tuple:
-    """What a role's processes carry from their start: a kept group serves a run with the same."""
-    n = section.get("num_engines", section.get("world_size"))
-    cpus = section.get("cpus_per_engine", section.get("cpus_per_rank"))
-    devices = section.get("devices_per_engine", section.get("gpus_per_rank"))
-    threads = roles.role_threads(cfg, section, "rollout" if role == "rollout" else "learner")
-    return (n, cpus, devices, tuple(sorted(dict(section.resources).items())), tuple(sorted(threads.items())),
-            tuple(sorted(env.items())))
+def _key(placement: tuple[int, dict, dict[str, str]]) -> tuple:
+    """What a role's processes carry from their start (``trainer.roles.engine_placement``: count,
+    resources, environment with threads), hashable: a kept group serves a run with the same."""
+    n, bundle, env = placement
+    return n, tuple(sorted(bundle.items())), tuple(sorted(env.items()))
 
 
 class Session:
@@ -89,13 +86,13 @@ class Session:
     def engines(self, cfg, model_path: str, env: dict[str, str]) -> ActorGroup | None:
         """The kept rollout engine, built afresh for this run (``cfg`` resolved), or None: the run
         starts its own (``trainer.roles.create_engines``)."""
-        group = self._take("rollout", _key(cfg, cfg.rollout, "rollout", env))
+        group = self._take("rollout", _key(roles.engine_placement(cfg, env, cluster.has_gpu())))
         return self._rebuilt(group, roles.engine_kwargs(cfg, model_path), cfg.rollout.timeout_s)
 
     def learners(self, cfg, model_path: str, per_rank_items: int, env: dict[str, str]) -> ActorGroup | None:
         """The kept learner rank, constructed afresh for this run, or None (``create_learners`` then
         starts one; either way it then runs ``setup``)."""
-        group = self._take("learner", _key(cfg, cfg.learner, "learner", env))
+        group = self._take("learner", _key(roles.learner_placement(cfg, env, cluster.has_gpu())))
         return self._rebuilt(group, roles.learner_kwargs(cfg, model_path, per_rank_items), cfg.learner.timeout_s)
 
     def groups(self, cfg, model_path: str, env: dict[str, str]) -> dict:
