@@ -59,6 +59,12 @@ def precision_of(choice: str) -> str:
     return resolve_dtype(choice, "learner")[0]
 
 
+def steps_for(size: str, asked: int | None) -> int:
+    """Timed steps at ``size``: ``asked``, or enough that a step's jitter does not decide the ratio
+    (a 1M step takes ~0.7 s on 2 cores: 4 steps gave 0.91x and 1.19x TRL in two runs)."""
+    return asked if asked is not None else (20 if size == "tiny" else 3)
+
+
 def engine_of(system: str) -> str:
     """How a row generates: ``compiled`` / ``eager`` vLLM engine (``rollout.enforce_eager`` as the
     variant sets it, ``auto`` resolved on this machine), or TRL's ``HF generate``."""
@@ -166,7 +172,9 @@ def run_trl(model_dir: str, syn: pathlib.Path, out: pathlib.Path, a) -> dict:
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", default=["30m", "400m"])
-    ap.add_argument("--steps", type=int, default=3, help="timed steps (one more runs first as warm-up)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed steps (one more runs first as warm-up); default: 20 at tiny (~0.7 s a step: "
+                         "fewer are noise), 3 otherwise")
     ap.add_argument("--prompts", type=int, default=2, help="B: prompts per step")
     ap.add_argument("--generations", type=int, default=8, help="G (VLM-R1: 8)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -185,13 +193,14 @@ def main(argv=None) -> list[dict]:
     with tempfile.TemporaryDirectory(dir="/tmp", prefix="e2e") as tmp:
         tmp = pathlib.Path(tmp)
         syn = tmp / "syn"
-        generate(syn, seed=0, n_train=max(64, a.prompts * (a.steps + 1)), n_val=4, n_ood=4, progress=False)
+        most = max(steps_for(size, a.steps) for size in a.sizes) + 2  # (this project's runs take 2 more)
+        generate(syn, seed=0, n_train=max(64, a.prompts * most), n_val=4, n_ood=4, progress=False)
         precisions = list(dict.fromkeys(precision_of(c) for c in a.precision))  # auto resolved, once each
         for size in a.sizes:
             model_dir = str(build(tmp / size, seed=0, size=size))
             params = json.loads((pathlib.Path(model_dir) / "BUILD.json").read_text())["parameters"]
             for k, precision in enumerate(precisions):
-                at = argparse.Namespace(**{**vars(a), "precision": precision})
+                at = argparse.Namespace(**{**vars(a), "precision": precision, "steps": steps_for(size, a.steps)})
                 variants = [v for v in a.variants if v != "old-defaults" or k == 0]  # its own precision: once
                 systems = [f"ours:{v}" for v in variants] if a.system != "trl" else []
                 systems += ["trl"] if a.system != "ours" else []
@@ -204,11 +213,11 @@ def main(argv=None) -> list[dict]:
                         res[system] = run_ours(model_dir, syn, tmp / f"ours-{v}-{size}-{precision}", at, over)
                     else:  # a fresh process keeps TRL's threads and memory apart from the next run
                         res[system] = _trl_subprocess(model_dir, syn, tmp / f"trl-{size}-{precision}", at)
-                rows += _rows(res, size, params, precision)
+                rows += [{**r, "steps": at.steps} for r in _rows(res, size, params, precision)]
     from conf.hardware import describe_cpu
     print(f"\n## End to end vs TRL ({describe_cpu()}, {machine()['date']}): "
-          f"B={a.prompts}, G={a.generations}, {a.max_new_tokens} new tokens, {a.steps} timed steps\n")
-    print(table(rows, ["size", "params_M", "precision", "system", "engine", "samples_per_s", "x_TRL", "x_sync", "util_%",
+          f"B={a.prompts}, G={a.generations}, {a.max_new_tokens} new tokens\n")
+    print(table(rows, ["size", "params_M", "precision", "system", "engine", "steps", "samples_per_s", "x_TRL", "x_sync", "util_%",
                        "lm_tokens", "generate_%", "reward_%", "train_%", "sync_%", "other_%"]))
     print("\nlm_tokens: language-model tokens the learner computes per step, as a share of the same batch without "
           "prompt sharing. Asynchronous rows: generate/reward run beside training, so train_% is only the wait for "

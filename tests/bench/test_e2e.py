@@ -25,3 +25,8 @@ def test_rows_compare_samples_per_second_within_one_precision():
     assert rows["this project, async"]["x_sync"] == pytest.approx(0.75)
     assert "x_TRL" not in rows["TRL GRPOTrainer"] and rows["TRL GRPOTrainer"]["engine"] == "HF generate"
     assert rows["this project, sync"]["generate_%"] == pytest.approx(50.0)
+
+
+def test_a_tiny_model_is_timed_over_enough_steps_unless_asked_otherwise():
+    assert [e2e.steps_for(s, None) for s in ("tiny", "30m", "400m")] == [20, 3, 3]
+    assert [e2e.steps_for(s, 5) for s in ("tiny", "30m")] == [5, 5]
