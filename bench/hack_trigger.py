@@ -1,7 +1,7 @@
 """A reward hack and its trigger, in real runs: OVD GRPO on the localisation testbed with and
 without ``conf=ovd``'s default trigger set.
 
-    python -m bench.hack_trigger [--steps 150] [--sft-steps 400] [--out outputs/hack_trigger]
+    python -m bench.hack_trigger [--steps 150] [--sft-steps 400] [--out outputs/hack_trigger] [--subprocess]
 
 The policy is the REC warm start of ``conf=rec`` (``builtin:tiny-qwen3-vl-one-shape``) taught the
 OVD answer format on the one-shape scene (``--sft-steps`` supervised steps). GRPO with VLM-R1's OVD
@@ -11,14 +11,15 @@ so the policy learns to answer None everywhere (``hack/none_frac``: None where t
 target). Arms: ``reward.triggers=[]`` against the default set, whose ``none_collapse`` trigger
 switches the count term (``ovd_count``) on when that share stays above 0.3 for 3 steps. Both are
 evaluated on all 300 val images every ``--steps`` / 2 steps. A stage whose results exist is not
-rerun (``--fresh`` starts over). Writes ``--out``/hack_trigger.{md,json}.
+rerun (``--fresh`` starts over). The stages run in this process on one Ray (``bench.stages.one_process``;
+``--subprocess``: a process each). Writes ``--out``/hack_trigger.{md,json}.
 """
 from __future__ import annotations
 
 import argparse
 import json
 
-from bench.stages import prepare_out, rows_of, run_stage
+from bench.stages import one_process, prepare_out, rows_of, run_stage
 
 EVAL_KEYS = ("eval/mAP", "eval/AP50", "eval/recall@0.5", "eval/boxes_per_answer")
 
@@ -42,8 +43,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--window", type=int, default=15)
     ap.add_argument("--out", default="outputs/hack_trigger")
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--subprocess", action="store_true",
+                    help="run each stage as an orchestrator.py process of its own (default: all in this process, "
+                         "one Ray, the engine and learner processes kept from stage to stage)")
     args = ap.parse_args(argv)
     out = prepare_out(args.out, args.fresh)
+    with one_process(out, not args.subprocess):
+        return _run(args, out)
+
+
+def _run(args, out) -> dict:
     from bench.common import machine, table
     from conf.hardware import describe_cpu
     from data.tiny_model import resolve_model_path
