@@ -32,12 +32,12 @@ def _before_step(opt, params) -> None:
 def _measure(shapes: list, impl: str, steps: int) -> tuple[float, list]:
     """(best seconds per step, the weights after ``steps`` steps) for ``before`` or ``fused``."""
     import torch
-    from learner.optim import SkippableAdamW
+    from learner.optim import SkippableAdamW, adamw_kernel
     g = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=g) * 0.02) for s in shapes]
     fused = impl == "fused"
-    opt = SkippableAdamW(params, lr=1e-5, betas=(0.9, 0.999), weight_decay=0.0, fused=fused,
-                         foreach=None if fused else True)
+    opt = SkippableAdamW(params, lr=1e-5, betas=(0.9, 0.999), weight_decay=0.0,
+                         **adamw_kernel("fused" if fused else "foreach"))
     best = float("inf")
     for k in range(steps + 1):  # the first creates the moments and is not timed
         gg = torch.Generator().manual_seed(100 + k)

@@ -22,7 +22,7 @@ from learner.batch import collate, collate_shared
 from samples import TrainItem
 from learner.checkpoint_io import CheckpointIO
 from learner.ds_config import ds_config
-from learner.optim import SkippableAdamW, lr_lambda
+from learner.optim import SkippableAdamW, adamw_kernel, lr_lambda
 from learner.sync_io import WeightSyncIO
 
 
@@ -105,9 +105,8 @@ class Learner(CheckpointIO, WeightSyncIO):
             if self.lora or self.model_cfg.get("freeze_vision_tower"):
                 model.enable_input_require_grads()
         params = [p for p in model.parameters() if p.requires_grad]
-        fused = self.cfg["adam_impl"] == "fused"  # one kernel per parameter: CPU and GPU (torch >= 2.4)
         opt = SkippableAdamW(params, lr=self.cfg["lr"], betas=tuple(self.cfg["adam_betas"]),
-                             weight_decay=self.cfg["weight_decay"], fused=fused, foreach=None if fused else True)
+                             weight_decay=self.cfg["weight_decay"], **adamw_kernel(self.cfg["adam_impl"]))
         self.optimizer_core = opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.cfg["warmup_steps"], self.cfg["lr_schedule"],
                                                                  self.total_steps * self.cfg["num_iterations"]))

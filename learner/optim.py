@@ -36,6 +36,17 @@ class SkippableAdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
+def adamw_kernel(impl: str) -> dict:
+    """AdamW's kernel for ``learner.adam_impl``: ``fused`` (one kernel per parameter, CPU and GPU,
+    torch >= 2.4) or ``foreach``.
+
+    >>> adamw_kernel("fused"), adamw_kernel("foreach")
+    ({'fused': True, 'foreach': None}, {'fused': False, 'foreach': True})
+    """
+    fused = impl == "fused"
+    return {"fused": fused, "foreach": None if fused else True}
+
+
 def _any_rank(flag: bool) -> bool:
     """``flag`` or-ed over the ranks of the default process group (just ``flag`` without one)."""
     import torch.distributed as dist

@@ -178,6 +178,12 @@ def test_bf16_zero_and_gradient_checkpointing_train(tiny_model, synthetic, over)
     assert lr.param_checksum(["lm_head"]) != before
 
 
+def _three_steps(lr, tiny_model, synthetic) -> tuple[list[float], dict]:
+    """The losses of three GRPO steps on the same items, and the weights after them."""
+    losses = [lr.train_step(_items(tiny_model, synthetic))["loss"] for _ in range(3)]
+    return losses, {n: p.detach().clone() for n, p in lr.engine.module.named_parameters()}
+
+
 def test_one_rank_skips_deepspeeds_all_reduce_with_the_same_update(tiny_model, synthetic):
     """A single ZeRO-0 rank does not all-reduce its gradients over itself (a speed change): the losses
     and weights after three steps are exactly those of the all-reducing engine."""
@@ -186,8 +192,7 @@ def test_one_rank_skips_deepspeeds_all_reduce_with_the_same_update(tiny_model, s
         lr = _learner(tiny_model, 2, **{"learner.lr": "1e-3"})
         assert lr.engine.enable_backward_allreduce is False  # what the learner sets up for one rank
         lr.engine.enable_backward_allreduce = allreduce
-        losses = [lr.train_step(_items(tiny_model, synthetic))["loss"] for _ in range(3)]
-        runs.append((losses, {n: p.detach().clone() for n, p in lr.engine.module.named_parameters()}))
+        runs.append(_three_steps(lr, tiny_model, synthetic))
     (la, wa), (lb, wb) = runs
     assert la == lb and len(set(la)) > 1
     assert all(torch.equal(wa[n], wb[n]) for n in wb)
@@ -203,8 +208,7 @@ def test_fused_adam_gives_the_foreach_update(tiny_model, synthetic, stage):
     for impl in ("fused", "foreach"):
         lr = _learner(tiny_model, 2, **{"learner.adam_impl": impl, "learner.zero_stage": stage, "learner.lr": "1e-3"})
         assert lr.optimizer_core.defaults["fused"] is (impl == "fused")
-        losses = [lr.train_step(_items(tiny_model, synthetic))["loss"] for _ in range(3)]
-        runs[impl] = losses, {n: p.detach().clone() for n, p in lr.engine.module.named_parameters()}
+        runs[impl] = _three_steps(lr, tiny_model, synthetic)
     (la, wa), (lb, wb) = runs["fused"], runs["foreach"]
     assert la == pytest.approx(lb, rel=1e-5, abs=1e-7) and la[0] == lb[0]  # the first loss precedes any update
     assert wa.keys() == wb.keys()
@@ -213,6 +217,7 @@ def test_fused_adam_gives_the_foreach_update(tiny_model, synthetic, stage):
         assert float((wa[n] - wb[n]).abs().max()) <= 2e-6, n
         moved += int(not torch.equal(wa[n], lr.ref.get_parameter(n)))
     assert moved > 0  # the steps did update the weights
+
 
 @pytest.mark.parametrize("stage", [0, 2])
 def test_non_finite_step_is_skipped_never_applied(tiny_model, synthetic, stage):
