@@ -8,7 +8,18 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+if [ ! -x "$VENV/bin/python" ]; then
+  # A new environment takes about 4 GB (torch, vllm, ray, deepspeed; ~1 GB more while pip unpacks):
+  # say so up front rather than fail with "No space left on device" minutes into pip.
+  NEED_MB=${SETUP_MIN_FREE_MB:-5000}
+  FREE_MB=$(df -Pm "$(dirname "$VENV")" | awk 'NR==2 {print $4}')
+  if [ -n "$FREE_MB" ] && [ "$FREE_MB" -lt "$NEED_MB" ]; then
+    echo "setup: $FREE_MB MB free on $(df -P "$(dirname "$VENV")" | awk 'NR==2 {print $6}'), a new $VENV needs about $NEED_MB MB;" \
+      "free some space (or set VENV=/a/larger/disk/venv, or SETUP_MIN_FREE_MB to override this check)" >&2
+    exit 1
+  fi
+  "$PY" -m venv "$VENV"
+fi
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 if [ "${1:-}" = "--gpu" ]; then
   # CUDA torch, vllm (CUDA) and the shared pins from the public index; nothing of the CPU fix-ups
