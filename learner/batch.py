@@ -137,7 +137,8 @@ def collate_shared(items: list[TrainItem], vision, pad_id: int, banned: set[int]
     mask4d = torch.zeros((R, 1, L, L), dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
     # logits of slot i: column P-1 predicts its first token, then its own columns
     keep = torch.tensor([c for i in range(G) for c in [P - 1] + list(range(P + i * S, P + i * S + S - 1))])
-    inputs = {"input_ids": input_ids, "attention_mask": mask4d, "position_ids": positions, "logits_to_keep": keep}
+    inputs = {"input_ids": input_ids, "attention_mask": mask4d, "position_ids": positions, "logits_to_keep": keep,
+              "shared_prompt": (P, G, S)}  # (learner.attention: each slot attends to the prompt and itself only)
     if vision is not None:
         inputs["pixel_values"], inputs["image_grid_thw"] = vision["pixel_values"], vision["image_grid_thw"]
     rows = [r * G + i for r, g in enumerate(groups) for i in range(len(g))]  # (group row, slot) -> item

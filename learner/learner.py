@@ -89,6 +89,8 @@ class Learner(CheckpointIO, WeightSyncIO):
         dtype = torch.bfloat16 if self.cfg["dtype"] == "bf16" else torch.float32
         load = dict(dtype=dtype, trust_remote_code=self.model_cfg.get("trust_remote_code", False))
         model = AutoModelForImageTextToText.from_pretrained(self.model_path, **load)
+        from learner import attention
+        sharing = self.cfg["prefix_sharing"] and attention.install(model)  # shared rows: blockwise attention
         self.image_token_id = model.config.image_token_id
         if self.model_cfg.get("freeze_vision_tower"):
             for name, p in model.named_parameters():
@@ -123,6 +125,8 @@ class Learner(CheckpointIO, WeightSyncIO):
         self.ref = None
         if self.cfg["beta"] != 0:
             ref = AutoModelForImageTextToText.from_pretrained(self.model_path, **load).eval().requires_grad_(False)
+            if sharing:
+                attention.install(ref)
             if self.cfg["zero_stage"] == 3:
                 ref_cfg = ds_config(self.cfg, self.cfg["micro_batch_size"], 1, self.world_size, train=False)
                 ref = deepspeed.initialize(model=ref, config=ref_cfg)[0]

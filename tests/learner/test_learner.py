@@ -357,7 +357,21 @@ def test_shared_prompt_forward_equals_the_unshared_one_in_logprobs_and_gradients
     shared = _learner(tiny_model, mbs, 6, **{"learner.prefix_sharing": "true"})
     plain = _learner(tiny_model, mbs, 6, **{"learner.prefix_sharing": "false"})
     assert "rows" in shared._batches(items)[0] and "rows" not in plain._batches(items)[0]
-    a, b = shared.logprobs(items), plain.logprobs(items)
+    from transformers import AttentionInterface
+
+    from learner.attention import NAME, shared_prompt_attention
+    layouts = []  # the shared rows' layouts the blockwise attention saw (learner.attention)
+
+    def spy(*args, shared_prompt=None, **kw):
+        layouts.append(shared_prompt)
+        return shared_prompt_attention(*args, shared_prompt=shared_prompt, **kw)
+    AttentionInterface.register(NAME, spy)
+    try:
+        a, b = shared.logprobs(items), plain.logprobs(items)
+    finally:
+        AttentionInterface.register(NAME, shared_prompt_attention)
+    layers = shared.engine.module.config.text_config.num_hidden_layers
+    assert len(layouts) == layers * math.ceil(6 / mbs) and None not in layouts  # every layer of every micro-batch
     assert [len(x) for x in a] == [len(it.completion_token_ids) for it in items]
     assert max(abs(x - y) for u, v in zip(a, b) for x, y in zip(u, v)) < 1e-5
     ga, gb = _grads(shared, items), _grads(plain, items)
