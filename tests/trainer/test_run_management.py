@@ -31,6 +31,12 @@ COMMON = ["conf=task/rec", "trainer.prompts_per_step=2", "rollout.num_generation
           # same tokens with log-probs off by ~1e-4 in 1 of ~10 CI runs (one rounding flip, amplified by
           # bf16), moving a near-zero loss by 10%; in fp32 such a flip stays far inside the tolerance below
           "rollout.dtype=float32",
+          # and an fp32 learner: each run starts by syncing the learner's start state to the engine, while an
+          # engine replaced before the first update loads the model from disk itself (as every engine of a
+          # fresh run does); a bf16 learner (auto, on a CPU with avx512_bf16) syncs those weights rounded to
+          # bf16, so the replacement sampled other tokens than the engine it replaced (step 2's reward/mean
+          # 1.031 against 1.037 in the dead-engine-mid-refill run on such a CPU)
+          "learner.dtype=fp32",
           # a reward rule that moves mid-run on a logged metric (here the step, so that it moves for sure):
           # rec_iou counts double once a row with step > 1.5 is logged; resumed runs must replay it
           "reward.schedules.rec_iou.weight={kind: on_metric, metric: step, above: 1.5, patience: 1, values: [1.0, 2.0]}"]
