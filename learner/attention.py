@@ -34,13 +34,18 @@ def shared_prompt_attention(module, query, key, value, attention_mask, dropout: 
     R, H, L, D = query.shape
     if L != P + G * S:
         raise ValueError(f"shared-prompt attention: a row of {L} positions is not a prompt of {P} and {G} slots of {S}")
+    # the prompt against itself (left padding and causality from the row's own mask); the slots against
+    # [prompt, themselves], where the mask of slot 1's rows is every slot's (the same prompt columns,
+    # the same causal block)
+    head_mask = attention_mask[:, :, :P, :P]
+    mask = torch.cat([attention_mask[:, :, P:P + S, :P], attention_mask[:, :, P:P + S, P:P + S]], dim=-1)
     dtype = query.dtype
     if query.device.type == "cpu" and dtype != torch.float32:
         # CPU: SDPA's bf16 backward measured 2x slower than its fp32 one at these shapes (bench.attention)
-        query, key, value, attention_mask = query.float(), key.float(), value.float(), attention_mask.float()
+        query, key, value, head_mask, mask = query.float(), key.float(), value.float(), head_mask.float(), mask.float()
 
-    def sdpa(q, k, v, mask):  # (grouped-query attention: K/V heads shared by H / KV query heads each)
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+    def sdpa(q, k, v, m):  # (grouped-query attention: K/V heads shared by H / KV query heads each)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=dropout,
                                                                 scale=scaling, enable_gqa=k.shape[1] != H)
 
     def slots(x):  # [R, h, G*S, D] -> [R*G, h, S, D]
@@ -49,11 +54,7 @@ def shared_prompt_attention(module, query, key, value, attention_mask, dropout: 
     def with_prompt(x):  # [R, h, L, D] -> [R*G, h, P+S, D]: each slot's keys after its prompt's
         prompt = x[:, :, :P].unsqueeze(1).expand(R, G, x.shape[1], P, D).reshape(R * G, x.shape[1], P, D)
         return torch.cat([prompt, slots(x)], dim=2)
-    # the prompt against itself (left padding and causality from the row's own mask)
-    head = sdpa(query[:, :, :P], key[:, :, :P], value[:, :, :P], attention_mask[:, :, :P, :P])
-    # the slots against [prompt, themselves]; the mask of slot 1's rows is every slot's (the same
-    # prompt columns, the same causal block)
-    mask = torch.cat([attention_mask[:, :, P:P + S, :P], attention_mask[:, :, P:P + S, P:P + S]], dim=-1)
+    head = sdpa(query[:, :, :P], key[:, :, :P], value[:, :, :P], head_mask)
     mask = mask.unsqueeze(1).expand(R, G, 1, S, P + S).reshape(R * G, 1, S, P + S)
     tail = sdpa(slots(query), with_prompt(key), with_prompt(value), mask)
     tail = tail.reshape(R, G, H, S, D).transpose(1, 2).reshape(R, H, G * S, D)
