@@ -37,11 +37,14 @@ class RolloutEngine:
         if model_cfg is not None:
             proc_kw = {k: model_cfg[k] for k in ("min_pixels", "max_pixels") if model_cfg.get(k)}
         self.processor = AutoProcessor.from_pretrained(model_path, **proc_kw)
-        from conf.hardware import resolve_dtype, resolve_eager
+        from conf.hardware import resolve_block_size, resolve_dtype, resolve_eager
         self.dtype, self.dtype_reason = resolve_dtype(cfg["dtype"], "rollout")
         self.eager, self.eager_reason = resolve_eager(cfg["enforce_eager"])
         t0 = time.perf_counter()
         mm_kwargs = {"mm_processor_kwargs": proc_kw} if proc_kw else {}
+        self.block_size, self.block_reason = resolve_block_size(cfg["block_size"], gpu=_has_gpu())
+        if self.block_size is not None:
+            mm_kwargs["block_size"] = self.block_size
         # LoRA adapter sync: the engine serves the frozen base plus the adapter of the last update
         # (none before the first: a fresh adapter is zero, so the base is the policy)
         self._lora, self._lora_root, self._lora_n = None, None, 0
@@ -231,7 +234,8 @@ class RolloutEngine:
         import torch
         return {"dtype": self.dtype, "dtype_reason": self.dtype_reason, "threads": torch.get_num_threads(),
                 "weight_transfer": self.transfer, "start_s": self.start_s,
-                "compiled": not self.eager, "compiled_reason": self.eager_reason}
+                "compiled": not self.eager, "compiled_reason": self.eager_reason,
+                "block_size": self.block_size, "block_reason": self.block_reason}
 
     def transfer_entry(self) -> str:
         """The class the worker's updates arrive through (``GlooWeightTransfer`` or ``extension``)."""

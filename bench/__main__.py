@@ -1,6 +1,6 @@
 """Every benchmark in one command: a markdown table per benchmark and one JSON with the machine.
 
-    python -m bench                     # rewards, rollout, broadcast, delta sync, optimizer, attention, end to end vs TRL (~50 min on 2 cores)
+    python -m bench                     # rewards, rollout, broadcast, delta sync, optimizer, attention, linear, end to end vs TRL (~50 min on 2 cores)
     python -m bench --only rewards rollout
     python -m bench --quick             # small sizes of each, to check the setup (~5 min)
 
@@ -30,6 +30,7 @@ BENCHES = {
     "delta_sync": ([], ["--steps", "6", "--lrs", "1e-6"]),
     "optimizer": ([], ["--sizes", "tiny", "30m"]),
     "attention": ([], ["--sizes", "tiny", "--reps", "2"]),
+    "linear": ([], ["--sizes", "tiny", "--reps", "2"]),
 }
 E2E_FULL = ["--sizes", "tiny", "30m", "400m"]
 

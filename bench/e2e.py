@@ -45,10 +45,11 @@ VARIANTS = {  # this project's rows: name -> overrides (the defaults are dtype/t
     "sync": ["trainer.max_staleness=0", "rollout.enforce_eager=auto"],
     "sync-eager": ["trainer.max_staleness=0", "rollout.enforce_eager=true"],  # base.yaml's engine (short runs)
     # the defaults before asynchronous training: bf16 engine whatever the CPU, one thread per role,
-    # no prompt sharing, the old-log-prob-free on-policy loss, torch's foreach AdamW, the eager engine
+    # no prompt sharing, the old-log-prob-free on-policy loss, torch's foreach AdamW, the eager engine,
+    # vLLM's 128-token KV blocks on CPU (no prefill shared between a prompt's samples)
     "old-defaults": ["trainer.max_staleness=0", "rollout.dtype=bfloat16", "learner.dtype=fp32", "rollout.cpu_threads=1",
                      "learner.cpu_threads=1", "learner.prefix_sharing=false", "learner.off_policy=none",
-                     "learner.adam_impl=foreach", "rollout.enforce_eager=true"],
+                     "learner.adam_impl=foreach", "rollout.enforce_eager=true", "rollout.block_size=128"],
 }
 
 

@@ -2,13 +2,15 @@
 
     python -m bench.rollout [--sizes tiny 30m 300m] [--prompts 16] [--G 8] [--tokens 64]
     python -m bench.rollout --sizes tiny 30m --dtypes bfloat16 float32 --engines eager compiled
+    python -m bench.rollout --sizes 30m 400m --prompts 2 --engines compiled --blocks 128 auto
 
 Same model (random Qwen2.5-VL built from a config at each size), same synthetic REC prompts and
 images, same G and completion length (EOS ignored so every completion has exactly ``--tokens``
 tokens), sampling at temperature 1, both in the same precision (``--dtypes``). The engine runs
 eager (``rollout.enforce_eager: true``, the default) and, with ``--engines ... compiled``, with
 vLLM's torch.compile graph (``enforce_eager: false``; its start-up, compilation included, is
-reported, from an empty compile cache). Reports completion tokens/s of each (best of 2 warm
+reported, from an empty compile cache); ``--blocks`` runs each engine at several KV-cache block
+sizes (``rollout.block_size``: a prompt's samples share its prefill in full blocks). Reports completion tokens/s of each (best of 2 warm
 runs), the ratio to HF, and the fraction of this machine's compute roofline each reaches:
 2 x parameters x tokens/s against the matmul FLOP/s the benchmark measures itself in the
 row's precision. Writes
@@ -49,12 +51,13 @@ def _prompts(n: int):
 
 
 def run_vllm(model_dir: str, prompts, G: int, tokens: int, dtype: str = "bfloat16",
-             compiled: bool = False) -> tuple[float, float]:
-    """(best tokens/s, engine start-up seconds)."""
+             compiled: bool = False, block: str = "auto") -> tuple[float, float]:
+    """(best tokens/s, engine start-up seconds). ``block``: ``rollout.block_size``."""
     import conf
     from actors.rollout import RolloutEngine
     cfg = conf.OmegaConf.to_container(conf.load([f"rollout.num_generations={G}", f"rollout.max_new_tokens={tokens}",
-                                                 f"rollout.dtype={dtype}", f"rollout.enforce_eager={not compiled}"]).rollout)
+                                                 f"rollout.dtype={dtype}", f"rollout.enforce_eager={not compiled}",
+                                                 f"rollout.block_size={block}"]).rollout)
     t0 = time.perf_counter()
     engine = RolloutEngine(model_dir, cfg, seed=0)
     start = time.perf_counter() - t0
@@ -63,6 +66,7 @@ def run_vllm(model_dir: str, prompts, G: int, tokens: int, dtype: str = "bfloat1
     reqs = [engine._request(p) for p in prompts]
     best = 0.0
     for _ in range(3):  # first run warms up
+        engine.llm.reset_prefix_cache()  # as after a weight update: no prompt cached from the last run
         t0 = time.perf_counter()
         outs = engine.llm.generate(reqs, params, use_tqdm=False)
         n = sum(len(c.token_ids) for o in outs for c in o.outputs)
@@ -101,6 +105,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--dtypes", nargs="+", default=["bfloat16"], choices=["bfloat16", "float32"],
                     help="each system runs in each of these")
     ap.add_argument("--engines", nargs="+", default=["eager"], choices=["eager", "compiled"])
+    ap.add_argument("--blocks", nargs="+", default=["auto"],
+                    help="rollout.block_size values to run each engine at (auto: 32 on CPU; 128: vLLM's CPU default)")
     args = ap.parse_args(argv)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
@@ -118,8 +124,10 @@ def main(argv=None) -> list[dict]:
                 hf = run_hf(model_dir, prompts, args.G, args.tokens, dtype)
                 got = [("HF generate (baseline)", hf, None)]
                 for kind in args.engines:
-                    tps, start = run_vllm(model_dir, prompts, args.G, args.tokens, dtype, kind == "compiled")
-                    got.append((f"vLLM rollout engine, {kind}", tps, start))
+                    for block in args.blocks:
+                        tps, start = run_vllm(model_dir, prompts, args.G, args.tokens, dtype, kind == "compiled", block)
+                        got.append((f"vLLM rollout engine, {kind}" + (f", KV block {block}" if args.blocks != ["auto"]
+                                                                       else ""), tps, start))
                 for name, tps, start in got:
                     rows.append({"size": size, "parameters": params, "dtype": dtype, "system": name,
                                  "tokens_per_s": tps, "x_vs_hf": tps / hf, "roofline_frac": 2 * params * tps / flops[dtype],

@@ -36,7 +36,7 @@ from rewards.schedule import RuleSchedule
 CONF_DIR = pathlib.Path(__file__).resolve().parent
 FREE_KEYS = {"reward.funcs", "reward.params", "reward.schedules", "reward.triggers", "rollout.resources", "learner.resources", "reward.resources"}  # user-named keys
 MIXED = {"trainer.max_staleness", "rollout.sync_pack_mb", "rollout.dynamic_sampling.oversample",
-         "rollout.enforce_eager"}  # keys taking "auto" or a number (or a bool)
+         "rollout.enforce_eager", "rollout.block_size"}  # keys taking "auto" or a number (or a bool)
 CHOICES = {
     "mode": ["train", "eval", "sft"],
     "model.family": ["auto", *FAMILIES],
@@ -50,6 +50,7 @@ CHOICES = {
     "learner.lora.sync": ["auto", "adapter", "merged"],
     "learner.lr_schedule": ["constant", "linear", "cosine"],
     "learner.adam_impl": ["fused", "foreach"],
+    "learner.cpu_linear": ["auto", "torch", "onednn"],
     "learner.loss_agg": ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"],
     "reward.box_convention": ["vlm_r1", "continuous"],
     "rollout.dtype": ["auto", "bfloat16", "float16", "float32"],
@@ -236,6 +237,10 @@ def _validate_loop(cfg: DictConfig) -> None:
     eager = cfg.rollout.enforce_eager
     if not (isinstance(eager, bool) or eager == "auto"):
         raise ConfigError(f"rollout.enforce_eager={eager!r} must be true, false or auto")
+    block = cfg.rollout.block_size
+    if block != "auto" and (isinstance(block, bool) or not isinstance(block, int) or block < 1):
+        raise ConfigError(f"rollout.block_size={block!r} must be auto or a whole number of tokens >= 1 "
+                          "(a multiple of 32 on CPU)")
     pack = cfg.rollout.sync_pack_mb
     if pack != "auto" and (isinstance(pack, bool) or not isinstance(pack, (int, float)) or pack < 0):
         raise ConfigError(f"rollout.sync_pack_mb={pack!r} must be auto or a number of MB >= 0 (0: one broadcast per tensor)")

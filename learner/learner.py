@@ -106,6 +106,13 @@ class Learner(CheckpointIO, WeightSyncIO):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if self.lora or self.model_cfg.get("freeze_vision_tower"):
                 model.enable_input_require_grads()
+        from learner import linear
+        text = getattr(model.config, "text_config", model.config)
+        self.linear, self.linear_reason = linear.choose(
+            self.cfg["cpu_linear"], text.hidden_size, text.intermediate_size, self.cfg["dtype"],
+            "cuda" if torch.cuda.is_available() else "cpu", self.cfg["zero_stage"])
+        if self.linear == "onednn":
+            linear.install(model)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = SkippableAdamW(params, lr=self.cfg["lr"], betas=tuple(self.cfg["adam_betas"]),
                              weight_decay=self.cfg["weight_decay"], **adamw_kernel(self.cfg["adam_impl"]))
@@ -127,6 +134,8 @@ class Learner(CheckpointIO, WeightSyncIO):
             ref = AutoModelForImageTextToText.from_pretrained(self.model_path, **load).eval().requires_grad_(False)
             if sharing:
                 attention.install(ref)
+            if self.linear == "onednn":
+                linear.install(ref)
             if self.cfg["zero_stage"] == 3:
                 ref_cfg = ds_config(self.cfg, self.cfg["micro_batch_size"], 1, self.world_size, train=False)
                 ref = deepspeed.initialize(model=ref, config=ref_cfg)[0]
@@ -135,7 +144,8 @@ class Learner(CheckpointIO, WeightSyncIO):
         n_all = sum(self._numel(p) for p in self.engine.module.parameters())
         n_train = sum(self._numel(p) for p in self.engine.module.parameters() if p.requires_grad)
         return {"parameters": n_all, "trainable": n_train, "micro_batches": self.n_micro, "pid": os.getpid(),
-                "dtype": self.cfg["dtype"], "dtype_reason": self.dtype_reason, "threads": torch.get_num_threads()}
+                "dtype": self.cfg["dtype"], "dtype_reason": self.dtype_reason, "threads": torch.get_num_threads(),
+                "linear": self.linear, "linear_reason": self.linear_reason}
 
     @staticmethod
     def _numel(p) -> int:

@@ -175,9 +175,10 @@ def _adapter(learners: ActorGroup) -> dict | None:
 
 
 def describe_engine(info: dict) -> str:
-    """An engine's ``info()`` as one line: its precision, threads and compilation, each with why."""
+    """An engine's ``info()`` as one line: its precision, threads, compilation and KV-cache block, each with why."""
     return (f"{info['dtype']} ({info['dtype_reason']}), {info['threads']} threads, "
-            f"{'compiled' if info['compiled'] else 'eager'} ({info['compiled_reason']})")
+            f"{'compiled' if info['compiled'] else 'eager'} ({info['compiled_reason']}), "
+            f"KV block {info['block_size'] or 'vLLM default'} ({info['block_reason']})")
 
 
 def describe_choices(cfg, engine: dict, learner: dict, why: dict[str, str]) -> dict:
@@ -187,7 +188,8 @@ def describe_choices(cfg, engine: dict, learner: dict, why: dict[str, str]) -> d
     chosen = {"loop": (f"asynchronous, max_staleness={K}" if K else "synchronous") + f" ({why['loop']})",
               "rollout": describe_engine(engine),
               "learner": f"{learner['dtype']} ({learner['dtype_reason']}), {learner['threads']} threads, "
-                         f"off_policy={cfg.learner.off_policy}, prefix_sharing={cfg.learner.prefix_sharing}"}
+                         f"off_policy={cfg.learner.off_policy}, prefix_sharing={cfg.learner.prefix_sharing}, "
+                         f"linear {learner['linear']} ({learner['linear_reason']})"}
     if cfg.learner.lora.r > 0:
         chosen["lora"] = f"r={cfg.learner.lora.r}, sync={cfg.learner.lora.sync} ({why['lora']})"
     print("; ".join(f"{k}: {v}" for k, v in chosen.items()), flush=True)

@@ -66,3 +66,32 @@ def test_a_prompt_the_engine_cannot_take_is_refused_and_the_others_are_generated
     assert count(too_long) >= MAX_LEN
     # a call whose every prompt is refused returns only the refusals
     assert [type(r).__name__ for r in engine.generate([too_long, unreadable])] == ["Refused", "Refused"]
+
+
+def test_the_samples_of_a_prompt_share_its_prefill_and_draw_what_unshared_ones_draw(engine, prompts, tiny_model):
+    """``rollout.block_size=auto`` is 32 on CPU: requests for one prompt prefilled in one step share its
+    full KV blocks (vLLM's prefix cache), so a prompt of P tokens costs P + G * (P mod 32, at least
+    1) prefill tokens instead of G * P -- vLLM's CPU default block of 128 shares nothing of a prompt
+    this short. The samples at fixed seeds are the same either way. (Last in the module: it rebuilds
+    the engine.)"""
+    from vllm import SamplingParams
+
+    def run(eng):
+        eng.llm.reset_prefix_cache()
+        req = eng._request(prompts[0])  # the same prompt twice in one call, as vLLM fans out n=G
+        twice = eng.llm.generate([req, req], SamplingParams(max_tokens=1, temperature=0.0), use_tqdm=False)
+        eng.llm.reset_prefix_cache()
+        samples = eng.generate([(p, 100 + i) for i, p in enumerate(prompts[:4])])
+        return [o.num_cached_tokens for o in twice], len(twice[0].prompt_token_ids), samples
+
+    assert engine.info()["block_size"] == 32
+    cached, P, shared = run(engine)
+    assert 32 < P < 128
+    assert cached == [0, (P - 1) // 32 * 32]  # every full block but the one holding the last token
+    engine.reinit(model_path=tiny_model, cfg=dict(engine.cfg, block_size=128), seed=0)
+    assert engine.info()["block_size"] == 128
+    cached, _, unshared = run(engine)
+    assert cached == [0, 0]
+    assert [r.completion_token_ids for r in shared] == [r.completion_token_ids for r in unshared]
+    flat = lambda rs: [lp for r in rs for lp in r.logprobs]  # noqa: E731  (4 prompts x G=2 x 4 tokens)
+    assert len(flat(shared)) == 4 * 2 * 4 and flat(shared) == pytest.approx(flat(unshared), abs=1e-5)

@@ -15,7 +15,9 @@ BEFORE = json.loads((pathlib.Path(__file__).parent / "resolved_configs.json").re
 # values changed on purpose since the split, by key: (the configs it applies to, the new value)
 CHANGED = {("rollout", "enforce_eager"): ({"rec", "ovd"}, "auto"),  # the tiny recipe compiles where it can (2026-12-04)
            ("trainer", "max_steps"): ({"rec", "ovd"}, 200),  # the quickstart in minutes on an AVX2 CPU (2026-12-05)
-           ("learner", "adam_impl"): (set(BEFORE), "fused")}  # a new key everywhere: torch's fused AdamW (2026-12-05)
+           ("learner", "adam_impl"): (set(BEFORE), "fused"),  # a new key everywhere: torch's fused AdamW (2026-12-05)
+           ("rollout", "block_size"): (set(BEFORE), "auto"),  # (2026-12-06)
+           ("learner", "cpu_linear"): (set(BEFORE), "auto")}  # oneDNN fp32 linear where faster (2026-12-06)  # a new key everywhere: 32-token KV blocks on CPU (2026-12-06)
 
 
 def resolved(args: list[str]) -> dict:

@@ -130,6 +130,19 @@ def test_auto_compiles_the_engine_where_a_compiler_can_build_it(monkeypatch):
             conf.load([f"rollout.enforce_eager={bad!r}" if isinstance(bad, str) else f"rollout.enforce_eager={bad}"])
 
 
+def test_the_kv_block_is_32_tokens_on_cpu_and_vllms_own_on_gpus():
+    from conf.hardware import resolve_block_size
+    assert resolve_block_size("auto", gpu=False)[0] == 32 and resolve_block_size("auto", gpu=True) == (
+        None, "auto: vLLM's default on GPUs")
+    assert resolve_block_size(64, gpu=False) == (64, "configured") and resolve_block_size(16, gpu=True)[0] == 16
+    with pytest.raises(ValueError, match="block_size=48: vLLM's CPU attention takes multiples of 32"):
+        resolve_block_size(48, gpu=False)
+    assert conf.load([]).rollout.block_size == "auto" and conf.load(["rollout.block_size=64"]).rollout.block_size == 64
+    for bad in ("big", 0, True, 1.5):
+        with pytest.raises(conf.ConfigError, match="rollout.block_size=.* must be auto or a whole number of tokens"):
+            conf.load([f"rollout.block_size={bad}"])
+
+
 def test_a_named_scene_gets_a_data_dir_of_its_own(tmp_path):
     """conf=rec's one-shape scene never mixes with the default scene's cached files, and the
     generator draws it: 84 px images, shapes of side 24-48."""

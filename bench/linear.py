@@ -1,0 +1,106 @@
+"""The learner's fp32 update with its linear layers in oneDNN (``learner.cpu_linear``) against torch's
+own fp32 linear (its BLAS: MKL in the PyPI wheels).
+
+    python -m bench.linear [--sizes 30m 400m] [--reps 4]
+
+One DeepSpeed learner in fp32 (ZeRO-0, one rank, as ``bench.e2e`` runs it) on the random
+Qwen2.5-VL of each size, ``bench.attention``'s step (B=2 REC prompts x G=8 completions of 64
+tokens, beta 0.04: the reference pass included). Each round times one ``train_step`` with each
+kernel on the same items, in turn, so that the machine's drift reaches both alike; reports the
+best and the median round, the largest difference of the completions' log-probs (before any
+update), and the start-up probe's ratio for the model's MLP shape (what ``auto`` decides on).
+Writes bench/results/linear.json.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import tempfile
+import time
+
+from bench.attention import _items
+from bench.common import machine, save, table
+
+KINDS = ("torch", "onednn")
+
+
+def _route(lr, kind: str) -> None:
+    """Point the policy's and the reference's linear layers at ``kind``."""
+    from learner import linear
+    for model in (lr.engine.module, lr.ref):
+        if kind == "onednn":
+            linear.install(model)
+        else:
+            for m in model.modules():
+                m.__dict__.pop("forward", None)  # back to nn.Linear.forward
+
+
+def measure(model_dir: str, items, reps: int) -> dict:
+    import conf
+    from learner import linear
+    from learner.learner import Learner
+    from weights.net import free_port
+    c = conf.load(["learner.lr=1e-6", "learner.beta=0.04", "learner.dtype=fp32", "learner.cpu_linear=torch",
+                   f"learner.micro_batch_size={len(items)}"])
+    plain = lambda n: conf.OmegaConf.to_container(n, resolve=True)  # noqa: E731
+    lr = Learner(0, 1, model_dir, plain(c.model), plain(c.learner), plain(c.rollout), seed=0, total_steps=reps + 2,
+                 per_rank_items=len(items))
+    lr.setup("127.0.0.1", free_port())
+    text = lr.engine.module.config.text_config
+    logp, times = {}, {k: [] for k in KINDS}
+    for k in KINDS:  # (before any update: the same weights for both)
+        _route(lr, k)
+        logp[k] = lr.logprobs(items)
+    for k in KINDS:
+        _route(lr, k)
+        lr.train_step(items)  # warm-up
+    for _ in range(reps):
+        for k in KINDS:
+            _route(lr, k)
+            t0 = time.perf_counter()
+            lr.train_step(items)
+            times[k].append(time.perf_counter() - t0)
+    diff = max(abs(a - b) for x, y in zip(logp["onednn"], logp["torch"]) for a, b in zip(x, y))
+    return {"probe": linear.probe(text.hidden_size, text.intermediate_size), "logp_diff": diff,
+            **{k: {"best": min(times[k]), "median": statistics.median(times[k])} for k in KINDS}}
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", nargs="+", default=["30m", "400m"])
+    ap.add_argument("--reps", type=int, default=4, help="timed rounds (each times both kernels once)")
+    ap.add_argument("--prompts", type=int, default=2)
+    ap.add_argument("--generations", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=64, help="completion length")
+    a = ap.parse_args(argv)
+    from data.synthetic import generate
+    from data.tiny_model import build
+    rows = []
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="linear") as tmp:
+        tmp = pathlib.Path(tmp)
+        generate(tmp / "syn", seed=0, n_train=max(8, a.prompts), n_val=2, n_ood=2, progress=False)
+        for size in a.sizes:
+            model_dir = str(build(tmp / size, seed=0, size=size))
+            items = _items(model_dir, tmp / "syn", a.prompts, a.generations, a.tokens)
+            print(f"[{size}] ...", flush=True)
+            got = measure(model_dir, items, a.reps)
+            for k in KINDS:
+                rows.append({"size": size, "linear": k + (" (baseline)" if k == "torch" else ""),
+                             "best_s": got[k]["best"], "median_s": got[k]["median"],
+                             "x_torch": got["torch"]["median"] / got[k]["median"],
+                             "probe_x": got["probe"] if k == "onednn" else None,
+                             "logp_diff": got["logp_diff"] if k == "onednn" else None})
+    m = machine()
+    print(f"\n## Learner update in fp32, linear layers ({m['cpu']}, {m['cores']} cores, flags: {m['flags']}, {m['date']}): "
+          f"B={a.prompts}, G={a.generations}, {a.tokens} tokens, {a.reps} rounds\n")
+    print(table(rows, ["size", "linear", "best_s", "median_s", "x_torch", "probe_x", "logp_diff"]))
+    print("\nx_torch: torch's median over this kernel's (same run, same items); probe_x: the start-up probe's ratio "
+          "for the model's MLP shape (auto takes oneDNN at >= 1.1); logp_diff: the largest difference of the "
+          "completions' log-probs from torch's")
+    print(f"\nsaved {save('linear', rows)}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
