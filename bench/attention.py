@@ -54,6 +54,26 @@ def _items(model_dir: str, syn: pathlib.Path, prompts: int, G: int, tokens: int)
     return items
 
 
+def step_args(ap: argparse.ArgumentParser) -> None:
+    """The step's shape: ``--prompts`` B, ``--generations`` G, ``--tokens`` S (``bench.e2e``'s by default)."""
+    ap.add_argument("--prompts", type=int, default=2)
+    ap.add_argument("--generations", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=64, help="completion length")
+
+
+def steps(a: argparse.Namespace, prefix: str):
+    """``(size, model_dir, items)`` for each of ``a.sizes``: the random Qwen2.5-VL of that size and one
+    step of train items on synthetic REC prompts (built in a temporary directory, gone afterwards)."""
+    from data.synthetic import generate
+    from data.tiny_model import build
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix=prefix) as tmp:
+        tmp = pathlib.Path(tmp)
+        generate(tmp / "syn", seed=0, n_train=max(8, a.prompts), n_val=2, n_ood=2, progress=False)
+        for size in a.sizes:
+            model_dir = str(build(tmp / size, seed=0, size=size))
+            yield size, model_dir, _items(model_dir, tmp / "syn", a.prompts, a.generations, a.tokens)
+
+
 def _variant(lr, name: str) -> None:
     """Point the learner at one variant: the policy's and the reference's attention, and sharing."""
     from learner.attention import NAME
@@ -95,27 +115,18 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--sizes", nargs="+", default=["30m", "400m"])
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     ap.add_argument("--reps", type=int, default=4, help="timed rounds (each times every variant once)")
-    ap.add_argument("--prompts", type=int, default=2)
-    ap.add_argument("--generations", type=int, default=8)
-    ap.add_argument("--tokens", type=int, default=64, help="completion length")
+    step_args(ap)
     a = ap.parse_args(argv)
-    from data.synthetic import generate
-    from data.tiny_model import build
     rows = []
-    with tempfile.TemporaryDirectory(dir="/tmp", prefix="attn") as tmp:
-        tmp = pathlib.Path(tmp)
-        generate(tmp / "syn", seed=0, n_train=max(8, a.prompts), n_val=2, n_ood=2, progress=False)
-        for size in a.sizes:
-            model_dir = str(build(tmp / size, seed=0, size=size))
-            items = _items(model_dir, tmp / "syn", a.prompts, a.generations, a.tokens)
-            for dtype in a.dtypes:
-                print(f"[{size}, {dtype}] ...", flush=True)
-                got = measure(model_dir, items, dtype, a.reps)
-                base = got["masked row"]["median"]
-                for v in VARIANTS:
-                    rows.append({"size": size, "dtype": dtype, "variant": v + (" (baseline)" if v == "masked row" else ""),
-                                 "best_s": got[v]["best"], "median_s": got[v]["median"],
-                                 "x_masked_row": base / got[v]["median"], "logp_diff": got[v]["logp_diff"]})
+    for size, model_dir, items in steps(a, "attn"):
+        for dtype in a.dtypes:
+            print(f"[{size}, {dtype}] ...", flush=True)
+            got = measure(model_dir, items, dtype, a.reps)
+            base = got["masked row"]["median"]
+            for v in VARIANTS:
+                rows.append({"size": size, "dtype": dtype, "variant": v + (" (baseline)" if v == "masked row" else ""),
+                             "best_s": got[v]["best"], "median_s": got[v]["median"],
+                             "x_masked_row": base / got[v]["median"], "logp_diff": got[v]["logp_diff"]})
     m = machine()
     print(f"\n## Learner update, shared prompts ({m['cpu']}, {m['cores']} cores, flags: {m['flags']}, {m['date']}): "
           f"B={a.prompts}, G={a.generations}, {a.tokens} tokens, {a.reps} rounds\n")

@@ -14,12 +14,10 @@ Writes bench/results/linear.json.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import statistics
-import tempfile
 import time
 
-from bench.attention import _items
+from bench.attention import step_args, steps
 from bench.common import machine, save, table
 
 KINDS = ("torch", "onednn")
@@ -70,27 +68,18 @@ def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", default=["30m", "400m"])
     ap.add_argument("--reps", type=int, default=4, help="timed rounds (each times both kernels once)")
-    ap.add_argument("--prompts", type=int, default=2)
-    ap.add_argument("--generations", type=int, default=8)
-    ap.add_argument("--tokens", type=int, default=64, help="completion length")
+    step_args(ap)
     a = ap.parse_args(argv)
-    from data.synthetic import generate
-    from data.tiny_model import build
     rows = []
-    with tempfile.TemporaryDirectory(dir="/tmp", prefix="linear") as tmp:
-        tmp = pathlib.Path(tmp)
-        generate(tmp / "syn", seed=0, n_train=max(8, a.prompts), n_val=2, n_ood=2, progress=False)
-        for size in a.sizes:
-            model_dir = str(build(tmp / size, seed=0, size=size))
-            items = _items(model_dir, tmp / "syn", a.prompts, a.generations, a.tokens)
-            print(f"[{size}] ...", flush=True)
-            got = measure(model_dir, items, a.reps)
-            for k in KINDS:
-                rows.append({"size": size, "linear": k + (" (baseline)" if k == "torch" else ""),
-                             "best_s": got[k]["best"], "median_s": got[k]["median"],
-                             "x_torch": got["torch"]["median"] / got[k]["median"],
-                             "probe_x": got["probe"] if k == "onednn" else None,
-                             "logp_diff": got["logp_diff"] if k == "onednn" else None})
+    for size, model_dir, items in steps(a, "linear"):
+        print(f"[{size}] ...", flush=True)
+        got = measure(model_dir, items, a.reps)
+        for k in KINDS:
+            rows.append({"size": size, "linear": k + (" (baseline)" if k == "torch" else ""),
+                         "best_s": got[k]["best"], "median_s": got[k]["median"],
+                         "x_torch": got["torch"]["median"] / got[k]["median"],
+                         "probe_x": got["probe"] if k == "onednn" else None,
+                         "logp_diff": got["logp_diff"] if k == "onednn" else None})
     m = machine()
     print(f"\n## Learner update in fp32, linear layers ({m['cpu']}, {m['cores']} cores, flags: {m['flags']}, {m['date']}): "
           f"B={a.prompts}, G={a.generations}, {a.tokens} tokens, {a.reps} rounds\n")
