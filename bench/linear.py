@@ -8,7 +8,9 @@ Qwen2.5-VL of each size, ``bench.attention``'s step (B=2 REC prompts x G=8 compl
 tokens, beta 0.04: the reference pass included). Each round times one ``train_step`` with each
 kernel on the same items, in turn, so that the machine's drift reaches both alike; reports the
 best and the median round, the largest difference of the completions' log-probs (before any
-update), and the start-up probe's ratio for the model's MLP shape (what ``auto`` decides on).
+update), and ``probe_x``: oneDNN against torch on the model's MLP shape alone (forward and input
+gradient at 512 rows, best of 5). ``learner.cpu_linear: auto`` takes oneDNN on AMD CPUs with
+AVX-512, where this measured it faster; on another CPU, this says whether ``onednn`` pays there.
 Writes bench/results/linear.json.
 """
 from __future__ import annotations
@@ -21,6 +23,43 @@ from bench.attention import step_args, steps
 from bench.common import machine, save, table
 
 KINDS = ("torch", "onednn")
+
+
+def mlp_shape(model) -> tuple[int, int]:
+    """``(hidden, intermediate)`` of the language model's MLP, from its config; for a config without
+    them, the most common ``nn.Linear`` shape (ties: the largest)."""
+    import collections
+
+    import torch
+    text = getattr(model.config, "text_config", model.config)
+    if getattr(text, "hidden_size", None) and getattr(text, "intermediate_size", None):
+        return int(text.hidden_size), int(text.intermediate_size)
+    shapes = collections.Counter((m.in_features, m.out_features) for m in model.modules()
+                                 if isinstance(m, torch.nn.Linear))
+    return max(shapes, key=lambda s: (shapes[s], s[0] * s[1]))
+
+
+def probe(hidden: int, intermediate: int, rows: int = 512, reps: int = 5) -> float:
+    """How many times faster oneDNN runs an MLP shape in fp32 than ``F.linear``: the forward pass and
+    the input gradient, the two interleaved, best of ``reps`` each."""
+    import torch
+
+    from learner.linear import _onednn
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, hidden, generator=g)
+    w = torch.randn(intermediate, hidden, generator=g) * 0.02
+    gy = torch.randn(rows, intermediate, generator=g)
+    fns = {"torch": lambda: (torch.nn.functional.linear(x, w), gy @ w),
+           "onednn": lambda: (_onednn(x, w, None), _onednn(gy, w.t(), None))}
+    best = {k: float("inf") for k in fns}
+    for f in fns.values():
+        f()  # (oneDNN builds its primitive at the first call of a shape)
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best["torch"] / best["onednn"]
 
 
 def _route(lr, kind: str) -> None:
@@ -36,7 +75,6 @@ def _route(lr, kind: str) -> None:
 
 def measure(model_dir: str, items, reps: int) -> dict:
     import conf
-    from learner import linear
     from learner.learner import Learner
     from weights.net import free_port
     c = conf.load(["learner.lr=1e-6", "learner.beta=0.04", "learner.dtype=fp32", "learner.cpu_linear=torch",
@@ -45,7 +83,6 @@ def measure(model_dir: str, items, reps: int) -> dict:
     lr = Learner(0, 1, model_dir, plain(c.model), plain(c.learner), plain(c.rollout), seed=0, total_steps=reps + 2,
                  per_rank_items=len(items))
     lr.setup("127.0.0.1", free_port())
-    text = lr.engine.module.config.text_config
     logp, times = {}, {k: [] for k in KINDS}
     for k in KINDS:  # (before any update: the same weights for both)
         _route(lr, k)
@@ -60,7 +97,7 @@ def measure(model_dir: str, items, reps: int) -> dict:
             lr.train_step(items)
             times[k].append(time.perf_counter() - t0)
     diff = max(abs(a - b) for x, y in zip(logp["onednn"], logp["torch"]) for a, b in zip(x, y))
-    return {"probe": linear.probe(text.hidden_size, text.intermediate_size), "logp_diff": diff,
+    return {"probe": probe(*mlp_shape(lr.engine.module)), "logp_diff": diff,
             **{k: {"best": min(times[k]), "median": statistics.median(times[k])} for k in KINDS}}
 
 
@@ -84,9 +121,8 @@ def main(argv=None) -> list[dict]:
     print(f"\n## Learner update in fp32, linear layers ({m['cpu']}, {m['cores']} cores, flags: {m['flags']}, {m['date']}): "
           f"B={a.prompts}, G={a.generations}, {a.tokens} tokens, {a.reps} rounds\n")
     print(table(rows, ["size", "linear", "best_s", "median_s", "x_torch", "probe_x", "logp_diff"]))
-    print("\nx_torch: torch's median over this kernel's (same run, same items); probe_x: the start-up probe's ratio "
-          "for the model's MLP shape (auto takes oneDNN at >= 1.1); logp_diff: the largest difference of the "
-          "completions' log-probs from torch's")
+    print("\nx_torch: torch's median over this kernel's (same run, same items); probe_x: oneDNN against torch "
+          "on the model's MLP shape alone; logp_diff: the largest difference of the completions' log-probs from torch's")
     print(f"\nsaved {save('linear', rows)}")
     return rows
 

@@ -33,6 +33,15 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
     return set()
 
 
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's ``vendor_id`` (``GenuineIntel``, ``AuthenticAMD``, ...); empty where unknown."""
+    try:
+        with open(cpuinfo) as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+
+
 def native_bf16(flags: set[str] | None = None, gpu: bool | None = None) -> tuple[bool, str]:
     """(whether this device computes bf16 natively, a sentence saying why).
 

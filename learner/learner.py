@@ -107,10 +107,9 @@ class Learner(CheckpointIO, WeightSyncIO):
             if self.lora or self.model_cfg.get("freeze_vision_tower"):
                 model.enable_input_require_grads()
         from learner import linear
-        text = getattr(model.config, "text_config", model.config)
-        self.linear, self.linear_reason = linear.choose(
-            self.cfg["cpu_linear"], text.hidden_size, text.intermediate_size, self.cfg["dtype"],
-            "cuda" if torch.cuda.is_available() else "cpu", self.cfg["zero_stage"])
+        self.linear, self.linear_reason = linear.choose(self.cfg["cpu_linear"], self.cfg["dtype"],
+                                                        "cuda" if torch.cuda.is_available() else "cpu",
+                                                        self.cfg["zero_stage"])
         if self.linear == "onednn":
             linear.install(model)
         params = [p for p in model.parameters() if p.requires_grad]

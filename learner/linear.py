@@ -1,30 +1,26 @@
-"""fp32 linear layers through oneDNN on CPUs where it outruns torch's own fp32 matmul.
+"""fp32 linear layers through oneDNN, on CPUs where it outruns torch's own fp32 matmul.
 
 torch computes fp32 ``nn.Linear`` on CPU with its BLAS (MKL in the PyPI wheels) and bf16 with
-oneDNN. On an AMD EPYC with AVX-512 the two differ by 1.2-1.9x in fp32 at the learner's shapes
-(MKL 131-160 GFLOP/s, oneDNN 180-200 at 600 rows; ``python -m bench.linear``). ``install(model)``
-routes every ``nn.Linear`` of a float32 model through :class:`OneDNNLinear`: the forward pass and
-the input gradient as oneDNN inner products (``torch.ops.mkldnn._linear_pointwise``), the weight
-gradient as torch's matmul (oneDNN is no faster there: it reduces over the rows). Same values to
-fp32 round-off; ``learner.cpu_linear: auto`` takes it only where a probe measures it at least
-1.1x faster on this CPU (:func:`probe`, once per machine, thread count and model shape: the result
-is cached, so that every run and resumption there computes with the same kernels).
+oneDNN. On an AMD EPYC with AVX-512, oneDNN's fp32 inner product ran the learner's shapes 1.1-1.9x
+faster than MKL (``python -m bench.linear`` measures it on any CPU, with the learner's update).
+``install(model)`` routes every ``nn.Linear`` of a model through :class:`OneDNNLinear` in fp32 on
+CPU: the forward pass and the input gradient as oneDNN inner products
+(``torch.ops.mkldnn._linear_pointwise``), the weight gradient as torch's matmul (oneDNN was no
+faster there: it reduces over the rows). Same values to fp32 round-off. ``learner.cpu_linear:
+auto`` takes it on AMD CPUs with AVX-512, where it was measured faster, and keeps torch's elsewhere
+-- a rule, not a timing at start-up: a probe then would run beside the engines' start-up and decide
+at random, and every run and resumption on a machine must compute with the same kernels.
 
-    kind, why = choose("auto", hidden=512, intermediate=1536)   # ("onednn", "auto: oneDNN 1.6x ...")
-    install(model)                                               # number of linear layers routed
+    kind, why = choose("auto")    # ("onednn", "auto: AMD CPU with AVX-512: ...") on such a CPU
+    install(model)                # number of linear layers routed
 """
 from __future__ import annotations
 
-import json
-import os
-import pathlib
-import time
 import types
 
 import torch
 
 CHOICES = ("auto", "torch", "onednn")
-MIN_GAIN = 1.1  # auto takes oneDNN only when the probe measures it at least this much faster
 
 
 def available() -> bool:
@@ -82,55 +78,13 @@ def install(model: torch.nn.Module) -> int:
     return n
 
 
-def probe(hidden: int, intermediate: int, rows: int = 512, reps: int = 3) -> float:
-    """How many times faster oneDNN runs this model's MLP shapes in fp32 than ``F.linear`` (forward
-    and input gradient, best of ``reps``; tens of milliseconds)."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, hidden, generator=g)
-    w = torch.randn(intermediate, hidden, generator=g) * 0.02
-    gy = torch.randn(rows, intermediate, generator=g)
+def choose(value: str, dtype: str = "fp32", device: str = "cpu", zero_stage: int = 0,
+           vendor: str | None = None, flags: set[str] | None = None) -> tuple[str, str]:
+    """(``torch`` or ``onednn``, why) for ``learner.cpu_linear`` on this machine.
 
-    def best(f) -> float:
-        f()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    plain = best(lambda: (torch.nn.functional.linear(x, w), gy @ w))
-    ours = best(lambda: (_onednn(x, w, None), _onednn(gy, w.t(), None)))
-    return plain / ours
-
-
-def measured_gain(hidden: int, intermediate: int, path: pathlib.Path | None = None) -> float:
-    """:func:`probe`'s result for this CPU, torch, thread count and shapes, measured once and kept in
-    ``<cache>/cpu_linear.json``: every later learner on the machine makes the same choice, so runs
-    and their resumptions compute with the same kernels."""
-    from conf.hardware import describe_cpu
-    from data.tiny_model import cache_root
-    path = path or cache_root() / "cpu_linear.json"
-    key = f"{describe_cpu()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {hidden}x{intermediate}"
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key not in known:
-        known[key] = round(probe(hidden, intermediate), 3)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(known, indent=1))
-            os.replace(tmp, path)
-        except OSError:  # a read-only cache: measure again next time
-            pass
-    return float(known[key])
-
-
-def choose(value: str, hidden: int, intermediate: int, dtype: str = "fp32", device: str = "cpu",
-           zero_stage: int = 0) -> tuple[str, str]:
-    """(``torch`` or ``onednn``, why) for ``learner.cpu_linear``; ``auto`` probes this CPU."""
+    >>> choose("auto", vendor="AuthenticAMD", flags={"avx2", "avx512f"})[0], choose("auto", vendor="GenuineIntel", flags={"avx512f"})[0]
+    ('onednn', 'torch')
+    """
     if value not in CHOICES:
         raise ValueError(f"learner.cpu_linear={value!r}: use one of {CHOICES}")
     if device != "cpu" or dtype != "fp32":
@@ -143,7 +97,10 @@ def choose(value: str, hidden: int, intermediate: int, dtype: str = "fp32", devi
         return value, "configured"
     if not available():
         return "torch", "auto: this torch build has no oneDNN inner product"
-    gain = measured_gain(hidden, intermediate)
-    if gain >= MIN_GAIN:
-        return "onednn", f"auto: oneDNN {gain:.2f}x torch's fp32 linear on this CPU"
-    return "torch", f"auto: oneDNN {gain:.2f}x torch's fp32 linear on this CPU (under {MIN_GAIN}x)"
+    from conf.hardware import cpu_flags, cpu_vendor
+    vendor = cpu_vendor() if vendor is None else vendor
+    flags = cpu_flags() if flags is None else flags
+    if vendor == "AuthenticAMD" and "avx512f" in flags:
+        return "onednn", ("auto: AMD CPU with AVX-512, where oneDNN's fp32 inner product outran torch's BLAS "
+                          "(python -m bench.linear)")
+    return "torch", "auto: torch's BLAS (python -m bench.linear measures oneDNN against it on this CPU)"

@@ -1,7 +1,7 @@
 """bench.linear at the tiny size: the same update with both kernels, their log-probs equal."""
 import pytest
 
-from bench.linear import main
+from bench.linear import main, mlp_shape, probe
 from learner import linear
 
 
@@ -15,3 +15,16 @@ def test_both_kernels_give_the_same_logprobs_and_times(tmp_path, monkeypatch):
         assert 0 < r["best_s"] <= r["median_s"] and r["x_torch"] > 0
     assert rows[1]["probe_x"] > 0
     assert (tmp_path / "bench/results/linear.json").exists()
+
+
+def test_the_mlp_shape_comes_from_the_config_or_the_most_common_linear_layer():
+    import types
+
+    import torch
+    model = torch.nn.Sequential(*[torch.nn.Linear(8, 32) for _ in range(3)], torch.nn.Linear(32, 8),
+                                *[torch.nn.Linear(8, 8) for _ in range(3)])
+    model.config = types.SimpleNamespace(text_config=types.SimpleNamespace(hidden_size=64, intermediate_size=256))
+    assert mlp_shape(model) == (64, 256)
+    model.config = types.SimpleNamespace(vocab_size=10)  # no sizes: 3 x (8 -> 32) and 3 x (8 -> 8), the larger
+    assert mlp_shape(model) == (8, 32)
+    assert probe(64, 128, rows=64, reps=2) > 0
