@@ -14,7 +14,7 @@ import time
 
 from data.images import open_rgb
 from data.loaders import MAX_IMAGES
-from data.prompts import messages
+from data.prompts import prompt_text
 from models import answer_frame
 from samples import Prompt, Refused, Rollout
 
@@ -109,8 +109,7 @@ class RolloutEngine:
         return SamplingParams(temperature=self.cfg["temperature"], top_p=self.cfg["top_p"], **common)
 
     def _request(self, p: Prompt) -> dict:
-        text = self.processor.apply_chat_template(messages(p.question, len(p.images), p.task),
-                                                  add_generation_prompt=True, tokenize=False)
+        text = prompt_text(self.processor, p.question, len(p.images), p.task)
         images = [open_rgb(path) for path in p.images]
         req = {"prompt": text}
         if images:

@@ -35,18 +35,15 @@ def _items(model_dir: str, syn: pathlib.Path, prompts: int, G: int, tokens: int)
     import torch
     from transformers import AutoProcessor
 
-    from data.images import open_rgb
-    from data.prompts import messages
+    from data.prompts import prompt_inputs
     from samples import TrainItem
     proc = AutoProcessor.from_pretrained(model_dir)
     rows = [json.loads(x) for x in open(syn / "rec_train.jsonl")][:prompts]
     g = torch.Generator().manual_seed(0)
     items = []
     for row in rows:
-        text = proc.apply_chat_template(messages(row["conversations"][0]["value"], 1, "rec"),
-                                        add_generation_prompt=True, tokenize=False)
         img = str(syn / row["image"])
-        ids = proc(text=[text], images=[open_rgb(img)], return_tensors="pt")["input_ids"][0].tolist()
+        ids = prompt_inputs(proc, row["conversations"][0]["value"], [img], "rec")["input_ids"][0].tolist()
         for s in range(G):
             comp = torch.randint(10, 300, (tokens,), generator=g).tolist()
             items.append(TrainItem((row["id"], s), ids, comp, (img,), float(s % 3 - 1),

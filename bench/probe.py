@@ -29,14 +29,14 @@ ONE_SHAPE = '{"sizes": [84], "side": [24, 48], "shapes": [1, 1]}'  # data.synthe
 def load(data: pathlib.Path, split: str, processor, task: str = "rec", frame: str = "input_pixels"):
     from PIL import Image
 
-    from data.prompts import messages, sft_answer
+    from data.prompts import prompt_text, sft_answer
     rows = [json.loads(x) for x in (data / f"{task}_{split}.jsonl").read_text().splitlines()]
     out = []
     ip = processor.image_processor
     for r in rows:
         img = Image.open(data / r["image"]).convert("RGB")
         q, sol = r["conversations"][0]["value"], r["conversations"][1]["value"]
-        prompt = processor.apply_chat_template(messages(q, 1, task), add_generation_prompt=True, tokenize=False)
+        prompt = prompt_text(processor, q, 1, task)
         enc = processor(text=[prompt], images=[img], return_tensors="pt")
         g = enc["image_grid_thw"][0]
         in_size = (int(g[2]) * ip.patch_size, int(g[1]) * ip.patch_size)

@@ -79,11 +79,11 @@ def run_hf(model_dir: str, prompts, G: int, tokens: int, dtype: str = "bfloat16"
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from data.images import open_rgb
-    from data.prompts import messages
+    from data.prompts import prompt_text
     proc = AutoProcessor.from_pretrained(model_dir)
     proc.tokenizer.padding_side = "left"
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
-    texts = [proc.apply_chat_template(messages(p.question, 1, "rec"), add_generation_prompt=True, tokenize=False) for p in prompts]
+    texts = [prompt_text(proc, p.question, 1, "rec") for p in prompts]
     inputs = proc(text=texts, images=[open_rgb(p.images[0]) for p in prompts], return_tensors="pt", padding=True)
     best = 0.0
     for _ in range(2):

@@ -30,6 +30,21 @@ def messages(question: str, n_images: int, task: str) -> list[dict]:
     return out + [{"role": "user", "content": content}]
 
 
+def prompt_text(processor, question: str, n_images: int, task: str) -> str:
+    """The chat-templated prompt, generation prompt included: what the engines and the learner both read."""
+    return processor.apply_chat_template(messages(question, n_images, task), add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def prompt_inputs(processor, question: str, image_paths, task: str):
+    """The processor's tensors for one prompt (``input_ids`` ``[1, P]``, pixel values, grids): the
+    images opened as the engines open them, so the ids are the ones an engine generates from."""
+    from data.images import open_rgb
+    images = [open_rgb(str(path)) for path in image_paths]
+    return processor(text=[prompt_text(processor, question, len(images), task)], images=images or None,
+                     return_tensors="pt")
+
+
 # The chat template of the embedded tiny model: Qwen2-VL's layout (a default system message,
 # <|im_start|>role ... <|im_end|>, images as <|vision_start|><|image_pad|><|vision_end|>).
 CHAT_TEMPLATE = (

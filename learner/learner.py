@@ -331,13 +331,9 @@ class Learner(CheckpointIO, WeightSyncIO):
     # ------------------------------------------------------------------ supervised warm start
     def _sft_item(self, p) -> TrainItem:
         """Prompt ids exactly as the engine would build them, plus the target answer's ids."""
-        from data.images import open_rgb
+        from data.prompts import prompt_inputs, sft_answer
         from models import answer_frame, coords_of
-        from data.prompts import messages, sft_answer
-        images = [open_rgb(path) for path in p.images]
-        text = self.processor.apply_chat_template(messages(p.question, len(images), p.task),
-                                                  add_generation_prompt=True, tokenize=False)
-        ids = self.processor(text=[text], images=images or None, return_tensors="pt")["input_ids"][0].tolist()
+        ids = prompt_inputs(self.processor, p.question, p.images, p.task)["input_ids"][0].tolist()
         size = p.image_sizes[0] if p.image_sizes else (1, 1)
         coords = coords_of(self.family, self.model_cfg.get("coords", "auto"))
         in_size = answer_frame(coords, self.processor.image_processor, *size) if p.image_sizes else (1, 1)

@@ -38,15 +38,13 @@ def _gap(items, learner_logps) -> float:
 
 def test_learner_scores_the_engines_exact_tokens(roles, tiny_model):
     from transformers import AutoProcessor
-    from data.images import open_rgb
-    from data.prompts import messages
+    from data.prompts import prompt_inputs
     cfg, engines, learners, prompts, *_ = roles
     rollouts = ray.get(engines.actors[0].generate.remote(prompts))
     assert len(rollouts) == len(prompts) * cfg.rollout.num_generations
     proc = AutoProcessor.from_pretrained(tiny_model)
     for r in rollouts:
-        text = proc.apply_chat_template(messages(r.prompt.question, 1, "rec"), add_generation_prompt=True, tokenize=False)
-        ids = proc(text=[text], images=[open_rgb(r.prompt.images[0])], return_tensors="pt")["input_ids"][0].tolist()
+        ids = prompt_inputs(proc, r.prompt.question, r.prompt.images, "rec")["input_ids"][0].tolist()
         assert ids == r.prompt_token_ids  # the learner's tokenization == the engine's
         assert len(r.logprobs) == len(r.completion_token_ids) > 0
         assert r.input_sizes[0][0] % 28 == 0 and r.input_sizes[0][1] % 28 == 0

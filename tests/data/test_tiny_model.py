@@ -10,15 +10,14 @@ from PIL import Image
 
 def test_loads_and_generates_text_for_an_image_prompt(tiny_model, synthetic):
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from data.prompts import messages
+    from data.prompts import prompt_text
     proc = AutoProcessor.from_pretrained(tiny_model)
     model = AutoModelForImageTextToText.from_pretrained(tiny_model).eval()
     assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
     n_params = sum(p.numel() for p in model.parameters())
     assert 200_000 < n_params < 5_000_000
     row = json.loads(open(synthetic / "rec_train.jsonl").readline())
-    text = proc.apply_chat_template(messages(row["conversations"][0]["value"], 1, "rec"),
-                                    add_generation_prompt=True, tokenize=False)
+    text = prompt_text(proc, row["conversations"][0]["value"], 1, "rec")
     assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
     assert "<|vision_start|><|image_pad|><|vision_end|>" in text
     inputs = proc(text=[text], images=[Image.open(synthetic / row["image"]).convert("RGB")], return_tensors="pt")

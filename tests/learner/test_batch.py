@@ -13,8 +13,7 @@ def test_teacher_forced_logprobs_equal_the_generating_decode(tiny_model, synthet
     # at a time with a KV cache and Qwen2.5-VL's 3D (time, height, width) positions for the image.
     # The two must agree exactly, or the learner trains a different policy from the one sampled.
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from data.images import open_rgb
-    from data.prompts import messages
+    from data.prompts import prompt_inputs
     proc = AutoProcessor.from_pretrained(tiny_model)
     model = AutoModelForImageTextToText.from_pretrained(tiny_model).eval()
     image_pad = model.config.image_token_id  # the family's image placeholder
@@ -22,9 +21,7 @@ def test_teacher_forced_logprobs_equal_the_generating_decode(tiny_model, synthet
     for i, line in enumerate(open(synthetic / "rec_train.jsonl").readlines()[:3]):
         row = json.loads(line)
         path = str(synthetic / row["image"])
-        text = proc.apply_chat_template(messages(row["conversations"][0]["value"], 1, "rec"),
-                                        add_generation_prompt=True, tokenize=False)
-        inp = proc(text=[text], images=[open_rgb(path)], return_tensors="pt")
+        inp = prompt_inputs(proc, row["conversations"][0]["value"], [path], "rec")
         n = inp["input_ids"].shape[1]
         torch.manual_seed(i)
         with torch.no_grad():

@@ -15,8 +15,7 @@ from weights.net import free_port
 
 def _items(tiny_model, synthetic, n=4, vision_junk=False):
     from transformers import AutoProcessor
-    from data.images import open_rgb
-    from data.prompts import messages
+    from data.prompts import prompt_inputs
     proc = AutoProcessor.from_pretrained(tiny_model)
     tok = proc.tokenizer
     pad = tok.convert_tokens_to_ids("<|image_pad|>")
@@ -24,10 +23,8 @@ def _items(tiny_model, synthetic, n=4, vision_junk=False):
     items = []
     g = torch.Generator().manual_seed(0)
     for i, row in enumerate(rows):
-        text = proc.apply_chat_template(messages(row["conversations"][0]["value"], 1, "rec"),
-                                        add_generation_prompt=True, tokenize=False)
         img = str(synthetic / row["image"])
-        ids = proc(text=[text], images=[open_rgb(img)], return_tensors="pt")["input_ids"][0].tolist()
+        ids = prompt_inputs(proc, row["conversations"][0]["value"], [img], "rec")["input_ids"][0].tolist()
         comp = torch.randint(10, 300, (5 + 3 * i,), generator=g).tolist()
         if vision_junk:
             comp[2] = pad  # what a policy can sample: an image placeholder in its own text

@@ -62,9 +62,8 @@ def test_engine_tokens_and_logprobs_equal_the_learners_before_and_after_a_sync(f
                                                                              shared_ray):
     from transformers import AutoProcessor
 
-    from data.images import open_rgb
     from data.loaders import load_prompts
-    from data.prompts import messages
+    from data.prompts import prompt_inputs
     from models import FAMILIES, answer_frame
     from tests.actors.test_runtime import _gap, _items
     name, path = family_model
@@ -79,9 +78,7 @@ def test_engine_tokens_and_logprobs_equal_the_learners_before_and_after_a_sync(f
         first = ray.get(engine.generate.remote(prompts))
         proc = AutoProcessor.from_pretrained(path)
         for r in first:
-            text = proc.apply_chat_template(messages(r.prompt.question, 1, "rec"), add_generation_prompt=True,
-                                            tokenize=False)
-            ids = proc(text=[text], images=[open_rgb(r.prompt.images[0])], return_tensors="pt")["input_ids"][0]
+            ids = prompt_inputs(proc, r.prompt.question, r.prompt.images, "rec")["input_ids"][0]
             assert ids.tolist() == r.prompt_token_ids  # the learner's tokenization == the engine's
             assert r.input_sizes[0] == answer_frame(FAMILIES[name].coords, proc.image_processor,
                                                     *r.prompt.image_sizes[0])

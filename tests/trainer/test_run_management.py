@@ -334,11 +334,10 @@ def test_checkpoint_loads_in_transformers_and_answers_in_the_trained_format(synt
     keep the warm-started format (the weights survived the save; a checkpoint evaluating with vLLM
     through ``mode=eval`` is tests/models/test_families_e2e.py's)."""
     import torch
-    from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from data.loaders import load_prompts
-    from data.prompts import messages
+    from data.prompts import prompt_inputs
     from rewards import REGISTRY
     _, out = full
     hf = out / "checkpoints" / "step_000004" / "hf"
@@ -347,8 +346,7 @@ def test_checkpoint_loads_in_transformers_and_answers_in_the_trained_format(synt
     proc = AutoProcessor.from_pretrained(hf)
     formatted = 0
     for p in load_prompts(str(synthetic / "rec_val.jsonl"), str(synthetic), "rec")[0][:4]:
-        text = proc.apply_chat_template(messages(p.question, 1, "rec"), add_generation_prompt=True, tokenize=False)
-        inputs = proc(text=[text], images=[Image.open(p.images[0]).convert("RGB")], return_tensors="pt")
+        inputs = prompt_inputs(proc, p.question, p.images, "rec")
         with torch.no_grad():
             ids = model.generate(**inputs, max_new_tokens=40, do_sample=False)
         answer = proc.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
