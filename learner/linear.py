@@ -11,7 +11,7 @@ auto`` takes it on AMD CPUs with AVX-512, where it was measured faster, and keep
 -- a rule, not a timing at start-up: a probe then would run beside the engines' start-up and decide
 at random, and every run and resumption on a machine must compute with the same kernels.
 
-    kind, why = choose("auto")    # ("onednn", "auto: AMD CPU with AVX-512: ...") on such a CPU
+    kind, why = choose("auto")    # ("onednn", "auto: AMD CPU with AVX-512, where ...") on such a CPU
     install(model)                # number of linear layers routed
 """
 from __future__ import annotations
