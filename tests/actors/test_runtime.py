@@ -197,6 +197,12 @@ def test_main_job_ovd_trains_and_uses_every_completion_once(tmp_path, tiny_model
         assert r["engine_logp_abs_diff"] < 0.05  # step 2: sampled from the adapter step 1 sent
         assert 0 < r["sync/bytes"] < 200_000  # the adapters (~90 KB here), not the adapted layers (~1 MB)
     assert summary["chosen"]["lora"] == "r=8, sync=adapter (set)"  # the run reports its sync choice
+    # ... and what each role's auto became on its machine: the engine's KV block (32 on CPU, so the G samples of a
+    # prompt share its prefill), the learner's linear kernel (oneDNN or torch's, by CPU)
+    assert "KV block 32 (auto: 32 on CPU" in summary["chosen"]["rollout"]
+    from learner.linear import choose
+    kind, why = choose("auto", summary["chosen"]["learner"].split(" ")[0])  # (the line starts with the learner's dtype)
+    assert f"linear {kind} ({why})" in summary["chosen"]["learner"]
     assert "done: 2 steps, 64 samples" in stdout
     lengths = [r["completion_len/mean"] for r in rows]  # drift signals over the run, which triggers can watch
     assert [r["hack/length_growth"] for r in rows] == pytest.approx([1.0, lengths[1] / lengths[0]])
