@@ -81,29 +81,43 @@ def _variant(lr, name: str) -> None:
     lr.cfg["prefix_sharing"] = name != "unshared"
 
 
-def measure(model_dir: str, items, dtype: str, reps: int) -> dict:
+def rounds(model_dir: str, items, overrides: list[str], variants, switch, reps: int):
+    """One learner (ZeRO-0, one rank, lr 1e-6, beta 0.04, plus ``overrides``) and, for each variant
+    (``switch(learner, name)`` points it there), the completions' log-probs before any update and the
+    times of ``reps`` train steps, every round timing each variant once in turn after a warm-up
+    step each: ``(learner, {name: log-probs}, {name: [seconds]})``."""
     import conf
     from learner.learner import Learner
     from weights.net import free_port
-    c = conf.load(["learner.lr=1e-6", "learner.beta=0.04", f"learner.dtype={dtype}", f"learner.micro_batch_size={len(items)}"])
+    c = conf.load(["learner.lr=1e-6", "learner.beta=0.04", f"learner.micro_batch_size={len(items)}", *overrides])
     plain = lambda n: conf.OmegaConf.to_container(n, resolve=True)  # noqa: E731
     lr = Learner(0, 1, model_dir, plain(c.model), plain(c.learner), plain(c.rollout), seed=0, total_steps=reps + 2,
                  per_rank_items=len(items))
     lr.setup("127.0.0.1", free_port())
-    logp, times = {}, {v: [] for v in VARIANTS}
-    for v in VARIANTS:  # (before any update: the same weights for all three)
-        _variant(lr, v)
+    logp, times = {}, {v: [] for v in variants}
+    for v in variants:  # (before any update: the same weights for all)
+        switch(lr, v)
         logp[v] = lr.logprobs(items)
-    for v in VARIANTS:
-        _variant(lr, v)
+    for v in variants:
+        switch(lr, v)
         lr.train_step(items)  # warm-up
     for _ in range(reps):
-        for v in VARIANTS:
-            _variant(lr, v)
+        for v in variants:
+            switch(lr, v)
             t0 = time.perf_counter()
             lr.train_step(items)
             times[v].append(time.perf_counter() - t0)
-    diff = {v: max(abs(a - b) for x, y in zip(logp[v], logp["masked row"]) for a, b in zip(x, y)) for v in VARIANTS}
+    return lr, logp, times
+
+
+def logp_diff(a: list[list[float]], b: list[list[float]]) -> float:
+    """The largest difference between two sets of completions' log-probs."""
+    return max(abs(x - y) for u, v in zip(a, b) for x, y in zip(u, v))
+
+
+def measure(model_dir: str, items, dtype: str, reps: int) -> dict:
+    _, logp, times = rounds(model_dir, items, [f"learner.dtype={dtype}"], VARIANTS, _variant, reps)
+    diff = {v: logp_diff(logp[v], logp["masked row"]) for v in VARIANTS}
     return {v: {"best": min(times[v]), "median": statistics.median(times[v]), "logp_diff": diff[v]} for v in VARIANTS}
 
 

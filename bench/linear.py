@@ -19,7 +19,7 @@ import argparse
 import statistics
 import time
 
-from bench.attention import step_args, steps
+from bench.attention import logp_diff, rounds, step_args, steps
 from bench.common import machine, save, table
 
 KINDS = ("torch", "onednn")
@@ -74,29 +74,8 @@ def _route(lr, kind: str) -> None:
 
 
 def measure(model_dir: str, items, reps: int) -> dict:
-    import conf
-    from learner.learner import Learner
-    from weights.net import free_port
-    c = conf.load(["learner.lr=1e-6", "learner.beta=0.04", "learner.dtype=fp32", "learner.cpu_linear=torch",
-                   f"learner.micro_batch_size={len(items)}"])
-    plain = lambda n: conf.OmegaConf.to_container(n, resolve=True)  # noqa: E731
-    lr = Learner(0, 1, model_dir, plain(c.model), plain(c.learner), plain(c.rollout), seed=0, total_steps=reps + 2,
-                 per_rank_items=len(items))
-    lr.setup("127.0.0.1", free_port())
-    logp, times = {}, {k: [] for k in KINDS}
-    for k in KINDS:  # (before any update: the same weights for both)
-        _route(lr, k)
-        logp[k] = lr.logprobs(items)
-    for k in KINDS:
-        _route(lr, k)
-        lr.train_step(items)  # warm-up
-    for _ in range(reps):
-        for k in KINDS:
-            _route(lr, k)
-            t0 = time.perf_counter()
-            lr.train_step(items)
-            times[k].append(time.perf_counter() - t0)
-    diff = max(abs(a - b) for x, y in zip(logp["onednn"], logp["torch"]) for a, b in zip(x, y))
+    lr, logp, times = rounds(model_dir, items, ["learner.dtype=fp32", "learner.cpu_linear=torch"], KINDS, _route, reps)
+    diff = logp_diff(logp["onednn"], logp["torch"])
     return {"probe": probe(*mlp_shape(lr.engine.module)), "logp_diff": diff,
             **{k: {"best": min(times[k]), "median": statistics.median(times[k])} for k in KINDS}}
 
