@@ -10,8 +10,9 @@ tokens), sampling at temperature 1, both in the same precision (``--dtypes``). T
 eager (``rollout.enforce_eager: true``, the default) and, with ``--engines ... compiled``, with
 vLLM's torch.compile graph (``enforce_eager: false``; its start-up, compilation included, is
 reported, from an empty compile cache); ``--blocks`` runs each engine at several KV-cache block
-sizes (``rollout.block_size``: a prompt's samples share its prefill in full blocks). Reports completion tokens/s of each (best of 2 warm
-runs), the ratio to HF, and the fraction of this machine's compute roofline each reaches:
+sizes (``rollout.block_size``: a prompt's samples share its prefill in full blocks; the prefix
+cache is emptied before each run, as a weight update empties it). Reports completion tokens/s of
+each (best of 2 warm runs), the ratio to HF, and the fraction of this machine's compute roofline each reaches:
 2 x parameters x tokens/s against the matmul FLOP/s the benchmark measures itself in the
 row's precision. Writes
 bench/results/rollout.json.

@@ -70,10 +70,10 @@ def test_a_prompt_the_engine_cannot_take_is_refused_and_the_others_are_generated
 
 def test_the_samples_of_a_prompt_share_its_prefill_and_draw_what_unshared_ones_draw(engine, prompts, tiny_model):
     """``rollout.block_size=auto`` is 32 on CPU: requests for one prompt prefilled in one step share its
-    full KV blocks (vLLM's prefix cache), so a prompt of P tokens costs P + G * (P mod 32, at least
-    1) prefill tokens instead of G * P -- vLLM's CPU default block of 128 shares nothing of a prompt
-    this short. The samples at fixed seeds are the same either way. (Last in the module: it rebuilds
-    the engine.)"""
+    full KV blocks (vLLM's prefix cache; the block holding the prompt's last token is always computed),
+    so G samples of a P-token prompt cost P + (G - 1) * (P - 32 * ((P - 1) // 32)) prefill tokens
+    instead of G * P -- vLLM's CPU default block of 128 shares nothing of a prompt this short. The
+    samples at fixed seeds are the same either way. (Last in the module: it rebuilds the engine.)"""
     from vllm import SamplingParams
 
     def run(eng):
