@@ -71,6 +71,17 @@ def steps(a: argparse.Namespace, prefix: str):
             yield size, model_dir, _items(model_dir, tmp / "syn", a.prompts, a.generations, a.tokens)
 
 
+def report(name: str, title: str, a: argparse.Namespace, rows: list[dict], columns: list[str], legend: str) -> None:
+    """Print the table of a learner benchmark (titled with the machine and the step's shape) and its
+    legend, and save ``rows`` as bench/results/<name>.json."""
+    m = machine()
+    print(f"\n## {title} ({m['cpu']}, {m['cores']} cores, flags: {m['flags']}, {m['date']}): "
+          f"B={a.prompts}, G={a.generations}, {a.tokens} tokens, {a.reps} rounds\n")
+    print(table(rows, columns))
+    print(f"\n{legend}")
+    print(f"\nsaved {save(name, rows)}")
+
+
 def _variant(lr, name: str) -> None:
     """Point the learner at one variant: the policy's and the reference's attention, and sharing."""
     from learner.attention import NAME
@@ -138,13 +149,10 @@ def main(argv=None) -> list[dict]:
                 rows.append({"size": size, "dtype": dtype, "variant": v + (" (baseline)" if v == "masked row" else ""),
                              "best_s": got[v]["best"], "median_s": got[v]["median"],
                              "x_masked_row": base / got[v]["median"], "logp_diff": got[v]["logp_diff"]})
-    m = machine()
-    print(f"\n## Learner update, shared prompts ({m['cpu']}, {m['cores']} cores, flags: {m['flags']}, {m['date']}): "
-          f"B={a.prompts}, G={a.generations}, {a.tokens} tokens, {a.reps} rounds\n")
-    print(table(rows, ["size", "dtype", "variant", "best_s", "median_s", "x_masked_row", "logp_diff"]))
-    print("\nx_masked_row: the masked row's median over this variant's (same run, same items); logp_diff: the largest "
-          "difference of the completions' log-probs from the masked row's")
-    print(f"\nsaved {save('attention', rows)}")
+    report("attention", "Learner update, shared prompts", a, rows,
+           ["size", "dtype", "variant", "best_s", "median_s", "x_masked_row", "logp_diff"],
+           "x_masked_row: the masked row's median over this variant's (same run, same items); logp_diff: the largest "
+           "difference of the completions' log-probs from the masked row's")
     return rows
 
 

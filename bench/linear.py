@@ -19,8 +19,7 @@ import argparse
 import statistics
 import time
 
-from bench.attention import logp_diff, rounds, step_args, steps
-from bench.common import machine, save, table
+from bench.attention import logp_diff, report, rounds, step_args, steps
 
 KINDS = ("torch", "onednn")
 
@@ -96,13 +95,10 @@ def main(argv=None) -> list[dict]:
                          "x_torch": got["torch"]["median"] / got[k]["median"],
                          "probe_x": got["probe"] if k == "onednn" else None,
                          "logp_diff": got["logp_diff"] if k == "onednn" else None})
-    m = machine()
-    print(f"\n## Learner update in fp32, linear layers ({m['cpu']}, {m['cores']} cores, flags: {m['flags']}, {m['date']}): "
-          f"B={a.prompts}, G={a.generations}, {a.tokens} tokens, {a.reps} rounds\n")
-    print(table(rows, ["size", "linear", "best_s", "median_s", "x_torch", "probe_x", "logp_diff"]))
-    print("\nx_torch: torch's median over this kernel's (same run, same items); probe_x: oneDNN against torch "
-          "on the model's MLP shape alone; logp_diff: the largest difference of the completions' log-probs from torch's")
-    print(f"\nsaved {save('linear', rows)}")
+    report("linear", "Learner update in fp32, linear layers", a, rows,
+           ["size", "linear", "best_s", "median_s", "x_torch", "probe_x", "logp_diff"],
+           "x_torch: torch's median over this kernel's (same run, same items); probe_x: oneDNN against torch "
+           "on the model's MLP shape alone; logp_diff: the largest difference of the completions' log-probs from torch's")
     return rows
 
 

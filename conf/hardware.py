@@ -186,12 +186,12 @@ def resolve_block_size(value, gpu: bool | None = None) -> tuple[int | None, str]
     >>> resolve_block_size("auto", gpu=False)[0], resolve_block_size("auto", gpu=True)[0], resolve_block_size(64)[0]
     (32, None, 64)
     """
-    if value != "auto":
-        if not gpu and gpu is not None and value % CPU_BLOCK:
-            raise ValueError(f"rollout.block_size={value}: vLLM's CPU attention takes multiples of {CPU_BLOCK}")
-        return int(value), "configured"
     if gpu is None:
         gpu = _cuda()
+    if value != "auto":
+        if not gpu and value % CPU_BLOCK:
+            raise ValueError(f"rollout.block_size={value}: vLLM's CPU attention takes multiples of {CPU_BLOCK}")
+        return int(value), "configured"
     if gpu:
         return None, "auto: vLLM's default on GPUs"
     return CPU_BLOCK, (f"auto: {CPU_BLOCK} on CPU, the smallest vLLM's CPU attention takes: a prompt's G samples "

@@ -70,15 +70,15 @@ class PromptLength:
     """
 
     def __init__(self, processor):
-        from data.prompts import messages
-        self.processor, self.messages, self.extra = processor, messages, {}
-        self.base_text = self.text(messages("x", 1, "rec"))
+        self.processor, self.extra = processor, {}
+        self.base_text = self.text("x", 1, "rec")
         self.base_tokens = len(processor.tokenizer(self.base_text)["input_ids"])  # (the text without the image)
         self.offsets: list[int] = []  # measured expansion - the processor's count, per measured size
         self.offset: int | None = None  # once two sizes agree
 
-    def text(self, msgs) -> str:
-        return self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    def text(self, question: str, n_images: int, task: str) -> str:
+        from data.prompts import prompt_text
+        return prompt_text(self.processor, question, n_images, task)
 
     def measure(self, size: tuple[int, int]) -> int:
         """Tokens a blank image of ``size`` adds, through the processor."""
@@ -109,7 +109,7 @@ class PromptLength:
         return self.extra[size]
 
     def __call__(self, p) -> int:
-        text = self.text(self.messages(p.question, len(p.images), p.task))
+        text = self.text(p.question, len(p.images), p.task)
         return len(self.processor.tokenizer(text)["input_ids"]) + sum(self.image(tuple(s)) for s in p.image_sizes)
 
 

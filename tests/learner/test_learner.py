@@ -196,32 +196,6 @@ def test_one_rank_skips_deepspeeds_all_reduce_with_the_same_update(tiny_model, s
     assert not all(torch.equal(wb[n], lr.ref.get_parameter(n)) for n in wb)  # the steps moved the weights
 
 
-@pytest.mark.parametrize("lora", [0, 4])
-def test_onednn_linear_layers_give_torchs_update(tiny_model, synthetic, lora):
-    """learner.cpu_linear=onednn (a speed change, auto's choice where a probe finds it faster) against
-    torch's own fp32 linear: the same losses, log-probs and weights after three steps to fp32
-    round-off, with every linear layer of the policy and the reference routed (LoRA's too)."""
-    from learner import linear
-    if not linear.available():
-        pytest.skip("this torch has no oneDNN inner product")
-    runs, routed = {}, {}
-    for kind in ("onednn", "torch"):
-        lr = _learner(tiny_model, 2, **{"learner.cpu_linear": kind, "learner.lr": "1e-3", "learner.beta": "0.04",
-                                        "learner.lora.r": lora})
-        assert lr.linear == kind and lr.ref is not None
-        routed[kind] = [sum(m.forward.__func__ is linear._forward for m in model.modules()
-                            if isinstance(m, torch.nn.Linear) and hasattr(m.forward, "__func__"))
-                        for model in (lr.engine.module, lr.ref)]
-        runs[kind] = _three_steps(lr, tiny_model, synthetic) + (lr.logprobs(_items(tiny_model, synthetic)),)
-    n_linear = sum(isinstance(m, torch.nn.Linear) for m in lr.ref.modules())
-    assert routed["torch"] == [0, 0] and routed["onednn"][1] == n_linear > 10
-    assert routed["onednn"][0] >= n_linear  # (with LoRA also each adapter's A and B)
-    (la, wa, pa), (lb, wb, pb) = runs["onednn"], runs["torch"]
-    assert la == pytest.approx(lb, rel=1e-4, abs=1e-6) and len(set(la)) > 1
-    assert [x for r in pa for x in r] == pytest.approx([x for r in pb for x in r], abs=1e-4)
-    assert wa.keys() == wb.keys() and all(float((wa[n] - wb[n]).abs().max()) <= 1e-5 for n in wa)
-
-
 @pytest.mark.parametrize("stage", [0, 2])
 def test_fused_adam_gives_the_foreach_update(tiny_model, synthetic, stage):
     """learner.adam_impl=fused (the default, a speed change) against torch's foreach AdamW: the same
