@@ -25,6 +25,7 @@ import tempfile
 import time
 
 from bench.common import machine, save, table
+from conf.hardware import describe_cpu
 
 VARIANTS = ("masked row", "blockwise", "unshared")
 
@@ -75,7 +76,7 @@ def report(name: str, title: str, a: argparse.Namespace, rows: list[dict], colum
     """Print the table of a learner benchmark (titled with the machine and the step's shape) and its
     legend, and save ``rows`` as bench/results/<name>.json."""
     m = machine()
-    print(f"\n## {title} ({m['cpu']}, {m['cores']} cores, flags: {m['flags']}, {m['date']}): "
+    print(f"\n## {title} ({describe_cpu()}, {m['date']}): "
           f"B={a.prompts}, G={a.generations}, {a.tokens} tokens, {a.reps} rounds\n")
     print(table(rows, columns))
     print(f"\n{legend}")

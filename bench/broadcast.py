@@ -19,6 +19,7 @@ import tempfile
 import time
 
 from bench.common import machine, save, table
+from conf.hardware import describe_cpu
 
 
 def memcpy_gbps(nbytes: int, repeats: int = 5) -> float:
@@ -90,7 +91,7 @@ def main(argv=None) -> list[dict]:
             first = [b for b in rows if (b["size"], b["engines"], b["pack_mb"], b["transfer"])
                      == (*key, r["pack_mb"], args.transfers[0])]
             r["vs_first_transfer"] = r["seconds"] / first[0]["seconds"]
-    print(f"## Weight broadcast ({machine()['cpu']}, {machine()['date']})\n")
+    print(f"## Weight broadcast ({describe_cpu()}, {machine()['date']})\n")
     print(table(rows, ["size", "MB", "engines", "pack_mb", "transfer", "seconds", "vs_first_transfer",
                        "speedup_vs_per_tensor", "GB_per_s",
                        "memcpy_GB_per_s (baseline)", "frac_of_memcpy", "transfer_s", "transfer_GB_per_s", "reload_s",

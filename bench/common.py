@@ -12,7 +12,7 @@ import time
 
 def machine() -> dict:
     """What the numbers were measured on, the CPU flags that decide bf16 speed included."""
-    from conf.hardware import speed_flags
+    from conf.hardware import capped, speed_flags
     cpu = "unknown"
     try:
         for line in open("/proc/cpuinfo"):
@@ -22,7 +22,7 @@ def machine() -> dict:
     except OSError:
         pass
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "flags": " ".join(speed_flags()), "cores": os.cpu_count(), "mem_gib": round(mem_gb, 1),
+    return {"cpu": cpu, "flags": " ".join(speed_flags()), "isa_cap": capped(set())[1], "cores": os.cpu_count(), "mem_gib": round(mem_gb, 1),
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 

@@ -14,6 +14,7 @@ import json
 import random
 
 from bench.common import best_of, machine, save, table
+from conf.hardware import describe_cpu
 from rewards import REGISTRY
 from rewards.coco_ap import reference_coco_ap
 
@@ -67,7 +68,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--boxes", type=int, nargs="+", default=[1, 4, 16], help="boxes per image (size knob)")
     args = ap.parse_args(argv)
     rows = run(args.cases, args.boxes)
-    print(f"## Rewards ({machine()['cpu']}, {machine()['date']})\n")
+    print(f"## Rewards ({describe_cpu()}, {machine()['date']})\n")
     print(table(rows, ["reward", "boxes", "completions_per_s", "x_vs_pycocotools", "max_abs_diff_vs_pycocotools"]))
     print(f"\nsaved {save('rewards', rows)}")
     return rows

@@ -26,6 +26,7 @@ import tempfile
 import time
 
 from bench.common import machine, save, table
+from conf.hardware import describe_cpu
 
 
 def matmul_flops(dtype: str = "bfloat16", n: int = 2048, repeats: int = 10) -> float:
@@ -133,7 +134,7 @@ def main(argv=None) -> list[dict]:
                     rows.append({"size": size, "parameters": params, "dtype": dtype, "system": name,
                                  "tokens_per_s": tps, "x_vs_hf": tps / hf, "roofline_frac": 2 * params * tps / flops[dtype],
                                  "start_s": start})
-    print(f"## Rollout ({machine()['cpu']}, {machine()['date']}; {args.prompts} prompts x G={args.G} x "
+    print(f"## Rollout ({describe_cpu()}, {machine()['date']}; {args.prompts} prompts x G={args.G} x "
           f"{args.tokens} tokens; matmul " + ", ".join(f"{d} {f / 1e9:.0f}" for d, f in flops.items()) + " GFLOP/s)\n")
     print(table(rows, ["size", "parameters", "dtype", "system", "tokens_per_s", "x_vs_hf", "roofline_frac", "start_s"]))
     print(f"\nsaved {save('rollout', rows)}")

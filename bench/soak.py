@@ -22,6 +22,7 @@ import threading
 import time
 
 from bench.common import machine, save, table
+from conf.hardware import describe_cpu
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -100,7 +101,7 @@ def main(argv=None) -> dict:
         rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     mem, drift = analyse(samples, rows, args.warmup)
     minutes = (time.perf_counter() - t0) / 60
-    print(f"## Soak: {args.steps} steps in {minutes:.1f} min ({machine()['cpu']}, {machine()['date']})\n")
+    print(f"## Soak: {args.steps} steps in {minutes:.1f} min ({describe_cpu()}, {machine()['date']})\n")
     print(table(mem, ["process", "pid", "rss_after_warmup_MiB", "rss_max_MiB", "rss_last_MiB", "growth_pct"]))
     print(f"\nstep time after warm-up: first quarter {drift['first_quarter_s']:.2f} s, last quarter "
           f"{drift['last_quarter_s']:.2f} s ({drift['drift_pct']:+.1f}%); goal: memory growth within 10%, no drift")

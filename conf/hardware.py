@@ -21,16 +21,53 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 NAMES = {"rollout": {"bf16": "bfloat16", "fp32": "float32"}, "learner": {"bf16": "bf16", "fp32": "fp32"}}
 
 
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
-    """The CPU's feature flags (Linux ``/proc/cpuinfo``); empty where that file does not exist."""
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo", env=None) -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``) less those an ISA cap in ``env``
+    (default: this process's) keeps torch and oneDNN from using; empty where the file does not exist."""
     try:
         with open(cpuinfo) as f:
             for line in f:
                 if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                    return capped(set(line.split(":", 1)[1].split()), env)[0]
     except OSError:
         pass
     return set()
+
+
+# ISA caps torch and oneDNN honour, and the CPU flags each leaves out of use. Under a cap the
+# flags above it say nothing of speed: torch's own kernels and oneDNN's stop at the cap (bf16
+# matmuls ran 11x slower on an AVX-512-BF16 EPYC capped to AVX2), so ``auto`` must decide as on
+# a CPU without them. bench.isa sets these to measure an AVX2-only CPU's defaults on a newer one.
+_ABOVE_AVX2 = ("avx512", "amx")
+ISA_CAPS = {
+    "ATEN_CPU_CAPABILITY": {"default": ("avx2",) + _ABOVE_AVX2, "avx2": _ABOVE_AVX2},
+    "ONEDNN_MAX_CPU_ISA": {"SSE41": ("avx",) + _ABOVE_AVX2, "AVX": ("avx2",) + _ABOVE_AVX2, "AVX2": _ABOVE_AVX2,
+                           "AVX2_VNNI": _ABOVE_AVX2, "AVX2_VNNI_2": _ABOVE_AVX2,
+                           "AVX512_CORE": ("avx512_bf16", "avx512_fp16", "avx512_vnni", "amx"),
+                           "AVX512_CORE_VNNI": ("avx512_bf16", "avx512_fp16", "amx"),
+                           "AVX512_CORE_BF16": ("avx512_fp16", "amx")},
+}
+
+
+def capped(flags: set[str], env=None) -> tuple[set[str], str]:
+    """``flags`` less those an ISA cap in ``env`` leaves unused, and the cap's description ('' if none).
+
+    >>> capped({"avx2", "avx512f", "avx512_bf16"}, {"ATEN_CPU_CAPABILITY": "avx2"})
+    ({'avx2'}, 'ATEN_CPU_CAPABILITY=avx2')
+    >>> sorted(capped({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, {"ONEDNN_MAX_CPU_ISA": "avx512_core"})[0])
+    ['avx2', 'avx512f']
+    >>> capped({"avx2"}, {})
+    ({'avx2'}, '')
+    """
+    env = os.environ if env is None else env
+    out, caps = set(flags), []
+    for var, levels in ISA_CAPS.items():
+        value = env.get(var, "")
+        drop = levels.get(value.upper() if var == "ONEDNN_MAX_CPU_ISA" else value.lower())
+        if drop is not None:
+            caps.append(f"{var}={value}")
+            out = {f for f in out if not f.startswith(drop)}
+    return out, " ".join(caps)
 
 
 def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
@@ -57,11 +94,13 @@ def native_bf16(flags: set[str] | None = None, gpu: bool | None = None) -> tuple
         name = torch.cuda.get_device_name()
         ok = bool(torch.cuda.is_bf16_supported())
         return ok, f"GPU {name} {'computes' if ok else 'does not compute'} bf16 natively"
+    cap = capped(set())[1] if flags is None else ""
     flags = cpu_flags() if flags is None else flags
     have = [f for f in NATIVE_BF16_FLAGS if f in flags]
     if have:
         return True, f"CPU with {'+'.join(have)}: native bf16"
-    return False, "CPU without avx512_bf16/amx_bf16: bf16 would be emulated several times slower than fp32"
+    without = f"CPU capped by {cap}" if cap else "CPU without avx512_bf16/amx_bf16"
+    return False, f"{without}: bf16 would be emulated several times slower than fp32"
 
 
 def resolve_dtype(value: str, role: str, flags: set[str] | None = None, gpu: bool | None = None) -> tuple[str, str]:
@@ -212,8 +251,9 @@ def describe_cpu() -> str:
             name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
         pass
-    marks = speed_flags()
-    return f"{name or 'unknown CPU'}, {os.cpu_count()} cores, flags: {' '.join(marks) or 'none of avx2/avx512/amx'}"
+    marks, cap = speed_flags(), capped(set())[1]
+    used = f" (capped by {cap})" if cap else ""
+    return f"{name or 'unknown CPU'}, {os.cpu_count()} cores, flags{used}: {' '.join(marks) or 'none of avx2/avx512/amx'}"
 
 
 def _cuda() -> bool:

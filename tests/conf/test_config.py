@@ -114,6 +114,26 @@ def test_auto_dtype_follows_the_cpu_flags():
     assert native_bf16(flags, gpu=False)[0] == bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
+def test_an_isa_cap_makes_auto_decide_as_on_a_cpu_without_the_capped_flags(monkeypatch, tmp_path):
+    from conf.hardware import cpu_flags, describe_cpu, native_bf16
+    from learner.linear import choose
+    info = tmp_path / "cpuinfo"
+    info.write_text("vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert cpu_flags(str(info)) == {"fpu", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    assert cpu_flags(str(info), {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}) == {"fpu", "avx2", "avx512f", "avx512_bf16"}
+    assert cpu_flags(str(info), {"ATEN_CPU_CAPABILITY": "default"}) == {"fpu"}
+    assert cpu_flags(str(info), {"ATEN_CPU_CAPABILITY": "bogus"}) == cpu_flags(str(info))  # torch ignores it too
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    capped = cpu_flags(str(info))
+    assert capped == {"fpu", "avx2"}
+    ok, why = native_bf16(gpu=False)  # this machine's flags, under the cap
+    assert not ok and why.startswith("CPU capped by ATEN_CPU_CAPABILITY=avx2")
+    assert choose("auto", vendor="AuthenticAMD", flags=capped)[0] == "torch"
+    assert "(capped by ATEN_CPU_CAPABILITY=avx2)" in describe_cpu() and "avx512" not in describe_cpu()
+
+
 def test_auto_compiles_the_engine_where_a_compiler_can_build_it(monkeypatch):
     from conf.hardware import resolve_eager
     assert resolve_eager("auto", gpu=False, compiler="/usr/bin/g++") == (False, "auto: g++ found for torch.compile's CPU kernels")
