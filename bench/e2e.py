@@ -219,12 +219,14 @@ def main(argv=None) -> list[dict]:
     print(f"\n## End to end vs TRL ({describe_cpu()}, {machine()['date']}): "
           f"B={a.prompts}, G={a.generations}, {a.max_new_tokens} new tokens\n")
     print(table(rows, ["size", "params_M", "precision", "system", "engine", "steps", "samples_per_s", "x_TRL", "x_sync", "util_%",
-                       "lm_tokens", "generate_%", "reward_%", "train_%", "sync_%", "other_%"]))
+                       "lm_tokens", "generate_%", "reward_%", "train_%", "sync_%", "other_%", "gen_s/sample",
+                       "train_s/sample", "gen_x_TRL", "train_x_TRL"]))
     print("\nlm_tokens: language-model tokens the learner computes per step, as a share of the same batch without "
           "prompt sharing. Asynchronous rows: generate/reward run beside training, so train_% is only the wait for "
           "the learner after them; util_%: CPU time of every process / (wall time x cores) over the training steps. "
           "precision: both systems' (x_TRL compares rows of one precision); old defaults: bf16 engine, fp32 learner. "
-          "engine: vLLM compiled (rollout.enforce_eager=auto, as the recipes run it) or eager (base.yaml's, for short runs).")
+          "engine: vLLM compiled (rollout.enforce_eager=auto, as the recipes run it) or eager (base.yaml's, for short runs). "
+          "gen_/train_s/sample: seconds of each phase per sample; gen_/train_x_TRL: TRL's over ours (synchronous rows).")
     print(f"\nsaved {save('e2e', rows)}")
     return rows
 
@@ -239,9 +241,13 @@ def _rows(res: dict, size: str, params: int, precision: str) -> list[dict]:
         row = {"size": size, "params_M": params / 1e6, "system": name, "samples_per_s": sps(system),
                "precision": "bf16/fp32" if system == "ours:old-defaults" else precision, "engine": engine_of(system),
                "util_%": r.get("util_%"), "lm_tokens": r.get("lm_token_share"),
-               **{f"{k}_%": 100 * r[k] / r["seconds"] for k in ("generate", "reward", "train", "sync", "other")}}
+               **{f"{k}_%": 100 * r[k] / r["seconds"] for k in ("generate", "reward", "train", "sync", "other")},
+               "gen_s/sample": r["generate"] / r["samples"], "train_s/sample": r["train"] / r["samples"]}
         if "trl" in res and system != "trl":
             row["x_TRL"] = sps(system) / sps("trl")
+            if not system.startswith("ours:async"):  # (asynchronous: generation beside training, train = the wait)
+                row["gen_x_TRL"] = res["trl"]["generate"] / res["trl"]["samples"] / row["gen_s/sample"]
+                row["train_x_TRL"] = res["trl"]["train"] / res["trl"]["samples"] / row["train_s/sample"]
         if "ours:sync" in res and system.startswith("ours:") and system != "ours:sync":
             row["x_sync"] = sps(system) / sps("ours:sync")
         rows.append(row)

@@ -34,7 +34,7 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo", env=None) -> set[str]:
     return set()
 
 
-# ISA caps torch and oneDNN honour, and the CPU flags each leaves out of use. Under a cap the
+# ISA caps torch, oneDNN and MKL honour, and the CPU flags each leaves out of use. Under a cap the
 # flags above it say nothing of speed: torch's own kernels and oneDNN's stop at the cap (bf16
 # matmuls ran 11x slower on an AVX-512-BF16 EPYC capped to AVX2), so ``auto`` must decide as on
 # a CPU without them. bench.isa sets these to measure an AVX2-only CPU's defaults on a newer one.
@@ -46,6 +46,7 @@ ISA_CAPS = {
                            "AVX512_CORE": ("avx512_bf16", "avx512_fp16", "avx512_vnni", "amx"),
                            "AVX512_CORE_VNNI": ("avx512_bf16", "avx512_fp16", "amx"),
                            "AVX512_CORE_BF16": ("avx512_fp16", "amx")},
+    "MKL_ENABLE_INSTRUCTIONS": {"SSE4_2": ("avx",) + _ABOVE_AVX2, "AVX": ("avx2",) + _ABOVE_AVX2, "AVX2": _ABOVE_AVX2},
 }
 
 
@@ -63,7 +64,7 @@ def capped(flags: set[str], env=None) -> tuple[set[str], str]:
     out, caps = set(flags), []
     for var, levels in ISA_CAPS.items():
         value = env.get(var, "")
-        drop = levels.get(value.upper() if var == "ONEDNN_MAX_CPU_ISA" else value.lower())
+        drop = levels.get(value.lower() if var == "ATEN_CPU_CAPABILITY" else value.upper())
         if drop is not None:
             caps.append(f"{var}={value}")
             out = {f for f in out if not f.startswith(drop)}

@@ -25,6 +25,10 @@ def test_rows_compare_samples_per_second_within_one_precision():
     assert rows["this project, async"]["x_sync"] == pytest.approx(0.75)
     assert "x_TRL" not in rows["TRL GRPOTrainer"] and rows["TRL GRPOTrainer"]["engine"] == "HF generate"
     assert rows["this project, sync"]["generate_%"] == pytest.approx(50.0)
+    sync, trl = rows["this project, sync"], rows["TRL GRPOTrainer"]
+    assert (sync["gen_s/sample"], sync["train_s/sample"], trl["gen_s/sample"]) == pytest.approx((0.125, 0.125, 0.25))
+    assert (sync["gen_x_TRL"], sync["train_x_TRL"]) == pytest.approx((2.0, 2.0))
+    assert "gen_x_TRL" not in rows["this project, async"]  # its phases overlap: no per-phase ratio
 
 
 def test_a_tiny_model_is_timed_over_enough_steps_unless_asked_otherwise():
