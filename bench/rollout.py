@@ -32,7 +32,8 @@ from conf.hardware import describe_cpu
 def matmul_flops(dtype: str = "bfloat16", n: int = 2048, repeats: int = 10) -> float:
     """Matmul FLOP/s of this machine in ``dtype`` (all threads of this process). The roofline of
     each row is taken in that row's own precision: a CPU without native bf16 emulates it about 50x
-    slower than fp32 (an AVX2-only EPYC spent ten minutes on this measurement in bf16)."""
+    slower than fp32 (an AVX2-only EPYC spent ten minutes on this measurement in bf16), and its
+    large matmuls slower still than the model's small ones, so there bf16 rows have no roofline."""
     import torch
     a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
     a @ b
@@ -113,7 +114,9 @@ def main(argv=None) -> list[dict]:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     from data.tiny_model import build
-    flops = {d: matmul_flops(d) for d in args.dtypes}
+    from conf.hardware import native_bf16
+    emulated = not native_bf16()[0]
+    flops = {d: None if d == "bfloat16" and emulated else matmul_flops(d) for d in args.dtypes}
     prompts = _prompts(args.prompts)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,10 +135,11 @@ def main(argv=None) -> list[dict]:
                                                                        else ""), tps, start))
                 for name, tps, start in got:
                     rows.append({"size": size, "parameters": params, "dtype": dtype, "system": name,
-                                 "tokens_per_s": tps, "x_vs_hf": tps / hf, "roofline_frac": 2 * params * tps / flops[dtype],
+                                 "tokens_per_s": tps, "x_vs_hf": tps / hf, "roofline_frac": flops[dtype] and 2 * params * tps / flops[dtype],
                                  "start_s": start})
     print(f"## Rollout ({describe_cpu()}, {machine()['date']}; {args.prompts} prompts x G={args.G} x "
-          f"{args.tokens} tokens; matmul " + ", ".join(f"{d} {f / 1e9:.0f}" for d, f in flops.items()) + " GFLOP/s)\n")
+          f"{args.tokens} tokens; matmul GFLOP/s " + ", ".join(f"{d} {f / 1e9:.0f}" if f else f"{d} emulated (no roofline)"
+                                                    for d, f in flops.items()) + ")\n")
     print(table(rows, ["size", "parameters", "dtype", "system", "tokens_per_s", "x_vs_hf", "roofline_frac", "start_s"]))
     print(f"\nsaved {save('rollout', rows)}")
     return rows

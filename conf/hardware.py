@@ -23,7 +23,7 @@ NAMES = {"rollout": {"bf16": "bfloat16", "fp32": "float32"}, "learner": {"bf16":
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo", env=None) -> set[str]:
     """The CPU's feature flags (Linux ``/proc/cpuinfo``) less those an ISA cap in ``env``
-    (default: this process's) keeps torch and oneDNN from using; empty where the file does not exist."""
+    (default: this process's) keeps torch, oneDNN and MKL from using; empty where the file does not exist."""
     try:
         with open(cpuinfo) as f:
             for line in f:
@@ -95,12 +95,14 @@ def native_bf16(flags: set[str] | None = None, gpu: bool | None = None) -> tuple
         name = torch.cuda.get_device_name()
         ok = bool(torch.cuda.is_bf16_supported())
         return ok, f"GPU {name} {'computes' if ok else 'does not compute'} bf16 natively"
-    cap = capped(set())[1] if flags is None else ""
+    uncapped = cpu_flags(env={}) if flags is None else flags
     flags = cpu_flags() if flags is None else flags
     have = [f for f in NATIVE_BF16_FLAGS if f in flags]
     if have:
         return True, f"CPU with {'+'.join(have)}: native bf16"
-    without = f"CPU capped by {cap}" if cap else "CPU without avx512_bf16/amx_bf16"
+    had = [f for f in NATIVE_BF16_FLAGS if f in uncapped]
+    without = (f"CPU with {'+'.join(had)} capped by {capped(set())[1]}" if had
+               else "CPU without avx512_bf16/amx_bf16")
     return False, f"{without}: bf16 would be emulated several times slower than fp32"
 
 
