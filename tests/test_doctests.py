@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-MODULES = ["conf.hardware", "bench.isa", "rewards", "rewards.boxes", "rewards.parse", "rewards.coco_ap", "rewards.grounding", "rewards.schedule", "learner.grpo", "learner.optim", "learner.linear", "trainer.roles",
+MODULES = ["conf.hardware", "bench.isa", "actors.rollout", "rewards", "rewards.boxes", "rewards.parse", "rewards.coco_ap", "rewards.grounding", "rewards.schedule", "learner.grpo", "learner.optim", "learner.linear", "trainer.roles",
            "data.prompts", "trainer.pipeline", "conf.ranges", "trainer.cluster"]
 
 

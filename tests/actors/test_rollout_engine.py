@@ -68,6 +68,33 @@ def test_a_prompt_the_engine_cannot_take_is_refused_and_the_others_are_generated
     assert [type(r).__name__ for r in engine.generate([too_long, unreadable])] == ["Refused", "Refused"]
 
 
+def test_completions_are_decoded_as_vllm_decodes_them_with_each_sampled_logprob(engine, prompts):
+    """The engine asks vLLM for neither text nor a dict per token (``detokenize=False``, flat
+    log-probs) and decodes each completion once at the end: texts and log-probs equal to what vLLM's
+    own incremental detokenizer and per-token dicts give at the same seeds -- including completions
+    that end inside a character (random weights draw random bytes), which vLLM leaves out."""
+    tok = engine.processor.tokenizer
+    engine.cfg["max_new_tokens"] = 48
+    try:
+        pairs = [(p, 300 + i) for i, p in enumerate(prompts[:16])]
+        ours = engine.generate(pairs)
+        params = []
+        for _, seed in pairs:
+            sp = engine.sampling_params(2, seed=seed)
+            assert (sp.detokenize, sp.flat_logprobs) == (False, True)
+            sp.detokenize, sp.flat_logprobs = True, False  # vLLM's own text and per-token dicts
+            params.append(sp)
+        theirs = engine.llm.generate([engine._request(p) for p, _ in pairs], params, use_tqdm=False)
+    finally:
+        engine.cfg["max_new_tokens"] = 4
+    want = [(list(c.token_ids), c.text, [next(iter(d.values())).logprob for d in c.logprobs])
+            for o in theirs for c in o.outputs]
+    assert [(r.completion_token_ids, r.completion_text, r.logprobs) for r in ours] == want
+    cut = [r for r in ours if tok.decode(r.completion_token_ids, skip_special_tokens=True).endswith("\ufffd")]
+    assert cut and all(not r.completion_text.endswith("\ufffd") for r in cut)  # the case is covered
+    assert len({r.completion_text for r in ours}) > 16 and all(len(r.completion_token_ids) > 4 for r in ours)
+
+
 def test_the_samples_of_a_prompt_share_its_prefill_and_draw_what_unshared_ones_draw(engine, prompts, tiny_model):
     """``rollout.block_size=auto`` is 32 on CPU: requests for one prompt prefilled in one step share its
     full KV blocks (vLLM's prefix cache; the block holding the prompt's last token is always computed),
