@@ -3,6 +3,7 @@
     python -m bench.rollout [--sizes tiny 30m 300m] [--prompts 16] [--G 8] [--tokens 64]
     python -m bench.rollout --sizes tiny 30m --dtypes bfloat16 float32 --engines eager compiled
     python -m bench.rollout --sizes 30m 400m --prompts 2 --engines compiled --blocks 128 auto
+    python -m bench.rollout --sizes tiny 30m --prompts 2 --dtypes float32 --engines compiled --outputs vllm engine
 
 Same model (random Qwen2.5-VL built from a config at each size), same synthetic REC prompts and
 images, same G and completion length (EOS ignored so every completion has exactly ``--tokens``
@@ -11,7 +12,9 @@ eager (``rollout.enforce_eager: true``, the default) and, with ``--engines ... c
 vLLM's torch.compile graph (``enforce_eager: false``; its start-up, compilation included, is
 reported, from an empty compile cache); ``--blocks`` runs each engine at several KV-cache block
 sizes (``rollout.block_size``: a prompt's samples share its prefill in full blocks; the prefix
-cache is emptied before each run, as a weight update empties it). Reports completion tokens/s of
+cache is emptied before each run, as a weight update empties it); ``--outputs`` what each engine
+returns (``plain``: tokens only, as HF ``generate``; ``engine``: a run's own request, seeds,
+log-probs and text; ``vllm``: the same with vLLM's text and per-token dicts). Reports completion tokens/s of
 each (best of 2 warm runs), the ratio to HF, and the fraction of this machine's compute roofline each reaches:
 2 x parameters x tokens/s against the matmul FLOP/s the benchmark measures itself in the
 row's precision. Writes
@@ -26,7 +29,7 @@ import tempfile
 import time
 
 from bench.common import machine, save, table
-from conf.hardware import describe_cpu
+from conf.hardware import describe_cpu, native_bf16
 
 
 def matmul_flops(dtype: str = "bfloat16", n: int = 2048, repeats: int = 10) -> float:
@@ -54,8 +57,12 @@ def _prompts(n: int):
 
 
 def run_vllm(model_dir: str, prompts, G: int, tokens: int, dtype: str = "bfloat16",
-             compiled: bool = False, block: str = "auto") -> tuple[float, float]:
-    """(best tokens/s, engine start-up seconds). ``block``: ``rollout.block_size``."""
+             compiled: bool = False, block: str = "auto", outputs: tuple = ("plain",)) -> tuple[dict, float]:
+    """({outputs kind: best tokens/s}, engine start-up seconds) of one engine. ``block``:
+    ``rollout.block_size``. ``outputs``: ``plain`` samples tokens only (as HF ``generate`` does);
+    ``engine`` is a run's own request (per-prompt seeds, the sampled tokens' log-probs, the banned
+    vision tokens) through ``RolloutEngine.generate``, text decoded once per completion; ``vllm`` the
+    same request with vLLM's own text and per-token log-prob dicts (the engine before 2026-12-06)."""
     import conf
     from actors.rollout import RolloutEngine
     cfg = conf.OmegaConf.to_container(conf.load([f"rollout.num_generations={G}", f"rollout.max_new_tokens={tokens}",
@@ -67,13 +74,34 @@ def run_vllm(model_dir: str, prompts, G: int, tokens: int, dtype: str = "bfloat1
     from vllm import SamplingParams
     params = SamplingParams(n=G, temperature=1.0, max_tokens=tokens, min_tokens=tokens, ignore_eos=True)
     reqs = [engine._request(p) for p in prompts]
-    best = 0.0
+    pairs = [(p, 11 + i) for i, p in enumerate(prompts)]
+    own = engine.sampling_params
+
+    def fixed(n, greedy=False, seed=None, vllm_outputs=False):  # a run's request, every completion `tokens` long
+        sp = own(n, greedy, seed)
+        sp.min_tokens, sp.ignore_eos = tokens, True
+        if vllm_outputs:
+            sp.detokenize, sp.flat_logprobs = True, False
+        return sp
+
+    def run(kind) -> int:
+        if kind == "plain":
+            return sum(len(c.token_ids) for o in engine.llm.generate(reqs, params, use_tqdm=False) for c in o.outputs)
+        if kind == "engine":
+            return sum(len(r.completion_token_ids) for r in engine.generate(pairs))
+        outs = engine.llm.generate([engine._request(p) for p, _ in pairs],  # (built per call, as engine's are)
+                                   [fixed(G, seed=s, vllm_outputs=True) for _, s in pairs], use_tqdm=False)
+        got = [(c.text, [next(iter(d.values())).logprob for d in c.logprobs]) for o in outs for c in o.outputs]
+        return sum(len(lps) for _, lps in got)
+
+    engine.sampling_params = fixed
+    best = {kind: 0.0 for kind in outputs}
     for _ in range(3):  # first run warms up
-        engine.llm.reset_prefix_cache()  # as after a weight update: no prompt cached from the last run
-        t0 = time.perf_counter()
-        outs = engine.llm.generate(reqs, params, use_tqdm=False)
-        n = sum(len(c.token_ids) for o in outs for c in o.outputs)
-        best = max(best, n / (time.perf_counter() - t0))
+        for kind in outputs:
+            engine.llm.reset_prefix_cache()  # as after a weight update: no prompt cached from the last run
+            t0 = time.perf_counter()
+            n = run(kind)
+            best[kind] = max(best[kind], n / (time.perf_counter() - t0))
     del engine
     return best, start
 
@@ -110,11 +138,13 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--engines", nargs="+", default=["eager"], choices=["eager", "compiled"])
     ap.add_argument("--blocks", nargs="+", default=["auto"],
                     help="rollout.block_size values to run each engine at (auto: 32 on CPU; 128: vLLM's CPU default)")
+    ap.add_argument("--outputs", nargs="+", default=["plain"], choices=["plain", "engine", "vllm"],
+                    help="what each engine returns: plain (tokens, as HF generate), engine (a run's request: seeds, "
+                         "log-probs, text decoded once), vllm (the same with vLLM's text and per-token dicts)")
     args = ap.parse_args(argv)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     from data.tiny_model import build
-    from conf.hardware import native_bf16
     emulated = not native_bf16()[0]
     flops = {d: None if d == "bfloat16" and emulated else matmul_flops(d) for d in args.dtypes}
     prompts = _prompts(args.prompts)
@@ -130,9 +160,12 @@ def main(argv=None) -> list[dict]:
                 got = [("HF generate (baseline)", hf, None)]
                 for kind in args.engines:
                     for block in args.blocks:
-                        tps, start = run_vllm(model_dir, prompts, args.G, args.tokens, dtype, kind == "compiled", block)
-                        got.append((f"vLLM rollout engine, {kind}" + (f", KV block {block}" if args.blocks != ["auto"]
-                                                                       else ""), tps, start))
+                        tps, start = run_vllm(model_dir, prompts, args.G, args.tokens, dtype, kind == "compiled", block,
+                                              tuple(args.outputs))
+                        for out, rate in tps.items():
+                            got.append((f"vLLM rollout engine, {kind}" + (f", KV block {block}" if args.blocks != ["auto"]
+                                                                           else "")
+                                        + (f", {out} outputs" if args.outputs != ["plain"] else ""), rate, start))
                 for name, tps, start in got:
                     rows.append({"size": size, "parameters": params, "dtype": dtype, "system": name,
                                  "tokens_per_s": tps, "x_vs_hf": tps / hf, "roofline_frac": flops[dtype] and 2 * params * tps / flops[dtype],
