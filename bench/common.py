@@ -12,15 +12,8 @@ import time
 
 def machine() -> dict:
     """What the numbers were measured on, the CPU flags that decide bf16 speed included."""
-    from conf.hardware import capped, speed_flags
-    cpu = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from conf.hardware import capped, cpu_info, speed_flags
+    cpu = cpu_info().get("model name", "unknown")
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {"cpu": cpu, "flags": " ".join(speed_flags()), "isa_cap": capped(set())[1], "cores": os.cpu_count(), "mem_gib": round(mem_gb, 1),
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -91,7 +91,8 @@ def run_vllm(model_dir: str, prompts, G: int, tokens: int, dtype: str = "bfloat1
             return sum(len(r.completion_token_ids) for r in engine.generate(pairs))
         outs = engine.llm.generate([engine._request(p) for p, _ in pairs],  # (built per call, as engine's are)
                                    [fixed(G, seed=s, vllm_outputs=True) for _, s in pairs], use_tqdm=False)
-        got = [(c.text, [next(iter(d.values())).logprob for d in c.logprobs]) for o in outs for c in o.outputs]
+        got = [(c.text, [next(iter(d.values())).logprob for d in c.logprobs])  # what the engine took from them
+               for o in outs for c in o.outputs]
         return sum(len(lps) for _, lps in got)
 
     engine.sampling_params = fixed

@@ -21,17 +21,26 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 NAMES = {"rollout": {"bf16": "bfloat16", "fp32": "float32"}, "learner": {"bf16": "bf16", "fp32": "fp32"}}
 
 
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo", env=None) -> set[str]:
-    """The CPU's feature flags (Linux ``/proc/cpuinfo``) less those an ISA cap in ``env``
-    (default: this process's) keeps torch, oneDNN and MKL from using; empty where the file does not exist."""
+def cpu_info(cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first processor's fields of Linux ``/proc/cpuinfo`` (``model name``, ``vendor_id``,
+    ``cpu family``, ``model``, ``flags``, ...); empty where that file does not exist."""
+    fields: dict[str, str] = {}
     try:
         with open(cpuinfo) as f:
             for line in f:
-                if line.startswith("flags"):
-                    return capped(set(line.split(":", 1)[1].split()), env)[0]
+                if not line.strip():
+                    break  # the end of the first processor's block
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return set()
+    return fields
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo", env=None) -> set[str]:
+    """The CPU's feature flags less those an ISA cap in ``env`` (default: this process's) keeps
+    torch, oneDNN and MKL from using; empty where ``cpuinfo`` does not exist."""
+    return capped(set(cpu_info(cpuinfo).get("flags", "").split()), env)[0]
 
 
 # ISA caps torch, oneDNN and MKL honour, and the CPU flags each leaves out of use. Under a cap the
@@ -73,11 +82,7 @@ def capped(flags: set[str], env=None) -> tuple[set[str], str]:
 
 def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The CPU's ``vendor_id`` (``GenuineIntel``, ``AuthenticAMD``, ...); empty where unknown."""
-    try:
-        with open(cpuinfo) as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
-    except OSError:
-        return ""
+    return cpu_info(cpuinfo).get("vendor_id", "")
 
 
 def native_bf16(flags: set[str] | None = None, gpu: bool | None = None) -> tuple[bool, str]:
@@ -95,13 +100,15 @@ def native_bf16(flags: set[str] | None = None, gpu: bool | None = None) -> tuple
         name = torch.cuda.get_device_name()
         ok = bool(torch.cuda.is_bf16_supported())
         return ok, f"GPU {name} {'computes' if ok else 'does not compute'} bf16 natively"
-    uncapped = cpu_flags(env={}) if flags is None else flags
-    flags = cpu_flags() if flags is None else flags
+    uncapped, cap = flags, ""
+    if flags is None:
+        uncapped = cpu_flags(env={})
+        flags, cap = capped(uncapped)
     have = [f for f in NATIVE_BF16_FLAGS if f in flags]
     if have:
         return True, f"CPU with {'+'.join(have)}: native bf16"
     had = [f for f in NATIVE_BF16_FLAGS if f in uncapped]
-    without = (f"CPU with {'+'.join(had)} capped by {capped(set())[1]}" if had
+    without = (f"CPU with {'+'.join(had)} capped by {cap}" if had
                else "CPU without avx512_bf16/amx_bf16")
     return False, f"{without}: bf16 would be emulated several times slower than fp32"
 
@@ -249,17 +256,8 @@ def speed_flags(flags: set[str] | None = None) -> list[str]:
 def describe_cpu(cpuinfo: str = "/proc/cpuinfo") -> str:
     """One line naming the CPU (with its family and model where the name is as vague as a VM's
     "AMD EPYC": family 25 model 17 is a Zen 4) and the flags that decide bf16 speed (for benchmark tables)."""
-    fields = {}
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if not line.strip():
-                    break  # the first processor's block
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    name = fields.get("model name", "") or "unknown CPU"
+    fields = cpu_info(cpuinfo)
+    name = fields.get("model name") or "unknown CPU"
     if "cpu family" in fields and "model" in fields:
         name += f" (family {fields['cpu family']}, model {fields['model']})"
     marks, cap = speed_flags(cpu_flags(cpuinfo)), capped(set())[1]
