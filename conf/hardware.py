@@ -260,7 +260,8 @@ def describe_cpu(cpuinfo: str = "/proc/cpuinfo") -> str:
     name = fields.get("model name") or "unknown CPU"
     if "cpu family" in fields and "model" in fields:
         name += f" (family {fields['cpu family']}, model {fields['model']})"
-    marks, cap = speed_flags(cpu_flags(cpuinfo)), capped(set())[1]
+    flags, cap = capped(set(fields.get("flags", "").split()))
+    marks = speed_flags(flags)
     used = f" (capped by {cap})" if cap else ""
     return f"{name}, {os.cpu_count()} cores, flags{used}: {' '.join(marks) or 'none of avx2/avx512/amx'}"
 
